@@ -1,0 +1,217 @@
+"""``sslsegment``: train, predict, evaluate, list methods and networks, run the demo.
+
+Exit codes: 0 success, 1 unexpected failure, 2 bad input (the message names the case and
+the problem), 3 cancelled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import traceback
+from pathlib import Path
+
+from .errors import InputError
+
+EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 1, 2, 3
+
+
+def _patch(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"patch size {text!r}: expected numbers like 64,64,64") from None
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a model on labelled and unlabelled images")
+    data = p.add_argument_group("data")
+    data.add_argument("--images", type=Path, help="folder of images (labelled and unlabelled)")
+    data.add_argument("--labels", type=Path, help="folder of labels (labelmaps or .seg.nrrd), matched by case name")
+    data.add_argument("--dataset", type=Path, help="dataset.json (nnU-Net/MSD style) instead of --images/--labels")
+    p.add_argument("--out", type=Path, required=True, help="run folder to create")
+    p.add_argument("--method", default="mean_teacher", help="see `sslsegment methods`")
+    p.add_argument("--network", default="unet", help="see `sslsegment networks`")
+    p.add_argument("--preset", choices=["fast-cpu", "balanced", "quality-gpu"], help="default: from the device")
+    p.add_argument("--size", choices=["tiny", "small", "base"], help="network size (default: the preset's)")
+    p.add_argument("--dim", default="auto", choices=["auto", "2", "3"])
+    p.add_argument("--iterations", type=int, default=2000)
+    p.add_argument("--patch-size", type=_patch, help="z,y,x in 3D or y,x in 2D")
+    p.add_argument("--labelled-batch", type=int)
+    p.add_argument("--unlabelled-batch", type=int)
+    p.add_argument("--optimiser", choices=["sgd", "adamw"], default="sgd")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--consistency", type=float, help="maximum unsupervised loss weight (default: the method's)")
+    p.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="method-specific setting, JSON value (repeatable)")
+    p.add_argument("--normalisation", choices=["zscore", "ct"], default="zscore")
+    p.add_argument("--ct-window", type=float, nargs=2, metavar=("LOW", "HIGH"))
+    p.add_argument("--val-cases", type=int, help="labelled cases held out for validation")
+    p.add_argument("--val-interval", type=int)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    p.add_argument("--init-model", type=Path, help="start from a previous model.pt (a retraining round)")
+    p.add_argument("--predict-unlabelled", action="store_true",
+                   help="after training, predict every unlabelled case into OUT/predictions")
+
+
+def _add_others(sub) -> None:
+    p = sub.add_parser("predict", help="segment images with a trained model")
+    p.add_argument("--model", type=Path, required=True, help="run folder or model.pt")
+    p.add_argument("--images", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p = sub.add_parser("evaluate", help="Dice and HD95 (mm) of predictions against labels")
+    p.add_argument("--pred", type=Path, required=True)
+    p.add_argument("--labels", type=Path, required=True)
+    p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    sub.add_parser("methods", help="list the methods")
+    sub.add_parser("networks", help="list the networks")
+    p = sub.add_parser("demo", help="train supervised and mean_teacher on synthetic phantoms")
+    p.add_argument("--out", type=Path, default=Path("demo_output"))
+    p.add_argument("--iterations", type=int, default=None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sslsegment", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_others(sub)
+    return parser
+
+
+def config_from_args(args) -> "TrainConfig":  # noqa: F821
+    from .config import TrainConfig  # noqa: PLC0415
+
+    options = {}
+    for item in args.method_option:
+        key, _, value = item.partition("=")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return TrainConfig(
+        method=args.method, network=args.network, preset=args.preset, size=args.size, dim=args.dim,
+        iterations=args.iterations, patch_size=args.patch_size, labelled_batch=args.labelled_batch,
+        unlabelled_batch=args.unlabelled_batch, optimiser=args.optimiser, lr=args.lr, consistency=args.consistency,
+        method_options=options, normalisation=args.normalisation,
+        ct_window=tuple(args.ct_window) if args.ct_window else None, val_cases=args.val_cases,
+        val_interval=args.val_interval, seed=args.seed, device=args.device, amp=not args.no_amp,
+        init_model=str(args.init_model) if args.init_model else None, predict_unlabelled=args.predict_unlabelled)
+
+
+def load_dataset(args):
+    from .data.cases import discover_dataset, load_dataset_json  # noqa: PLC0415
+
+    if args.dataset:
+        return load_dataset_json(args.dataset)
+    if not args.images:
+        raise InputError("give --images (and --labels) or --dataset")
+    if not args.labels:
+        raise InputError("give --labels: training needs at least one labelled case")
+    return discover_dataset(args.images, args.labels)
+
+
+def _raise_cancel(signum, frame):
+    from .training.trainer import Cancelled  # noqa: PLC0415
+
+    raise Cancelled()
+
+
+def run_train(args) -> int:
+    from .training.run_folder import RunFolder  # noqa: PLC0415
+    from .training.trainer import Cancelled, Trainer  # noqa: PLC0415
+
+    run = RunFolder(args.out)
+    run.prepare()
+    run.set_status("running")
+    log = run.logger()
+    signal.signal(signal.SIGTERM, _raise_cancel)
+    try:
+        trainer = Trainer(config_from_args(args), load_dataset(args), run, log)
+        trainer.setup()
+        result = trainer.train()
+        if args.predict_unlabelled:
+            trainer.predict_unlabelled()
+    except Cancelled:
+        log.warning("cancelled")
+        run.set_status("cancelled")
+        return EXIT_CANCELLED
+    except InputError as error:
+        log.error("%s", error)
+        run.set_status("failed", error=str(error))
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as error:  # a crash must reach the watcher, with its traceback in the log
+        log.error("%s", traceback.format_exc())
+        run.set_status("failed", error=f"{error.__class__.__name__}: {error}")
+        raise
+    run.set_status("done", best_val_dice=result.best_dice, model=str(run.model))
+    log.info("done: %s", run.model)
+    return 0
+
+
+def run_predict(args) -> int:
+    from .data.cases import list_image_cases  # noqa: PLC0415
+    from .inference import predict_cases  # noqa: PLC0415
+    from .model_file import load_model  # noqa: PLC0415
+    from .training.trainer import resolve_device  # noqa: PLC0415
+
+    device = resolve_device(args.device)
+    model = load_model(args.model, device)
+    cases = list_image_cases(args.images)
+    scores = predict_cases(model, cases, args.out, device,
+                           on_case=lambda done, total, name: print(f"[{done}/{total}] {name}", file=sys.stderr))
+    print(f"wrote {len(scores)} predictions to {args.out}")
+    return 0
+
+
+def run_evaluate(args) -> int:
+    from .evaluation import evaluate_folders, format_table  # noqa: PLC0415
+    from .fileio import atomic_write_json  # noqa: PLC0415
+
+    results = evaluate_folders(args.pred, args.labels)
+    print(format_table(results))
+    if args.json:
+        atomic_write_json(args.json, results)
+    return 0
+
+
+def run_list(registry: dict[str, tuple[str, str]]) -> int:
+    width = max(len(name) for name in registry)
+    for name, (description, reference) in sorted(registry.items()):
+        print(f"{name:<{width}}  {description}" + (f"  [{reference}]" if reference else ""))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        if args.command == "train":
+            return run_train(args)
+        if args.command == "predict":
+            return run_predict(args)
+        if args.command == "evaluate":
+            return run_evaluate(args)
+        if args.command == "methods":
+            from .methods import available_methods  # noqa: PLC0415
+
+            return run_list({n: (c.description, c.reference) for n, c in available_methods().items()})
+        if args.command == "networks":
+            from .networks import available_networks  # noqa: PLC0415
+
+            return run_list({n: (d, "") for n, d in available_networks().items()})
+        if args.command == "demo":
+            from .demo import run_demo  # noqa: PLC0415
+
+            run_demo(args.out, iterations=args.iterations)
+            return 0
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return EXIT_FAILED

@@ -1,0 +1,125 @@
+"""Typed training settings and the presets that fill them.
+
+A preset picks the network size, patch and batch for a kind of machine; anything given
+explicitly (command line, Slicer panel) overrides the preset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import InputError
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "fast-cpu": {
+        "size": "small",
+        "patch_size_3d": (64, 64, 64),
+        "patch_size_2d": (128, 128),
+        "labelled_batch": 2,
+        "unlabelled_batch": 2,
+        "labelled_batch_2d": 4,
+        "unlabelled_batch_2d": 4,
+    },
+    "balanced": {
+        "size": "small",
+        "patch_size_3d": (96, 96, 96),
+        "patch_size_2d": (192, 192),
+        "labelled_batch": 2,
+        "unlabelled_batch": 2,
+        "labelled_batch_2d": 8,
+        "unlabelled_batch_2d": 8,
+    },
+    "quality-gpu": {
+        "size": "base",
+        "patch_size_3d": (80, 112, 112),
+        "patch_size_2d": (256, 256),
+        "labelled_batch": 2,
+        "unlabelled_batch": 2,
+        "labelled_batch_2d": 12,
+        "unlabelled_batch_2d": 12,
+    },
+}
+
+
+def default_preset(device_type: str) -> str:
+    return "quality-gpu" if device_type == "cuda" else "fast-cpu"
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs; saved as the run's ``config.json``."""
+
+    method: str = "mean_teacher"
+    network: str = "unet"
+    preset: str | None = None
+    """None: chosen from the device (fast-cpu on CPU, quality-gpu on CUDA)."""
+    size: str | None = None
+    dim: str = "auto"
+    iterations: int = 2000
+    patch_size: tuple[int, ...] | None = None
+    """Patch in array order: (z, y, x) in 3D, (y, x) in 2D; None: the preset's."""
+    labelled_batch: int | None = None
+    unlabelled_batch: int | None = None
+    optimiser: str = "sgd"
+    lr: float | None = None
+    """None: 0.01 for SGD (SSL4MIS), 3e-4 for AdamW."""
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    consistency: float | None = None
+    """Maximum unsupervised weight; None: the method's own default."""
+    rampup_fraction: float = 0.4
+    ema_decay: float = 0.99
+    method_options: dict[str, Any] = field(default_factory=dict)
+    normalisation: str = "zscore"
+    ct_window: tuple[float, float] | None = None
+    val_cases: int | None = None
+    """Labelled cases held out for validation; None: one in five once there are five."""
+    val_interval: int | None = None
+    foreground_fraction: float = 0.33
+    """Share of labelled patches centred on a foreground voxel (nnU-Net's oversampling)."""
+    seed: int = 1337
+    device: str = "auto"
+    amp: bool = True
+    """Mixed precision on CUDA (bf16 where supported); ignored on CPU."""
+    num_workers: int = 0
+    init_model: str | None = None
+    predict_unlabelled: bool = False
+
+    def resolved(self, device_type: str) -> "TrainConfig":
+        """A copy with the preset's choices filled into every unset field."""
+        preset_name = self.preset or default_preset(device_type)
+        if preset_name not in PRESETS:
+            raise InputError(f"unknown preset {preset_name!r}; choose one of: {', '.join(PRESETS)}")
+        preset = PRESETS[preset_name]
+        updates: dict[str, Any] = {"preset": preset_name}
+        if self.size is None:
+            updates["size"] = preset["size"]
+        if self.lr is None:
+            updates["lr"] = 0.01 if self.optimiser == "sgd" else 3e-4
+        if self.optimiser not in ("sgd", "adamw"):
+            raise InputError(f"unknown optimiser {self.optimiser!r}; choose sgd or adamw")
+        if self.iterations < 1:
+            raise InputError(f"iterations must be at least 1, got {self.iterations}")
+        return dataclasses.replace(self, **updates)
+
+    def batch_sizes(self, dim: int) -> tuple[int, int]:
+        preset = PRESETS[self.preset or "fast-cpu"]
+        suffix = "_2d" if dim == 2 else ""
+        labelled = self.labelled_batch or preset["labelled_batch" + suffix]
+        unlabelled = self.unlabelled_batch or preset["unlabelled_batch" + suffix]
+        return labelled, unlabelled
+
+    def preset_patch(self, dim: int) -> tuple[int, ...]:
+        if self.patch_size is not None:
+            return tuple(self.patch_size)
+        return tuple(PRESETS[self.preset or "fast-cpu"][f"patch_size_{dim}d"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

@@ -1,0 +1,95 @@
+"""Prediction on whole volumes: MONAI sliding-window inference with Gaussian blending,
+results written in each input image's own geometry."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+from torch import nn
+
+from .data.cases import Case
+from .data.io import read_image
+from .data.labels import write_labelmap, write_segmentation
+from .fileio import atomic_write_json
+from .model_file import Model
+from .preprocessing import preprocess, resample_to_geometry
+
+SLICES_PER_CHUNK = 32
+"""2D: axial slices predicted together (bounds memory on tall volumes)."""
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    """bf16 autocast on CUDA when supported (fp16 otherwise); a no-op on CPU."""
+    if device.type != "cuda" or not enabled:
+        return torch.autocast("cpu", enabled=False)
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+@torch.inference_mode()
+def predict_probabilities(network: nn.Module, image: np.ndarray, dim: int, patch: tuple[int, ...],
+                          device: torch.device, overlap: float = 0.5, batch_size: int = 4,
+                          amp: bool = True) -> np.ndarray:
+    """Softmax probabilities ``(C, z, y, x)`` of a preprocessed volume ``(z, y, x)``.
+
+    3D: overlapping patches blended with a Gaussian weight. 2D: each axial slice is a
+    batch item and is tiled in-plane the same way.
+    """
+    network.eval()
+    volume = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(device)
+    if dim == 3:
+        logits = _sliding_window(volume[None, None], patch, network, overlap, batch_size, device, amp)[0]
+    else:
+        chunks = [
+            _sliding_window(volume[start:start + SLICES_PER_CHUNK, None], patch, network, overlap, batch_size, device, amp)
+            for start in range(0, volume.shape[0], SLICES_PER_CHUNK)
+        ]
+        logits = torch.cat(chunks).permute(1, 0, 2, 3)
+    return torch.softmax(logits.float(), dim=0).cpu().numpy()
+
+
+def _sliding_window(inputs, patch, network, overlap, batch_size, device, amp):
+    with autocast(device, amp):
+        return sliding_window_inference(inputs, roi_size=tuple(patch), sw_batch_size=batch_size,
+                                        predictor=network, overlap=overlap, mode="gaussian")
+
+
+def confidence(probabilities: np.ndarray, label: np.ndarray) -> float:
+    """Mean winning-class probability over the predicted foreground (over the whole volume
+    when nothing is predicted). Background dominates a whole-volume mean, so it would
+    rank every case as confident."""
+    top = probabilities.max(axis=0)
+    region = label > 0
+    return float(top[region].mean() if region.any() else top.mean())
+
+
+def predict_image(model: Model, image_path: str | os.PathLike, device: torch.device):
+    """Predict one image file: ``(label zyx uint8, confidence, geometry)`` in its own geometry."""
+    image, geometry = read_image(image_path)
+    prepared, _, prepared_geometry = preprocess(image, geometry, model.plan)
+    probabilities = predict_probabilities(model.network, prepared, model.dim, model.patch_size, device)
+    if prepared_geometry != geometry:
+        probabilities = resample_to_geometry(probabilities, prepared_geometry, geometry, is_label=False)
+    label = probabilities.argmax(axis=0).astype(np.uint8)
+    return label, confidence(probabilities, label), geometry
+
+
+def predict_cases(model: Model, cases: list[Case], out_dir: str | os.PathLike, device: torch.device,
+                  on_case: Callable[[int, int, str], None] | None = None) -> dict[str, float]:
+    """Write ``<case>.seg.nrrd``, ``labelmaps/<case>.nrrd`` and ``confidence.json``."""
+    out_dir = Path(out_dir)
+    scores: dict[str, float] = {}
+    for index, case in enumerate(cases):
+        label, score, geometry = predict_image(model, case.image, device)
+        write_segmentation(out_dir / f"{case.name}.seg.nrrd", label, geometry, model.classes)
+        write_labelmap(out_dir / "labelmaps" / f"{case.name}.nrrd", label, geometry)
+        scores[case.name] = score
+        if on_case:
+            on_case(index + 1, len(cases), case.name)
+    atomic_write_json(out_dir / "confidence.json", scores)
+    return scores

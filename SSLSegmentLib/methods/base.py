@@ -1,0 +1,169 @@
+"""The interface every semi-supervised method implements, and the registry of methods.
+
+A method owns its networks (student, EMA teacher, second network, discriminator...) and the
+losses of one training step. The trainer owns the loop, optimisers, learning-rate schedule,
+mixed precision, logging, checkpoints and devices. A new method is one new class with
+``@register_method``: the trainer never changes.
+
+Several optimisers (CPS's two networks, DAN's discriminator) are expressed as several
+*parameter groups*: ``training_step`` returns one loss per group name and the trainer
+back-propagates each loss into its own group only (``loss.backward(inputs=params)``), then
+steps one optimiser per group.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+from .losses import supervised_loss
+
+NetworkFactory = Callable[..., nn.Module]
+"""``factory(name=None, out_channels=None) -> nn.Module``: a fresh, randomly initialised
+backbone (the run's network by default; CTCT asks for another by name)."""
+
+
+@dataclass
+class MethodSettings:
+    """Hyper-parameters common to all methods; ``extra`` carries method-specific ones."""
+
+    consistency: float = 0.1
+    """Maximum weight of the unsupervised loss (lambda max)."""
+    rampup_fraction: float = 0.4
+    """Fraction of the run over which the weight rises with the sigmoid ramp-up."""
+    ema_decay: float = 0.99
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StepInfo:
+    """Where the run is: methods use it for ramp-ups and schedules."""
+
+    iteration: int
+    total: int
+    consistency_weight: float = 0.0
+
+
+def sigmoid_rampup(current: float, length: float) -> float:
+    """Sigmoid-shaped ramp-up ``exp(-5 (1 - t)^2)`` from Laine & Aila, "Temporal Ensembling
+    for Semi-Supervised Learning" (ICLR 2017), as used by Mean Teacher and SSL4MIS."""
+    if length <= 0:
+        return 1.0
+    t = min(max(current, 0.0), length) / length
+    return float(math.exp(-5.0 * (1.0 - t) ** 2))
+
+
+def consistency_weight(settings: MethodSettings, iteration: int, total: int) -> float:
+    """``lambda(t) = lambda_max * sigmoid_rampup(t, rampup_fraction * total)``."""
+    return settings.consistency * sigmoid_rampup(iteration, settings.rampup_fraction * total)
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, decay: float, iteration: int) -> None:
+    """Exponential moving average of the student's weights into the teacher.
+
+    Tarvainen & Valpola, "Mean teachers are better role models" (NeurIPS 2017). The decay
+    ``min(1 - 1/(iteration+1), decay)`` lets the teacher follow the student closely early on.
+    Buffers (BatchNorm statistics) are copied as they are.
+    """
+    alpha = min(1.0 - 1.0 / (iteration + 1), decay)
+    for t, s in zip(teacher.parameters(), student.parameters()):
+        t.mul_(alpha).add_(s.detach(), alpha=1.0 - alpha)
+    for t, s in zip(teacher.buffers(), student.buffers()):
+        t.copy_(s)
+
+
+def frozen_copy(network: nn.Module) -> nn.Module:
+    """A copy of ``network`` whose parameters get no gradient (an EMA teacher)."""
+    teacher = copy.deepcopy(network)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+class Method(nn.Module):
+    """Base class of all methods. Subclasses set ``name``, ``description``, ``reference``.
+
+    Subclasses build their networks in ``__init__`` with ``network_factory()`` and
+    implement :meth:`training_step`. The default optimises one group, ``"main"``, holding
+    every parameter that requires a gradient.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    reference: ClassVar[str] = ""
+    uses_unlabelled: ClassVar[bool] = True
+    """False for the supervised baseline: the trainer then draws no unlabelled batch."""
+
+    def __init__(self, settings: MethodSettings, network_factory: NetworkFactory, num_classes: int, dim: int):
+        super().__init__()
+        self.settings = settings
+        self.num_classes = num_classes
+        self.dim = dim
+        self.network_factory = network_factory
+
+    # --- what the trainer calls -------------------------------------------------------
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {"main": [p for p in self.parameters() if p.requires_grad]}
+
+    def training_step(self, labelled: dict, unlabelled: dict | None, step: StepInfo) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def after_optimiser_step(self, step: StepInfo) -> None:
+        """Called after every optimiser step (EMA updates live here)."""
+
+    def inference_network(self) -> nn.Module:
+        """The network whose logits predict (the student unless a method says otherwise)."""
+        return self.student
+
+    def initialise_from(self, weights: dict[str, torch.Tensor]) -> None:
+        """Start every backbone of this method from a previous round's inference weights.
+
+        Networks whose architecture differs (a discriminator, a transformer in CTCT) keep
+        their initialisation. Subclasses with more backbones list them in
+        :meth:`backbones`.
+        """
+        for network in self.backbones():
+            try:
+                network.load_state_dict(weights)
+            except RuntimeError:
+                continue
+
+    def backbones(self) -> list[nn.Module]:
+        """Networks with the inference network's architecture (initialised on retrain)."""
+        return [self.inference_network()]
+
+    # --- helpers for subclasses ---------------------------------------------------------
+    def supervised_loss(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """``0.5 * (CE + Dice)`` on the labelled batch, as in SSL4MIS."""
+        return supervised_loss(logits, label, self.num_classes)
+
+
+_METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: make a method available by its ``name``."""
+    if not cls.name:
+        raise TypeError(f"{cls.__name__} has no name")
+    _METHODS[cls.name] = cls
+    return cls
+
+
+def available_methods() -> dict[str, type[Method]]:
+    from . import _load_all  # noqa: F401  (imports every method module once)
+
+    return dict(_METHODS)
+
+
+def method_class(name: str) -> type[Method]:
+    methods = available_methods()
+    if name not in methods:
+        raise InputError(f"unknown method {name!r}; choose one of: {', '.join(sorted(methods))}")
+    return methods[name]

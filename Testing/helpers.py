@@ -1,0 +1,22 @@
+"""Helpers for tests that run the real command line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY_TRAIN = ("--size", "tiny", "--device", "cpu", "--patch-size", "16,32,32", "--dim", "3")
+
+
+def run_cli(*args: str, timeout: float = 300, check: bool = False) -> subprocess.CompletedProcess:
+    """``python -m SSLSegmentLib ...`` in a real child process."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    result = subprocess.run([sys.executable, "-m", "SSLSegmentLib", *map(str, args)], capture_output=True,
+                            text=True, timeout=timeout, env=env, cwd=ROOT)
+    if check and result.returncode != 0:
+        raise AssertionError(f"exit {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result

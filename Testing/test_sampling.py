@@ -1,0 +1,57 @@
+"""Patch and slice sampling."""
+
+import numpy as np
+
+from SSLSegmentLib.sampling import BatchStream, PatchSampler, fit_patch, pad_to
+
+
+def _volume(shape=(20, 30, 40)):
+    image = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    label = np.zeros(shape, np.uint8)
+    label[5:8, 10:13, 30:33] = 1  # a small structure far from the centre
+    return image, label
+
+
+def test_fit_patch_shrinks_to_the_data_rounded_up():
+    assert fit_patch((64, 64, 64), [(20, 30, 40), (18, 60, 10)], 16) == (32, 64, 48)
+    assert fit_patch((64, 64, 64), [(200, 300, 400)], 16) == (64, 64, 64)
+    assert fit_patch((128, 128), [(30, 40)], 32) == (32, 64)
+
+
+def test_pad_to_centres_and_keeps_larger_axes():
+    padded = pad_to(np.ones((2, 3, 50)), (4, 5, 10))
+    assert padded.shape == (4, 5, 50)
+    assert padded[1:3, 1:4].sum() == 2 * 3 * 50
+
+
+def test_3d_patches_have_the_patch_shape_and_aligned_labels():
+    image, label = _volume()
+    sampler = PatchSampler([image], [label], (16, 16, 16), dim=3, foreground_fraction=0.0, augment=False)
+    batch = sampler.sample(3, np.random.default_rng(1))
+    assert batch["image"].shape == (3, 1, 16, 16, 16) and batch["label"].shape == (3, 1, 16, 16, 16)
+
+
+def test_2d_samples_are_slices():
+    image, label = _volume()
+    sampler = PatchSampler([image], [label], (32, 32), dim=2)
+    batch = sampler.sample(4, np.random.default_rng(1))
+    assert batch["image"].shape == (4, 1, 32, 32)
+
+
+def test_foreground_oversampling_finds_small_structures():
+    image, label = _volume()
+    always = PatchSampler([image], [label], (8, 8, 8), dim=3, foreground_fraction=1.0)
+    rng = np.random.default_rng(2)
+    assert all(always.sample(1, rng)["label"].any() for _ in range(20))
+    never = PatchSampler([image], [label], (8, 8, 8), dim=3, foreground_fraction=0.0)
+    hits = sum(never.sample(1, rng)["label"].any() for _ in range(40))
+    assert hits < 20
+
+
+def test_unlabelled_sampler_has_no_label_and_stream_prefetches():
+    image, label = _volume()
+    labelled = PatchSampler([image], [label], (16, 16, 16), dim=3)
+    unlabelled = PatchSampler([image], None, (16, 16, 16), dim=3)
+    stream = iter(BatchStream(labelled, unlabelled, (2, 3), seed=0, prefetch=2))
+    first, second = next(stream)
+    assert "label" not in second and second["image"].shape[0] == 3 and first["label"].shape[0] == 2
