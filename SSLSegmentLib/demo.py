@@ -26,14 +26,15 @@ from .training.trainer import Trainer
 
 METHODS = ("supervised", "mean_teacher")
 SHAPE = (32, 48, 48)
-DEFAULT_ITERATIONS = 250
+DEFAULT_ITERATIONS = 150
+PATCH = (32, 32, 32)
 
 
 def run_demo(out: str | Path = "demo_output", iterations: int | None = None, seed: int = 7) -> dict:
     out = Path(out)
     iterations = iterations or DEFAULT_ITERATIONS
     log = logging.getLogger("sslsegment.demo")
-    folders = write_phantom_dataset(out / "data", n_labelled=3, n_unlabelled=12, n_test=4, shape=SHAPE, seed=seed)
+    folders = write_phantom_dataset(out / "data", n_labelled=2, n_unlabelled=12, n_test=4, shape=SHAPE, seed=seed)
     dataset = discover_dataset(folders["images"], folders["labels"])
     test_cases = discover_dataset(folders["test_images"], folders["test_labels"]).labelled
     results = {}
@@ -44,7 +45,7 @@ def run_demo(out: str | Path = "demo_output", iterations: int | None = None, see
         run = RunFolder(out / "runs" / method)
         run.prepare()
         config = TrainConfig(method=method, network="unet", size="small", dim="3", iterations=iterations,
-                             patch_size=SHAPE, device="auto", seed=seed, val_cases=0)
+                             patch_size=PATCH, device="auto", seed=seed, val_cases=0)
         trainer = Trainer(config, dataset, run, log)
         trainer.setup()
         trainer.train()

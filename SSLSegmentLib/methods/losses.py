@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceLoss
@@ -28,3 +30,67 @@ def supervised_loss(logits: torch.Tensor, label: torch.Tensor, num_classes: int)
 def softmax_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
     """Mean squared difference of the two softmax maps (Mean Teacher's consistency)."""
     return F.mse_loss(torch.softmax(student_logits, dim=1), torch.softmax(teacher_logits, dim=1))
+
+
+# --- added for the semi-supervised methods (developer "models") ---------------------------
+def normalised_entropy(probabilities: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Per-voxel entropy over the class axis divided by ``ln C`` (0..1), shape ``(B, 1, *)``."""
+    num_classes = probabilities.shape[1]
+    entropy = -(probabilities * torch.log(probabilities + eps)).sum(dim=1, keepdim=True)
+    return entropy / math.log(max(num_classes, 2))
+
+
+def symmetric_kl(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:
+    """``0.5 * (KL(p_a || p_b) + KL(p_b || p_a))`` with softmax over the CLASS axis (dim 1),
+    summed over classes and averaged over voxels (R-Drop, Wu et al. NeurIPS 2021)."""
+    log_a, log_b = F.log_softmax(logits_a, dim=1), F.log_softmax(logits_b, dim=1)
+    kl_ab = (log_a.exp() * (log_a - log_b)).sum(dim=1)
+    kl_ba = (log_b.exp() * (log_b - log_a)).sum(dim=1)
+    return 0.5 * (kl_ab + kl_ba).mean()
+
+
+def js_divergence(probabilities_a: torch.Tensor, probabilities_b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Jensen-Shannon divergence ``H((p_a + p_b)/2) - (H(p_a) + H(p_b))/2`` over the class axis,
+    averaged over voxels (Deep Co-Training's co-training loss, Qiao et al. ECCV 2018)."""
+
+    def entropy(p):
+        return -(p * torch.log(p + eps)).sum(dim=1)
+
+    mean = 0.5 * (probabilities_a + probabilities_b)
+    return (entropy(mean) - 0.5 * (entropy(probabilities_a) + entropy(probabilities_b))).mean()
+
+
+def soft_cross_entropy(logits: torch.Tensor, target_probabilities: torch.Tensor) -> torch.Tensor:
+    """``-sum_c q_c log p_c`` averaged over voxels, for soft targets ``q``."""
+    return -(target_probabilities * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+
+def confident_pseudo_label_ce(
+    logits: torch.Tensor, target_probabilities: torch.Tensor, threshold: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """FixMatch's unsupervised loss (Sohn et al. NeurIPS 2020): cross-entropy to the argmax of
+    ``target_probabilities`` on voxels whose confidence ``max_c q_c >= threshold``; other voxels
+    are IGNORED (contribute 0), not mapped to background. Normalised by all voxels as in the
+    paper. Returns ``(loss, mask)``."""
+    confidence, pseudo_label = target_probabilities.max(dim=1)
+    mask = (confidence >= threshold).to(logits.dtype)
+    ce = F.cross_entropy(logits, pseudo_label, reduction="none")
+    return (ce * mask).mean(), mask
+
+
+def weighted_supervised_loss(
+    logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, num_classes: int, eps: float = 1e-16
+) -> torch.Tensor:
+    """``0.5 * (CE + soft Dice)`` restricted to voxels weighted by ``weights`` ``(B, 1, *)``
+    (0..1), as BCP's mixed loss (Bai et al. CVPR 2023): weighted-mean CE and a Dice whose
+    intersection and sums only count weighted voxels. ``target`` holds class indices
+    ``(B, 1, *)``."""
+    ce_map = F.cross_entropy(logits, target[:, 0].long(), reduction="none")
+    ce = (ce_map * weights[:, 0]).sum() / (weights.sum() + eps)
+    probabilities = torch.softmax(logits, dim=1)
+    one_hot = F.one_hot(target[:, 0].long(), num_classes).movedim(-1, 1).to(probabilities.dtype)
+    axes = tuple(range(2, logits.ndim))
+    intersection = (probabilities * one_hot * weights).sum(axes)
+    total = ((probabilities + one_hot) * weights).sum(axes)
+    dice = 1.0 - ((2.0 * intersection + 1e-5) / (total + 1e-5)).mean()
+    return 0.5 * (ce + dice)

@@ -232,8 +232,9 @@ class Trainer:
         elapsed = time.monotonic() - started
         record = {"iteration": done, "total": total,
                   "losses": {k: round(float(v) / steps, 6) for k, v in losses_sum.items()},
-                  "lr": lr, "consistency_weight": round(weight, 6),
-                  "elapsed_s": round(elapsed, 2), "eta_s": round(elapsed / done * (total - done), 1)}
+                  "lr": lr, "elapsed_s": round(elapsed, 2), "eta_s": round(elapsed / done * (total - done), 1)}
+        if self.method.uses_unlabelled:
+            record["consistency_weight"] = round(weight, 6)
         if val_dice is not None:
             record["val_dice"] = round(val_dice, 5)
         return record

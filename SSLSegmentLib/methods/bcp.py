@@ -1,0 +1,91 @@
+"""Bidirectional Copy-Paste (BCP)."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import ema_update, register_method
+from .helpers import TeacherStudentMethod, copy_paste, copy_paste_mask, extra
+from .losses import weighted_supervised_loss
+
+
+def bidirectional_copy_paste(labelled_images, labels, unlabelled_images, pseudo_labels, mask):
+    """BCP's two mixed batches (mask = 1 inside the box):
+
+    - inward: a labelled crop pasted into an unlabelled image,
+      ``X_in = x_l * M + x_u * (1 - M)``, ``Y_in = y_l * M + y^_u * (1 - M)``;
+    - outward: an unlabelled crop pasted into a labelled image (the other pairs),
+      ``X_out = x_u' * M + x_l' * (1 - M)``, ``Y_out = y^_u' * M + y_l' * (1 - M)``.
+
+    ``'`` pairs are the batches rolled by one. Returns ``(images_in, labels_in, images_out,
+    labels_out)``.
+    """
+    other_l, other_y = labelled_images.roll(1, 0), labels.roll(1, 0)
+    other_u, other_p = unlabelled_images.roll(1, 0), pseudo_labels.roll(1, 0)
+    return (
+        copy_paste(labelled_images, unlabelled_images, mask),
+        copy_paste(labels, pseudo_labels, mask),
+        copy_paste(other_u, other_l, mask),
+        copy_paste(other_p, other_y, mask),
+    )
+
+
+@register_method
+class BCP(TeacherStudentMethod):
+    """Labelled and unlabelled images are copy-pasted into each other, both ways; the EMA
+    teacher's pseudo-labels fill the unlabelled parts of the mixed labels.
+
+    Bai, Chen, Li, Zhang & Wang, "Bidirectional Copy-Paste for Semi-Supervised Medical Image
+    Segmentation", CVPR 2023.
+
+    Stage 1 (first ``settings.extra["bcp_pretrain_fraction"]`` of the run, default 0.2): the
+    student is pre-trained on labelled images copy-pasted into each other; the teacher copies
+    the student, so self-training starts from the pre-trained model as in the paper. Stage 2:
+    :func:`bidirectional_copy_paste` with a box of 2/3 the image sides; loss = ``0.5 (CE +
+    Dice)`` on the labelled region + alpha (0.5, ``"bcp_unlabelled_weight"``) times it on the
+    pseudo-labelled region, for both mixed batches. Pseudo-labels are the teacher's argmax
+    (the paper's largest-connected-component clean-up is not applied). The weight is fixed
+    as in the paper: ``step.consistency_weight`` is not used. The batches are paired up to
+    ``min(labelled, unlabelled)`` images.
+    """
+
+    name = "bcp"
+    description = "Bidirectional copy-paste of labelled/unlabelled images, EMA pseudo-labels"
+    reference = "Bai et al., CVPR 2023"
+
+    def in_pretraining(self, step) -> bool:
+        return step.iteration < float(extra(self.settings, "bcp_pretrain_fraction", 0.2)) * step.total
+
+    def training_step(self, labelled, unlabelled, step):
+        mask = copy_paste_mask(labelled["image"])
+        if self.in_pretraining(step):
+            return self.pretraining_step(labelled, mask)
+        n = min(labelled["image"].shape[0], unlabelled["image"].shape[0])
+        images, labels, u_images = labelled["image"][:n], labelled["label"][:n], unlabelled["image"][:n]
+        with torch.no_grad():
+            pseudo = self.teacher(u_images).argmax(dim=1, keepdim=True)
+        images_in, labels_in, images_out, labels_out = bidirectional_copy_paste(images, labels, u_images, pseudo, mask)
+        alpha = float(extra(self.settings, "bcp_unlabelled_weight", 0.5))
+        inward = self.mixed_loss(self.student(images_in), labels_in, mask, alpha)
+        outward = self.mixed_loss(self.student(images_out), labels_out, 1.0 - mask, alpha)
+        loss = inward + outward
+        return {"main": loss, "inward": inward.detach(), "outward": outward.detach()}
+
+    def pretraining_step(self, labelled, mask):
+        """Supervised copy-paste between labelled images (BCP's pre-training stage)."""
+        images = copy_paste(labelled["image"], labelled["image"].roll(1, 0), mask)
+        labels = copy_paste(labelled["label"], labelled["label"].roll(1, 0), mask)
+        loss = self.supervised_loss(self.student(images), labels)
+        return {"main": loss, "supervised": loss.detach()}
+
+    def mixed_loss(self, logits, labels, labelled_region, alpha):
+        """Loss on the labelled region plus ``alpha`` times the loss on the pseudo-labelled one."""
+        weights = labelled_region.expand(logits.shape[0], *labelled_region.shape[1:])
+        return (weighted_supervised_loss(logits, labels, weights, self.num_classes)
+                + alpha * weighted_supervised_loss(logits, labels, 1.0 - weights, self.num_classes))
+
+    def after_optimiser_step(self, step):
+        if self.in_pretraining(step):
+            ema_update(self.teacher, self.student, 0.0, step.iteration)
+        else:
+            super().after_optimiser_step(step)

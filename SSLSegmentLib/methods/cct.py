@@ -1,0 +1,48 @@
+"""Cross-Consistency Training (CCT)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..networks.heads import AuxiliaryDecoders
+from .base import Method, register_method
+from .helpers import INPUT_CHANNELS, extra, joined_images
+
+
+@register_method
+class CCT(Method):
+    """Auxiliary decoders on perturbed features must agree with the main decoder.
+
+    Ouali, Hudelot & Tami, "Semi-Supervised Semantic Segmentation with Cross-Consistency
+    Training", CVPR 2020.
+
+    The run's backbone is wrapped in :class:`~SSLSegmentLib.networks.heads.AuxiliaryDecoders`
+    with K (default 3, ``settings.extra["cct_aux_decoders"]``) auxiliary decoders, each on
+    its own perturbation (feature noise U(-0.3, 0.3), dropout 0.3, feature dropout) of a
+    decoder feature map. Labelled: main output only (the paper; the reference also
+    supervises the auxiliary ones). Unlabelled: mean over decoders of the MSE between the
+    auxiliary softmax and the main softmax, DETACHED as in the paper (the reference
+    back-propagates into the main decoder too). Predicts with the bare backbone.
+    """
+
+    name = "cct"
+    description = "Main decoder + auxiliary decoders on perturbed features, consistency"
+    reference = "Ouali et al., CVPR 2020"
+
+    def __init__(self, settings, network_factory, num_classes, dim):
+        super().__init__(settings, network_factory, num_classes, dim)
+        num_aux = int(extra(settings, "cct_aux_decoders", 3))
+        self.network = AuxiliaryDecoders(network_factory(), dim, INPUT_CHANNELS, num_classes, num_aux=num_aux)
+
+    def training_step(self, labelled, unlabelled, step):
+        images, n_labelled = joined_images(labelled, unlabelled)
+        main, *auxiliary = self.network(images)
+        supervised = self.supervised_loss(main[:n_labelled], labelled["label"])
+        target = main[n_labelled:].detach().softmax(dim=1)
+        consistency = torch.stack([F.mse_loss(a[n_labelled:].softmax(dim=1), target) for a in auxiliary]).mean()
+        loss = supervised + step.consistency_weight * consistency
+        return {"main": loss, "supervised": supervised.detach(), "consistency": consistency.detach()}
+
+    def inference_network(self):
+        return self.network.backbone

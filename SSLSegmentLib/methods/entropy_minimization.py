@@ -1,0 +1,36 @@
+"""Entropy minimisation."""
+
+from __future__ import annotations
+
+from .base import Method, register_method
+from .helpers import joined_images
+from .losses import normalised_entropy
+
+
+@register_method
+class EntropyMinimization(Method):
+    """One network; the labelled loss plus the mean normalised entropy of its predictions on
+    the unlabelled images (confident predictions are favoured).
+
+    Grandvalet & Bengio, "Semi-supervised Learning by Entropy Minimization", NeurIPS 2004
+    (for segmentation: Vu et al., ADVENT, CVPR 2019). Entropy ``-sum p log p / ln C`` over the
+    class axis, so it is in [0, 1] for any number of classes C. Applied to the unlabelled
+    images, as the paper does (SSL4MIS averages it over the whole batch).
+    """
+
+    name = "entropy_minimization"
+    description = "One network, minimises the entropy of its unlabelled predictions"
+    reference = "Grandvalet & Bengio, NeurIPS 2004; Vu et al., CVPR 2019"
+
+    def __init__(self, settings, network_factory, num_classes, dim):
+        super().__init__(settings, network_factory, num_classes, dim)
+        self.student = network_factory()
+
+    def training_step(self, labelled, unlabelled, step):
+        images, n_labelled = joined_images(labelled, unlabelled)
+        logits = self.student(images)
+        supervised = self.supervised_loss(logits[:n_labelled], labelled["label"])
+        entropy = normalised_entropy(logits[n_labelled:].softmax(dim=1)).mean()
+        loss = supervised + step.consistency_weight * entropy
+        return {"main": loss, "supervised": supervised.detach(), "entropy": entropy.detach()}
+

@@ -1,0 +1,134 @@
+"""Pieces shared by several methods: base classes for teacher-student and two-network
+methods, augmentations on tensors, mixing and copy-paste. No method is registered here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from .base import Method, ema_update, frozen_copy
+
+INPUT_CHANNELS = 1
+"""Batches carry one image channel (CONTRACTS.md)."""
+
+
+def extra(settings, key: str, default: Any) -> Any:
+    """A method-specific setting from ``settings.extra`` with its default."""
+    return settings.extra.get(key, default)
+
+
+def joined_images(labelled: dict, unlabelled: dict) -> tuple[torch.Tensor, int]:
+    """Labelled then unlabelled images in one batch, and the number of labelled ones."""
+    return torch.cat([labelled["image"], unlabelled["image"]]), labelled["image"].shape[0]
+
+
+class TeacherStudentMethod(Method):
+    """A student and its EMA teacher (Tarvainen & Valpola, NeurIPS 2017); the student
+    predicts, the teacher follows it after each optimiser step."""
+
+    def __init__(self, settings, network_factory, num_classes, dim):
+        super().__init__(settings, network_factory, num_classes, dim)
+        self.student = network_factory()
+        self.teacher = frozen_copy(self.student)
+
+    def after_optimiser_step(self, step):
+        ema_update(self.teacher, self.student, self.settings.ema_decay, step.iteration)
+
+    def backbones(self):
+        return [self.student, self.teacher]
+
+
+class TwoNetworkMethod(Method):
+    """Two networks trained together; the first (``student``) predicts.
+
+    ``separate_optimisers = True`` gives each network its own parameter group (``"main"``
+    and ``"second"``), which only works when each network's loss has no gradient path into
+    the other (pseudo-labels from an argmax). Otherwise one group holds both.
+    """
+
+    separate_optimisers = True
+
+    def build_networks(self, second_name: str | None = None) -> None:
+        self.student = self.network_factory()
+        self.second = self.network_factory(name=second_name) if second_name else self.network_factory()
+
+    def parameter_groups(self):
+        if not self.separate_optimisers:
+            return super().parameter_groups()
+        return {"main": list(self.student.parameters()), "second": list(self.second.parameters())}
+
+    def backbones(self):
+        return [self.student, self.second]
+
+    def mutual_losses(self, logits, labelled, n_labelled, weight, pseudo_loss, term):
+        """One loss per group for cross-teaching methods: each network's supervised loss plus
+        ``weight * pseudo_loss(its logits, the other's logits)`` (the other's are detached)."""
+        losses = {}
+        for group, mine, other in (("main", logits[0], logits[1]), ("second", logits[1], logits[0])):
+            supervised = self.supervised_loss(mine[:n_labelled], labelled["label"])
+            unsupervised = pseudo_loss(mine, other.detach())
+            losses[group] = supervised + weight * unsupervised
+            losses[f"{group}_supervised"] = supervised.detach()
+            losses[f"{group}_{term}"] = unsupervised.detach()
+        return losses
+
+
+# --- augmentations on (B, C, *spatial) tensors -------------------------------------------------
+def random_flip_rot90(images: torch.Tensor) -> torch.Tensor:
+    """Per sample: a flip along each spatial axis with probability 1/2, then a rotation by
+    k*90 degrees in one randomly chosen plane of two equally long spatial axes (if any)."""
+    return torch.stack([_flip_rot90(sample) for sample in images])
+
+
+def _flip_rot90(sample: torch.Tensor) -> torch.Tensor:
+    spatial_axes = list(range(1, sample.ndim))
+    flips = [axis for axis in spatial_axes if torch.rand(()) < 0.5]
+    if flips:
+        sample = sample.flip(flips)
+    planes = [(a, b) for a in spatial_axes for b in spatial_axes if a < b and sample.shape[a] == sample.shape[b]]
+    if planes:
+        plane = planes[int(torch.randint(len(planes), ()))]
+        sample = sample.rot90(int(torch.randint(4, ())), plane)
+    return sample
+
+
+def intensity_jitter(images: torch.Tensor, contrast=0.25, brightness=0.25, noise_std=0.1) -> torch.Tensor:
+    """Per sample contrast ``U(1-c, 1+c)`` about the mean, brightness ``U(-b, b)`` (in units of
+    the sample's standard deviation) and Gaussian noise: the "strong", intensity-only
+    augmentation (geometry unchanged, so pseudo-labels stay aligned)."""
+    shape = (images.shape[0],) + (1,) * (images.ndim - 1)
+    axes = tuple(range(1, images.ndim))
+    mean = images.mean(dim=axes, keepdim=True)
+    std = images.std(dim=axes, keepdim=True) + 1e-6
+    scale = torch.empty(shape, device=images.device, dtype=images.dtype).uniform_(1 - contrast, 1 + contrast)
+    shift = torch.empty(shape, device=images.device, dtype=images.dtype).uniform_(-brightness, brightness)
+    jittered = (images - mean) * scale + mean + shift * std
+    return jittered + torch.randn_like(images) * noise_std * std
+
+
+# --- mixing --------------------------------------------------------------------------------------
+def interpolate(a: torch.Tensor, b: torch.Tensor, lam: float) -> torch.Tensor:
+    """``lam * a + (1 - lam) * b`` (mixup, Zhang et al. ICLR 2018)."""
+    return lam * a + (1.0 - lam) * b
+
+
+def copy_paste_mask(reference: torch.Tensor, ratio: float = 2.0 / 3.0) -> torch.Tensor:
+    """``(1, 1, *spatial)`` mask, 1 inside a randomly placed box whose sides are ``ratio`` of
+    the image's, 0 elsewhere (BCP, Bai et al. CVPR 2023, beta = 2/3)."""
+    spatial = reference.shape[2:]
+    mask = torch.zeros((1, 1, *spatial), device=reference.device, dtype=reference.dtype)
+    box = []
+    for size in spatial:
+        length = max(1, int(round(size * ratio)))
+        start = int(torch.randint(size - length + 1, ()))
+        box.append(slice(start, start + length))
+    mask[(slice(None), slice(None), *box)] = 1.0
+    return mask
+
+
+def copy_paste(inside: torch.Tensor, outside: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``inside`` where ``mask`` is 1 and ``outside`` elsewhere (images or label maps)."""
+    if inside.dtype.is_floating_point:
+        return inside * mask + outside * (1.0 - mask)
+    return torch.where(mask.bool(), inside, outside)
+

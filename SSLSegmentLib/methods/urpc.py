@@ -1,0 +1,60 @@
+"""Uncertainty Rectified Pyramid Consistency (URPC)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..networks.heads import PyramidOutputs
+from .base import Method, register_method
+from .helpers import INPUT_CHANNELS, joined_images
+
+
+def pyramid_consistency(scale_logits: list[torch.Tensor]) -> torch.Tensor:
+    """URPC's uncertainty-rectified consistency, averaged over scales: with ``P`` the mean of
+    the scales' softmax and ``v_s = sum_c KL(P || p_s)`` per voxel,
+    ``L_s = mean((P - p_s)^2 * exp(-v_s)) / (mean(exp(-v_s)) + 1e-8) + mean(v_s)``.
+    Works for any number of classes."""
+    probabilities = [logits.softmax(dim=1) for logits in scale_logits]
+    mean = torch.stack(probabilities).mean(dim=0)
+    losses = []
+    for logits, p in zip(scale_logits, probabilities):
+        variance = F.kl_div(F.log_softmax(logits, dim=1), mean, reduction="none").sum(dim=1, keepdim=True)
+        weight = torch.exp(-variance)
+        rectified = ((mean - p) ** 2 * weight).mean() / (weight.mean() + 1e-8)
+        losses.append(rectified + variance.mean())
+    return torch.stack(losses).mean()
+
+
+@register_method
+class URPC(Method):
+    """Predictions at four decoder scales must agree, weighted by their uncertainty.
+
+    Luo, Liao, Song, Wang, Zhang, Zhang, Chen & Zhang, "Efficient Semi-supervised Gross
+    Target Volume of Nasopharyngeal Carcinoma Segmentation via Uncertainty Rectified Pyramid
+    Consistency", MICCAI 2021 (extended in Medical Image Analysis 2022).
+
+    The run's backbone is wrapped in :class:`~SSLSegmentLib.networks.heads.PyramidOutputs`
+    (main output + heads at 1/2, 1/4, 1/8, upsampled, perturbed). Supervised loss: mean over
+    the four scales of ``0.5 (CE + Dice)`` (the reference's sum / 8). Nothing depends on the
+    number of classes (the reference hard-codes it in 3D). Predicts with the bare backbone.
+    """
+
+    name = "urpc"
+    description = "Uncertainty-rectified consistency between four decoder-scale predictions"
+    reference = "Luo et al., MICCAI 2021"
+
+    def __init__(self, settings, network_factory, num_classes, dim):
+        super().__init__(settings, network_factory, num_classes, dim)
+        self.network = PyramidOutputs(network_factory(), dim, INPUT_CHANNELS, num_classes)
+
+    def training_step(self, labelled, unlabelled, step):
+        images, n_labelled = joined_images(labelled, unlabelled)
+        scales = self.network(images)
+        supervised = torch.stack([self.supervised_loss(s[:n_labelled], labelled["label"]) for s in scales]).mean()
+        consistency = pyramid_consistency([s[n_labelled:] for s in scales])
+        loss = supervised + step.consistency_weight * consistency
+        return {"main": loss, "supervised": supervised.detach(), "consistency": consistency.detach()}
+
+    def inference_network(self):
+        return self.network.backbone

@@ -1,0 +1,16 @@
+"""Segmentation backbones (MONAI where MONAI has them) and multi-output wrappers.
+
+Importing this package registers every backbone module in it (as ``methods/_load_all`` does
+for methods), so adding a backbone is adding a file.
+"""
+
+import importlib
+import pkgutil
+
+from .registry import SIZES, available_networks, build_network, network_dims, register_network  # noqa: F401
+
+_NOT_BACKBONES = {"registry", "heads", "discriminator"}
+
+for _info in pkgutil.iter_modules(__path__):
+    if _info.name not in _NOT_BACKBONES and not _info.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_info.name}")

@@ -1,0 +1,68 @@
+"""Registry of segmentation backbones, looked up by name.
+
+A backbone builder is ``f(dim, in_channels, out_channels, size) -> nn.Module`` registered with
+:func:`register_network`. Every network maps ``(B, C_in, *spatial)`` to logits
+``(B, C_out, *spatial)``; the builder's docstring says which spatial sizes it needs
+(divisible by 16 unless it says otherwise).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+from ..errors import InputError
+
+SIZES = ("tiny", "small", "base")
+"""``tiny``: unit tests; ``small``: CPU default; ``base``: GPU."""
+
+Builder = Callable[[int, int, int, str], nn.Module]
+
+
+@dataclass(frozen=True)
+class NetworkEntry:
+    name: str
+    description: str
+    dims: tuple[int, ...]
+    builder: Builder
+
+
+_NETWORKS: dict[str, NetworkEntry] = {}
+
+
+def register_network(name: str, description: str, dims: tuple[int, ...] = (2, 3)):
+    """Decorator: make ``builder(dim, in_channels, out_channels, size)`` available as ``name``."""
+
+    def decorate(builder: Builder) -> Builder:
+        _NETWORKS[name] = NetworkEntry(name, description, tuple(dims), builder)
+        return builder
+
+    return decorate
+
+
+def available_networks() -> dict[str, str]:
+    """``{name: description}`` of every registered backbone."""
+    return {name: entry.description for name, entry in sorted(_NETWORKS.items())}
+
+
+def network_dims(name: str) -> tuple[int, ...]:
+    """The dimensionalities (2, 3) a backbone supports."""
+    return _entry(name).dims
+
+
+def build_network(name: str, dim: int, in_channels: int, out_channels: int, size: str = "small") -> nn.Module:
+    """A fresh, randomly initialised backbone (no pretrained weights)."""
+    entry = _entry(name)
+    if dim not in entry.dims:
+        raise InputError(f"network {name!r} supports dim {entry.dims}, not {dim}")
+    if size not in SIZES:
+        raise InputError(f"unknown network size {size!r}; choose one of: {', '.join(SIZES)}")
+    return entry.builder(dim, in_channels, out_channels, size)
+
+
+def _entry(name: str) -> NetworkEntry:
+    if name not in _NETWORKS:
+        raise InputError(f"unknown network {name!r}; choose one of: {', '.join(sorted(_NETWORKS))}")
+    return _NETWORKS[name]
