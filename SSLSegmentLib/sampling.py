@@ -22,13 +22,14 @@ MAX_FOREGROUND_POINTS = 20000
 
 
 def fit_patch(preset_patch: tuple[int, ...], shapes: list[tuple[int, ...]], divisor: int = 16) -> tuple[int, ...]:
-    """The preset patch, shrunk to the largest volume (rounded up to ``divisor``) so that
-    small images are not padded far beyond their size."""
+    """The preset patch rounded down to a multiple of ``divisor`` (what the network's
+    downsampling needs), and shrunk to the largest volume (rounded up to ``divisor``) so
+    that small images are not padded far beyond their size."""
     largest = np.max(np.array(shapes), axis=0)[-len(preset_patch):]
     fitted = []
     for want, have in zip(preset_patch, largest):
         rounded = int(np.ceil(have / divisor) * divisor)
-        fitted.append(max(divisor, min(int(want), rounded)))
+        fitted.append(max(divisor, min(int(want) // divisor * divisor, rounded)))
     return tuple(fitted)
 
 

@@ -16,6 +16,7 @@ def test_fit_patch_shrinks_to_the_data_rounded_up():
     assert fit_patch((64, 64, 64), [(20, 30, 40), (18, 60, 10)], 16) == (32, 64, 48)
     assert fit_patch((64, 64, 64), [(200, 300, 400)], 16) == (64, 64, 64)
     assert fit_patch((128, 128), [(30, 40)], 32) == (32, 64)
+    assert fit_patch((80, 112, 112), [(200, 300, 400)], 32) == (64, 96, 96)
 
 
 def test_pad_to_centres_and_keeps_larger_axes():

@@ -100,6 +100,9 @@ class Method(nn.Module):
     reference: ClassVar[str] = ""
     uses_unlabelled: ClassVar[bool] = True
     """False for the supervised baseline: the trainer then draws no unlabelled batch."""
+    extra_networks: ClassVar[tuple[str, ...]] = ()
+    """Backbones the method builds besides the run's network (CTCT's transformer): their
+    size constraints apply to the patch too."""
 
     def __init__(self, settings: MethodSettings, network_factory: NetworkFactory, num_classes: int, dim: int):
         super().__init__()

@@ -26,6 +26,7 @@ class CTCT(TwoNetworkMethod):
     """
 
     name = "ctct"
+    extra_networks = (TRANSFORMER,)
     description = "CNN and Swin transformer cross-teach with argmax pseudo-labels (Dice)"
     reference = "Luo et al., MIDL 2022"
 

@@ -7,7 +7,14 @@ for methods), so adding a backbone is adding a file.
 import importlib
 import pkgutil
 
-from .registry import SIZES, available_networks, build_network, network_dims, register_network  # noqa: F401
+from .registry import (  # noqa: F401
+    SIZES,
+    available_networks,
+    build_network,
+    network_dims,
+    network_divisor,
+    register_network,
+)
 
 _NOT_BACKBONES = {"registry", "heads", "discriminator"}
 

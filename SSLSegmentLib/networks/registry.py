@@ -27,16 +27,18 @@ class NetworkEntry:
     description: str
     dims: tuple[int, ...]
     builder: Builder
+    divisor: int = 16
+    """Spatial sizes must be multiples of this (the product of the downsampling strides)."""
 
 
 _NETWORKS: dict[str, NetworkEntry] = {}
 
 
-def register_network(name: str, description: str, dims: tuple[int, ...] = (2, 3)):
+def register_network(name: str, description: str, dims: tuple[int, ...] = (2, 3), divisor: int = 16):
     """Decorator: make ``builder(dim, in_channels, out_channels, size)`` available as ``name``."""
 
     def decorate(builder: Builder) -> Builder:
-        _NETWORKS[name] = NetworkEntry(name, description, tuple(dims), builder)
+        _NETWORKS[name] = NetworkEntry(name, description, tuple(dims), builder, divisor)
         return builder
 
     return decorate
@@ -50,6 +52,11 @@ def available_networks() -> dict[str, str]:
 def network_dims(name: str) -> tuple[int, ...]:
     """The dimensionalities (2, 3) a backbone supports."""
     return _entry(name).dims
+
+
+def network_divisor(name: str) -> int:
+    """Spatial sizes a backbone needs to be divisible by."""
+    return _entry(name).divisor
 
 
 def build_network(name: str, dim: int, in_channels: int, out_channels: int, size: str = "small") -> nn.Module:

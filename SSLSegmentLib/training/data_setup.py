@@ -14,6 +14,8 @@ from ..data.cases import Case, Dataset
 from ..data.io import read_image
 from ..data.labels import ClassInfo
 from ..preprocessing import Plan, make_plan, preprocess
+from ..methods import method_class
+from ..networks import network_divisor
 from ..sampling import fit_patch
 
 
@@ -69,11 +71,6 @@ def validation_split(cases: list[Case], requested: int | None, seed: int) -> set
     return {cases[i].name for i in order[:count]}
 
 
-def network_divisor(network: str) -> int:
-    """Spatial sizes the network needs to be divisible by (Swin's windows need 32)."""
-    return 32 if "swin" in network else 16
-
-
 def prepare_training_data(dataset: Dataset, config: TrainConfig, log: logging.Logger,
                           plan: Plan | None = None) -> tuple[TrainingData, dict]:
     """Load, normalise and resample every case. ``plan`` given (a retrain) is reused so the
@@ -94,7 +91,8 @@ def prepare_training_data(dataset: Dataset, config: TrainConfig, log: logging.Lo
     unlabelled = [PreparedCase(case.name, preprocess(*read_image(case.image), plan)[0]) for case in dataset.unlabelled]
     shapes = [c.image.shape for c in train + unlabelled]
     in_plane = [s[1:] for s in shapes] if plan.dim == 2 else shapes
-    patch = fit_patch(config.preset_patch(plan.dim), in_plane, network_divisor(config.network))
+    networks = (config.network, *method_class(config.method).extra_networks)
+    patch = fit_patch(config.preset_patch(plan.dim), in_plane, max(map(network_divisor, networks)))
     log.info("%d labelled for training, %d for validation, %d unlabelled; patch %s",
              len(train), len(validation), len(unlabelled), patch)
     data = TrainingData(plan, dataset.classes, patch, train, validation, unlabelled)

@@ -1,0 +1,665 @@
+"""SSLSegment: train a segmentation model from a few labelled volumes and many unlabelled ones.
+
+This file holds only what needs the Slicer application: the module description, a thin
+widget that wires the panel (``Resources/UI/SSLSegment.ui``) to
+:class:`SSLSegmentLib.logic.SSLSegmentLogic`, and the self-test. All behaviour lives in the
+``SSLSegmentLib`` package (as in SlicerNNUnet), which also runs outside Slicer.
+"""
+
+import importlib.util
+import logging
+import os
+import pathlib
+import sys
+from typing import Annotated
+
+import qt
+import slicer
+import vtk  # noqa: F401  (Slicer modules conventionally import it; used by the test)
+from slicer.i18n import tr as _
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+_MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
+# SSLSegmentLib sits beside this module's folder: the repository root in a source checkout,
+# lib/Slicer-X.Y/ in a build or an installed extension (see SSLSegment/CMakeLists.txt).
+_PACKAGE_PARENT = os.path.dirname(_MODULE_DIR)
+for _folder in (_MODULE_DIR, _PACKAGE_PARENT):
+    if os.path.isdir(os.path.join(_folder, "SSLSegmentLib")) and _folder not in sys.path:
+        sys.path.insert(0, _folder)
+
+from SSLSegmentLib import jobs  # noqa: E402
+from SSLSegmentLib.errors import InputError  # noqa: E402
+from SSLSegmentLib.logic import (  # noqa: E402
+    DEVICE_CHOICES, DIM_CHOICES, EXCLUDED, EXPORT_FORMAT_CHOICES, LABELLED, METHOD_CHOICES, NETWORK_CHOICES,
+    PRESET_CHOICES, SIZE_CHOICES, UNLABELLED, SSLSegmentLogic as _EngineLogic, defaultJobsRoot, referenceVolume,
+)
+
+
+def resourceFile(*parts):
+    """A file of Resources/, beside this file or beside its folder (see above)."""
+    for base in (_MODULE_DIR, _PACKAGE_PARENT):
+        path = os.path.join(base, "Resources", *parts)
+        if os.path.exists(path):
+            return path
+    return os.path.join(_MODULE_DIR, "Resources", *parts)
+
+
+#
+# Module
+#
+
+
+class SSLSegment(ScriptedLoadableModule):
+    """Module description shown by Slicer."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("SSLSegment")
+        self.parent.categories = [_("Segmentation")]
+        self.parent.dependencies = []  # the PyTorch extension is used when present, not required
+        self.parent.contributors = ["SSLSegment developers"]
+        self.parent.helpText = _(
+            "Semi-supervised segmentation: label a few volumes (Segment Editor), leave the others "
+            "unlabelled, and train. The model learns from both, predicts the unlabelled volumes, "
+            "tells you which prediction it is least sure of; correct it, mark it corrected and "
+            "retrain. Your labels are never overwritten: predictions are new segmentations, and "
+            "every round keeps its model and the labels it trained on.<br>"
+            "Methods: Mean Teacher, UA-MT, CPS, FixMatch, BCP, CCT, URPC and more "
+            "(each cites its paper). Training runs in a separate process; the panel stays responsive "
+            "and Cancel stops it.")
+        self.parent.acknowledgementText = _(
+            "Methods follow the SSL4MIS collection (Luo et al.) and their original papers; networks "
+            "come from MONAI. The panel follows the Slicer module template, SlicerMONAIAuto3DSeg "
+            "and SlicerNNUnet.")
+        iconPath = resourceFile("Icons", "SSLSegment.png")
+        if os.path.exists(iconPath):
+            self.parent.icon = qt.QIcon(iconPath)
+
+
+#
+# Parameters
+#
+
+
+@parameterNodeWrapper
+class SSLSegmentParameterNode:
+    """The panel's settings, saved with the scene and bound to the .ui (SlicerParameterName)."""
+
+    method: Annotated[str, Choice(list(METHOD_CHOICES))] = "mean_teacher"
+    network: Annotated[str, Choice(list(NETWORK_CHOICES))] = "unet"
+    preset: Annotated[str, Choice(list(PRESET_CHOICES))] = "fast-cpu"
+    iterations: Annotated[int, WithinRange(1, 1000000)] = 2000
+    dim: Annotated[str, Choice(list(DIM_CHOICES))] = "auto"
+    device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"
+    size: Annotated[str, Choice(list(SIZE_CHOICES))] = "preset"
+    seed: Annotated[int, WithinRange(0, 2147483647)] = 1337
+    jobsDirectory: pathlib.Path = pathlib.Path(".")
+    retrainIterations: Annotated[int, WithinRange(1, 1000000)] = 500
+    exportDirectory: pathlib.Path = pathlib.Path(".")
+    exportFormat: Annotated[str, Choice(list(EXPORT_FORMAT_CHOICES))] = "seg.nrrd"
+    jobFolder: str = ""
+    jobRound: int = 0
+
+
+#
+# Logic: the engine logic, plus the module's parameter node
+#
+
+
+class SSLSegmentLogic(ScriptedLoadableModuleLogic, _EngineLogic):
+    """:class:`SSLSegmentLib.logic.SSLSegmentLogic` on ``slicer.mrmlScene``, with the parameter node."""
+
+    def __init__(self):
+        ScriptedLoadableModuleLogic.__init__(self)
+        _EngineLogic.__init__(self, slicer.mrmlScene)
+
+    def getParameterNode(self):
+        return SSLSegmentParameterNode(super().getParameterNode())
+
+
+#
+# Widget
+#
+
+IDLE, STARTING, TRAINING, LOADING, FAILED = "idle", "starting", "training", "loading", "failed"
+ROLE_NAMES = [LABELLED, UNLABELLED, EXCLUDED]
+# Import names of the packages listed in Resources/requirements.txt.
+IMPORT_NAMES = {"pynrrd": "nrrd"}
+
+
+class SSLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Wires the panel to the logic; polls the running job with a timer (never blocks)."""
+
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self.job = None
+        self.state = IDLE
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._roleChoices = {}  # volume node ID -> role chosen by the user
+        self._shownLog = ""
+
+    # -- set-up ------------------------------------------------------------------------------
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(resourceFile("UI", "SSLSegment.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = SSLSegmentLogic()
+
+        self.timer = qt.QTimer()
+        self.timer.setInterval(500)
+        self.timer.timeout.connect(self.onTimer)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        for table in (self.ui.volumesTable, self.ui.resultsTable, self.ui.historyTable):
+            table.horizontalHeader().setStretchLastSection(True)
+            table.verticalHeader().setVisible(False)
+        self.ui.detectRolesButton.clicked.connect(self.onDetectRoles)
+        self.ui.trainButton.clicked.connect(self.onTrainOrCancel)
+        self.ui.resultsTable.itemSelectionChanged.connect(self.updateButtons)
+        self.ui.historyTable.itemSelectionChanged.connect(self.updateButtons)
+        self.ui.openJobButton.clicked.connect(self.onOpenJob)
+        self.ui.useRoundButton.clicked.connect(self.onUseRound)
+        self.ui.editPredictionButton.clicked.connect(self.onEditPrediction)
+        self.ui.markCorrectedButton.clicked.connect(self.onMarkCorrected)
+        self.ui.retrainButton.clicked.connect(self.onRetrain)
+        self.ui.exportButton.clicked.connect(self.onExport)
+
+        self.initializeParameterNode()
+        self.refreshVolumes()
+        self.setState(IDLE)
+
+    def cleanup(self):
+        """Module closed or application exit: no training process may outlive it."""
+        self.timer.stop()
+        self.removeObservers()
+        if self.logic is not None:
+            self.logic.cleanup()
+
+    def enter(self):
+        self.initializeParameterNode()
+        self.refreshVolumes()
+
+    def exit(self):
+        self.setParameterNode(None)
+
+    def onSceneStartClose(self, caller, event):
+        # The logic kills the training process tree itself (it observes the scene too).
+        self.setParameterNode(None)
+        if self.job is not None and self.state in (STARTING, TRAINING):
+            self.logic.stopAllJobs()
+            self.showLog()
+            self.ui.trainingStatusLabel.text = _("Scene closed: training stopped.")
+        self.timer.stop()
+        self.job = None
+        self.setState(IDLE)
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+            self.refreshVolumes()
+
+    def initializeParameterNode(self):
+        parameterNode = self.logic.getParameterNode()
+        if parameterNode.jobsDirectory == pathlib.Path("."):
+            parameterNode.jobsDirectory = defaultJobsRoot()
+        if parameterNode.exportDirectory == pathlib.Path("."):
+            parameterNode.exportDirectory = pathlib.Path(slicer.app.defaultScenePath) / "SSLSegment-export"
+        self.setParameterNode(parameterNode)
+
+    def setParameterNode(self, parameterNode):
+        if self._parameterNode and self._parameterNodeGuiTag:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+        self._parameterNode = parameterNode
+        if parameterNode:
+            self._parameterNodeGuiTag = parameterNode.connectGui(self.ui)
+
+    # -- state machine -------------------------------------------------------------------
+    def setState(self, state):
+        """IDLE / STARTING / TRAINING / LOADING / FAILED: what is enabled, what Train says."""
+        self.state = state
+        busy = state in (STARTING, TRAINING, LOADING)
+        self.ui.trainButton.text = _("Cancel") if state in (STARTING, TRAINING) else _("Train")
+        self.ui.trainButton.enabled = state != LOADING
+        for widget in (self.ui.dataCollapsibleButton, self.ui.methodCollapsibleButton):
+            widget.enabled = not busy
+        if state == IDLE and self.job is None:
+            self.ui.progressBar.value = 0
+        self.updateButtons()
+
+    def updateButtons(self):
+        busy = self.state in (STARTING, TRAINING, LOADING)
+        hasModel = self.job is not None and self.job.finished and self.job.state == jobs.DONE
+        selected = self.selectedPrediction() is not None
+        self.ui.editPredictionButton.enabled = selected and not busy
+        self.ui.markCorrectedButton.enabled = selected and not busy
+        self.ui.retrainButton.enabled = hasModel and not busy
+        self.ui.exportButton.enabled = hasModel and not busy and self.ui.resultsTable.rowCount > 0
+        self.ui.useRoundButton.enabled = not busy and bool(self.ui.historyTable.selectedItems())
+        self.ui.openJobButton.enabled = not busy
+
+    # -- Data -------------------------------------------------------------------------------
+    def onDetectRoles(self):
+        self._roleChoices = {}
+        self.refreshVolumes()
+
+    def refreshVolumes(self):
+        """Fill the Data table from the scene; keeps the roles the user chose."""
+        if self.logic is None:
+            return
+        table = self.ui.volumesTable
+        table.setRowCount(0)
+        for row in self.logic.detectRoles():
+            volume = row["volume"]
+            index = table.rowCount
+            table.insertRow(index)
+            item = qt.QTableWidgetItem(volume.GetName())
+            item.setData(qt.Qt.UserRole, volume.GetID())
+            table.setItem(index, 0, item)
+            roleBox = qt.QComboBox()
+            roleBox.addItems(ROLE_NAMES)
+            roleBox.currentText = self._roleChoices.get(volume.GetID(), row["role"])
+            roleBox.currentTextChanged.connect(lambda text, volumeID=volume.GetID(): self.onRoleChanged(volumeID, text))
+            table.setCellWidget(index, 1, roleBox)
+            segmentationBox = slicer.qMRMLNodeComboBox()
+            segmentationBox.nodeTypes = ["vtkMRMLSegmentationNode"]
+            segmentationBox.noneEnabled = True
+            segmentationBox.addEnabled = False
+            segmentationBox.removeEnabled = False
+            segmentationBox.setMRMLScene(slicer.mrmlScene)
+            segmentationBox.setCurrentNode(row["segmentation"])
+            segmentationBox.currentNodeChanged.connect(lambda node: self.updateClasses())
+            table.setCellWidget(index, 2, segmentationBox)
+        table.resizeColumnsToContents()
+        self.updateClasses()
+
+    def onRoleChanged(self, volumeID, role):
+        self._roleChoices[volumeID] = role
+        self.updateClasses()
+
+    def selectedCases(self):
+        """``(labeled, unlabeled)`` from the Data table, as the logic takes them."""
+        labeled, unlabeled = [], []
+        table = self.ui.volumesTable
+        for index in range(table.rowCount):
+            volume = slicer.mrmlScene.GetNodeByID(table.item(index, 0).data(qt.Qt.UserRole))
+            role = table.cellWidget(index, 1).currentText
+            segmentation = table.cellWidget(index, 2).currentNode()
+            if volume is None or role == EXCLUDED:
+                continue
+            if role == LABELLED:
+                labeled.append((volume, segmentation))
+            else:
+                unlabeled.append(volume)
+        return labeled, unlabeled
+
+    def updateClasses(self):
+        labeled, _unused = self.selectedCases()
+        classes = self.logic.classesFromSegmentations([s for _v, s in labeled if s is not None])
+        names = ", ".join(c["name"] for c in classes) or "-"
+        self.ui.classesLabel.text = _("Classes: {names}").format(names=names)
+
+    # -- Train / Cancel -------------------------------------------------------------------
+    def onTrainOrCancel(self):
+        if self.state in (STARTING, TRAINING):
+            self.onCancel()
+        else:
+            self.onTrain()
+
+    def onTrain(self):
+        job = None
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Could not start training."), waitCursor=True):
+                if not self.ensureDependencies():
+                    return
+                labeled, unlabeled = self.selectedCases()
+                p = self._parameterNode
+                self.setState(STARTING)
+                slicer.app.processEvents()
+                self.logic.jobsRoot = pathlib.Path(p.jobsDirectory)
+                job = self.logic.startTraining(
+                    labeled=labeled, unlabeled=unlabeled, method=p.method, network=p.network, dim=p.dim,
+                    iterations=p.iterations, device=p.device, seed=p.seed, preset=p.preset,
+                    size=None if p.size == "preset" else p.size)
+        finally:
+            if job is None:  # refused (message shown) or not confirmed: back to idle
+                self.setState(IDLE)
+        self.job = job
+        self.onJobStarted()
+
+    def onJobStarted(self):
+        self._parameterNode.jobFolder = str(self.job.folder.root)
+        self._parameterNode.jobRound = self.job.round
+        self._shownLog = ""
+        self.ui.logTextEdit.setPlainText("")
+        self.setState(TRAINING)
+        self.timer.start()
+        self.onTimer()
+
+    def onCancel(self):
+        if self.job is not None:
+            self.job.cancel()
+            self.ui.trainingStatusLabel.text = jobs.status_text(self.job)
+
+    def onTimer(self):
+        """Poll the job (non-blocking): progress, ETA, loss, Dice, log; act when it ends."""
+        if self.job is None:
+            self.timer.stop()
+            return
+        state = self.job.poll()
+        self.ui.progressBar.value = int(100 * self.job.fraction_done())
+        self.ui.trainingStatusLabel.text = jobs.status_text(self.job)
+        self.showLog()
+        if state == jobs.RUNNING:
+            return
+        self.timer.stop()
+        if state == jobs.DONE:
+            self.onJobDone()
+        elif state == jobs.FAILED:
+            self.setState(FAILED)
+            slicer.util.errorDisplay(_("Training failed: {error}").format(error=self.job.error),
+                                     detailedText=self.job.log_tail(60))
+        else:
+            self.setState(IDLE)
+        self.updateHistory()
+
+    def onJobDone(self):
+        self.setState(LOADING)
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Could not load the predictions."), waitCursor=True):
+                self.logic.loadPredictions(self.job)
+        finally:
+            self.setState(IDLE)
+            self.updateResults()
+
+    def showLog(self):
+        text = self.job.log_tail(200) if self.job is not None else ""
+        if text != self._shownLog:
+            self._shownLog = text
+            self.ui.logTextEdit.setPlainText(text)
+            scrollBar = self.ui.logTextEdit.verticalScrollBar()
+            scrollBar.setValue(scrollBar.maximum)
+
+    # -- Results ---------------------------------------------------------------------------
+    def updateResults(self):
+        table = self.ui.resultsTable
+        table.setRowCount(0)
+        if self.job is None:
+            return
+        rows = self.logic.resultRows(self.job)
+        for row in rows:
+            index = table.rowCount
+            table.insertRow(index)
+            volumeName = row["volume"].GetName() if row["volume"] is not None else row["case"]
+            nameItem = qt.QTableWidgetItem(volumeName)
+            nameItem.setData(qt.Qt.UserRole, row["segmentation"].GetID())
+            table.setItem(index, 0, nameItem)
+            table.setItem(index, 1, qt.QTableWidgetItem(f"{row['segmentation'].GetName()}"))
+            confidence = "-" if row["confidence"] is None else f"{row['confidence']:.3f}"
+            table.setItem(index, 2, qt.QTableWidgetItem(confidence))
+            table.setItem(index, 3, qt.QTableWidgetItem(_("yes") if row["corrected"] else _("no")))
+        table.resizeColumnsToContents()
+        corrected = [r["volume"].GetID() for r in rows if r["corrected"] and r["volume"] is not None]
+        suggestion = self.logic.suggestVolumeToCorrect(self.job, exclude=corrected)
+        volume = slicer.mrmlScene.GetNodeByID(suggestion) if suggestion else None
+        self.ui.suggestionLabel.text = (_("Correct next: {name} (the least confident prediction).").format(
+            name=volume.GetName()) if volume else "")
+        self.updateHistory()
+        self.updateButtons()
+
+    def updateHistory(self):
+        table = self.ui.historyTable
+        table.setRowCount(0)
+        if self.job is None:
+            return
+        for summary in self.logic.roundHistory(self.job):
+            index = table.rowCount
+            table.insertRow(index)
+            dice = summary.get("valDice")
+            values = [str(summary["round"]), summary["state"], str(len(summary["labelled"])),
+                      str(len(summary["corrected"])), "-" if dice is None else f"{dice:.3f}"]
+            for column, value in enumerate(values):
+                table.setItem(index, column, qt.QTableWidgetItem(value))
+        self.updateButtons()
+
+    def selectedPrediction(self):
+        items = self.ui.resultsTable.selectedItems()
+        if not items:
+            return None
+        nodeID = self.ui.resultsTable.item(items[0].row(), 0).data(qt.Qt.UserRole)
+        return slicer.mrmlScene.GetNodeByID(nodeID)
+
+    def onOpenJob(self):
+        folder = qt.QFileDialog.getExistingDirectory(None, _("Job folder"), str(self._parameterNode.jobsDirectory))
+        if not folder:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not open the job."), waitCursor=True):
+            self.job = self.logic.openJob(folder)
+            self._parameterNode.jobFolder = str(self.job.folder.root)
+            self._parameterNode.jobRound = self.job.round
+            if not self.logic.predictionNodes(self.job) and self.job.state == jobs.DONE:
+                self.logic.loadPredictions(self.job)
+        self.updateResults()
+
+    def onUseRound(self):
+        items = self.ui.historyTable.selectedItems()
+        if not items or self.job is None:
+            return
+        roundNumber = int(self.ui.historyTable.item(items[0].row(), 0).text())
+        with slicer.util.tryWithErrorDisplay(_("Could not go back to that round."), waitCursor=True):
+            self.job = self.logic.openJob(self.job.folder.root, roundNumber)
+            self._parameterNode.jobRound = roundNumber
+            if self.job.state == jobs.DONE:
+                self.logic.loadPredictions(self.job)
+        self.updateResults()
+
+    # -- Correct and retrain ------------------------------------------------------------------
+    def onEditPrediction(self):
+        segmentation = self.selectedPrediction()
+        if segmentation is None:
+            return
+        slicer.util.selectModule("SegmentEditor")
+        editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
+        editor.setSegmentationNode(segmentation)
+        volume = referenceVolume(segmentation)
+        if volume is not None:
+            editor.setSourceVolumeNode(volume)
+
+    def onMarkCorrected(self):
+        segmentation = self.selectedPrediction()
+        if segmentation is not None:
+            self.logic.setCorrected(segmentation, True)
+            self.updateResults()
+
+    def onRetrain(self):
+        if self.job is None:
+            return
+        job = None
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Could not start retraining."), waitCursor=True):
+                corrected = self.logic.correctedPredictions(self.job)
+                if not corrected and not slicer.util.confirmOkCancelDisplay(
+                        _("No prediction is marked corrected: retrain on the same labels?")):
+                    return
+                self.setState(STARTING)
+                job = self.logic.retrain(self.job, corrected=corrected,
+                                         iterations=self._parameterNode.retrainIterations)
+        finally:
+            if job is None:
+                self.setState(IDLE)
+        self.job = job
+        self.onJobStarted()
+
+    # -- Export ----------------------------------------------------------------------------
+    def onExport(self):
+        if self.job is None:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Export failed."), waitCursor=True):
+            p = self._parameterNode
+            manifest = self.logic.exportResults(self.job, p.exportDirectory, p.exportFormat)
+            slicer.util.infoDisplay(_("Exported to {folder} (manifest: {name}).").format(
+                folder=manifest.parent, name=manifest.name))
+
+    # -- Dependencies ----------------------------------------------------------------------
+    def ensureDependencies(self):
+        """Install PyTorch (PyTorch extension when present) and the requirements, with confirmation."""
+        if importlib.util.find_spec("torch") is None and not self.installTorch():
+            return False
+        missing = [r for r in readRequirements() if importlib.util.find_spec(importName(r)) is None]
+        if not missing:
+            return True
+        if not slicer.util.confirmOkCancelDisplay(
+                _("SSLSegment needs these Python packages: {packages}. Install them now?").format(
+                    packages=", ".join(missing))):
+            return False
+        with slicer.util.WaitCursor():
+            slicer.util.pip_install(missing)
+        return True
+
+    def installTorch(self):
+        try:
+            import PyTorchUtils
+        except ModuleNotFoundError:
+            PyTorchUtils = None
+        if PyTorchUtils is not None:
+            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+            if torchLogic.torchInstalled():
+                return True
+            torch = torchLogic.installTorch(askConfirmation=True, torchVersionRequirement=">=2.0")
+            return torch is not None
+        if not slicer.util.confirmOkCancelDisplay(
+                _("SSLSegment needs PyTorch. Install it now with pip? (Installing the PyTorch extension "
+                  "first picks the build that matches your GPU.)")):
+            return False
+        with slicer.util.WaitCursor():
+            slicer.util.pip_install("torch")
+        return True
+
+
+def readRequirements():
+    """Requirement lines of Resources/requirements.txt (comments skipped)."""
+    path = resourceFile("requirements.txt")
+    if not os.path.exists(path):
+        return []
+    lines = [line.split("#")[0].strip() for line in open(path, encoding="utf-8")]
+    return [line for line in lines if line]
+
+
+def importName(requirement):
+    """``pynrrd>=1.0`` -> ``nrrd``: the module a requirement provides."""
+    name = requirement
+    for separator in "<>=!~[; ":
+        name = name.split(separator)[0]
+    return IMPORT_NAMES.get(name, name)
+
+
+#
+# Test: the whole loop inside a real Slicer (the pytest suite runs it headless too)
+#
+
+
+class SSLSegmentTest(ScriptedLoadableModuleTest):
+    """Train (tiny) on phantoms, load, correct, retrain, cancel, export, read back."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_SSLSegment_loop()
+
+    def addPhantom(self, name, seed, labelled):
+        import numpy as np
+        from SSLSegmentLib.phantoms import PHANTOM_CLASSES, make_phantom
+
+        image, label = make_phantom((16, 32, 32), (1.0, 1.0, 1.5), seed=seed)
+        volume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+        slicer.util.updateVolumeFromArray(volume, image)
+        volume.SetSpacing(1.0, 1.0, 1.5)
+        if not labelled:
+            return volume, label
+        segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{name} labels")
+        segmentation.CreateDefaultDisplayNodes()
+        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+        for value, info in enumerate(PHANTOM_CLASSES, start=1):
+            segmentId = segmentation.GetSegmentation().AddEmptySegment("", info.name, list(info.color))
+            slicer.util.updateSegmentBinaryLabelmapFromArray((label == value).astype(np.uint8), segmentation,
+                                                            segmentId, volume)
+        return volume, segmentation
+
+    def test_SSLSegment_loop(self):
+        import tempfile
+
+        import numpy as np
+        import slicerio
+
+        self.delayDisplay("Starting the SSLSegment loop test")
+        workFolder = pathlib.Path(tempfile.mkdtemp(prefix="SSLSegmentTest-"))
+        logic = SSLSegmentLogic()
+        logic.jobsRoot = workFolder / "jobs"
+        labelled = [self.addPhantom(f"L{i}", 10 + i, True) for i in range(2)]
+        unlabelled = [self.addPhantom(f"U{i}", 20 + i, False) for i in range(2)]
+        tiny = dict(dim=3, iterations=20, device="cpu", size="tiny", extraArgs=["--patch-size", "16,32,32"])
+
+        with self.assertRaises(InputError):  # bad input: refused before any process starts
+            logic.startTraining(labeled=[], unlabeled=[v for v, _t in unlabelled])
+
+        job = logic.startTraining(labeled=labelled, unlabeled=[v for v, _t in unlabelled], **tiny)
+        while not job.finished:  # what the panel's timer does
+            slicer.app.processEvents()
+            qt.QThread.msleep(200)
+        self.assertEqual(job.state, jobs.DONE, f"{job.error}\n{job.log_tail()}")
+        self.delayDisplay("Trained round 1")
+
+        predictions = logic.loadPredictions(job)
+        self.assertEqual(set(predictions), {v.GetID() for v, _t in unlabelled})
+        shNode = slicer.mrmlScene.GetSubjectHierarchyNode()
+        for volume, _truth in unlabelled:
+            prediction = predictions[volume.GetID()]
+            self.assertEqual(shNode.GetItemParent(shNode.GetItemByDataNode(prediction)),
+                             shNode.GetItemByDataNode(volume))
+
+        volumeID = logic.suggestVolumeToCorrect(job)
+        volume, truth = next((v, t) for v, t in unlabelled if v.GetID() == volumeID)
+        corrected = predictions[volumeID]
+        for value, name in enumerate(["organ", "lesion"], start=1):
+            segmentId = corrected.GetSegmentation().GetSegmentIdBySegmentName(name) or \
+                corrected.GetSegmentation().AddEmptySegment("", name)
+            slicer.util.updateSegmentBinaryLabelmapFromArray((truth == value).astype(np.uint8), corrected,
+                                                            segmentId, volume)
+        logic.setCorrected(corrected)
+        round2 = logic.retrain(job, corrected=[(volume, corrected)], iterations=10, waitForCompletion=True)
+        self.assertEqual(round2.state, jobs.DONE, f"{round2.error}\n{round2.log_tail()}")
+        self.assertEqual(round2.folder.read_round(2)["initModel"], str(job.model_path))
+        logic.loadPredictions(round2)
+        self.delayDisplay("Retrained from round 1")
+
+        round3 = logic.retrain(round2, iterations=5000)
+        qt.QThread.msleep(1000)
+        round3.cancel()
+        self.assertEqual(round3.wait(timeout_s=60), jobs.CANCELLED)
+
+        manifest = logic.exportResults(round2, workFolder / "export")
+        path = logic.exportSegmentation(corrected, workFolder / "export" / "corrected.seg.nrrd")
+        segmentation = slicerio.read_segmentation(str(path))
+        self.assertEqual([s["name"] for s in segmentation["segments"]], ["organ", "lesion"])
+        loaded = slicer.util.loadSegmentation(str(path))
+        self.assertEqual(loaded.GetSegmentation().GetNumberOfSegments(), 2)
+        self.assertTrue(manifest.exists())
+        logging.info("SSLSegment loop test: job folder %s", job.folder.root)
+        logic.cleanup()
+        self.delayDisplay("Test passed")

@@ -1,0 +1,200 @@
+"""The job folder and the child process life cycle, with dummy child scripts (no engine)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+
+from SSLSegmentLib import jobs
+
+# A stand-in for `python -m SSLSegmentLib train`: logs progress, obeys the cancel file.
+FAKE_TRAINER = textwrap.dedent("""
+    import json, os, sys, time
+    run = sys.argv[1]; iterations = int(sys.argv[2]); mode = sys.argv[3]
+    os.makedirs(run, exist_ok=True)
+    def status(state, error=None):
+        tmp = os.path.join(run, "status.tmp")
+        with open(tmp, "w") as f:
+            json.dump({"state": state, "error": error, "pid": os.getpid()}, f)
+        os.replace(tmp, os.path.join(run, "status.json"))
+    status("running")
+    if mode == "grandchild":  # a worker that would survive a kill of the launcher only
+        import subprocess
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        open(os.path.join(run, "grandchild.pid"), "w").write(str(child.pid))
+    for i in range(1, iterations + 1):
+        if os.path.exists(os.path.join(run, "cancel")) and mode != "stubborn":
+            status("cancelled"); sys.exit(0)
+        with open(os.path.join(run, "progress.jsonl"), "a") as f:
+            f.write(json.dumps({"iteration": i, "total": iterations, "losses": {"loss": 1.0 / i},
+                                "eta_s": 0.01 * (iterations - i)}) + "\\n")
+        if mode == "crash" and i == 2:
+            print("Traceback: something broke", flush=True); status("failed", "something broke"); sys.exit(1)
+        time.sleep(0.02 if mode == "quick" else 0.2)
+    open(os.path.join(run, "model.pt"), "w").write("weights")
+    status("done")
+""")
+
+
+def make_job(tmp_path, mode: str, iterations: int = 5, grace_s: float = 1.0) -> jobs.Job:
+    folder = jobs.JobFolder(tmp_path / "job")
+    round_number = folder.next_round()
+    run_dir = folder.round_dir(round_number)
+    command = [sys.executable, "-c", FAKE_TRAINER, str(run_dir), str(iterations), mode]
+    return jobs.Job(folder, round_number, command, cancel_grace_s=grace_s).start()
+
+
+def test_job_runs_to_done_and_reports_progress(tmp_path):
+    job = make_job(tmp_path, "quick")
+    assert job.state in (jobs.RUNNING, jobs.DONE)  # polling never blocks
+    assert job.wait(timeout_s=30) == jobs.DONE
+    assert job.error is None
+    assert job.progress["iteration"] == 5 and len(job.history) == 5
+    assert job.fraction_done() == 1.0
+    assert job.model_path.exists()
+
+
+def test_crash_gives_failed_with_error_and_log_tail(tmp_path):
+    job = make_job(tmp_path, "crash")
+    assert job.wait(timeout_s=30) == jobs.FAILED
+    assert job.error == "something broke"
+    assert "Traceback" in job.log_tail()
+
+
+def test_process_that_cannot_start_fails_cleanly(tmp_path):
+    folder = jobs.JobFolder(tmp_path / "job")
+    job = jobs.Job(folder, 1, [str(tmp_path / "no-such-python")]).start()
+    assert job.state == jobs.FAILED and "could not start" in job.error
+
+
+def test_cancel_stops_cleanly(tmp_path):
+    job = make_job(tmp_path, "slow", iterations=200)
+    time.sleep(0.5)
+    job.cancel()
+    assert job.wait(timeout_s=30) == jobs.CANCELLED
+    assert (job.run_dir / "cancel").exists()
+
+
+def test_cancel_kills_the_whole_tree_of_a_stubborn_child(tmp_path):
+    job = make_job(tmp_path, "grandchild", iterations=200, grace_s=0.5)
+    pid_file = job.run_dir / "grandchild.pid"
+    for _ in range(100):
+        if pid_file.exists() and pid_file.read_text():
+            break
+        time.sleep(0.1)
+    grandchild = int(pid_file.read_text())
+    assert psutil.pid_exists(grandchild)
+    job.cancel()  # the launcher stops cleanly; its worker must not outlive it
+    assert job.wait(timeout_s=30) == jobs.CANCELLED
+    time.sleep(0.3)
+    assert not _alive(grandchild)
+
+
+def test_stubborn_child_is_killed_after_grace(tmp_path):
+    job = make_job(tmp_path, "stubborn", iterations=500, grace_s=0.5)
+    time.sleep(0.5)
+    started = time.monotonic()
+    job.cancel()
+    assert job.wait(timeout_s=30) == jobs.CANCELLED
+    assert time.monotonic() - started < 10
+    assert not _alive(job.process.pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_progress_reader_skips_partial_and_corrupt_lines(tmp_path):
+    path = tmp_path / "progress.jsonl"
+    path.write_text('{"iteration": 1}\nnot json\n{"iteration": 2')
+    reader = jobs.ProgressReader(path)
+    assert reader.read_new() == [{"iteration": 1}]
+    with open(path, "a") as f:
+        f.write(', "total": 3}\n')
+    assert reader.read_new() == [{"iteration": 2, "total": 3}]
+    assert reader.read_new() == []
+
+
+def test_folder_rounds_manifest_and_history(tmp_path):
+    folder = jobs.JobFolder(tmp_path / "job")
+    assert folder.rounds() == [] and folder.next_round() == 1
+    folder.images_dir.mkdir(parents=True)
+    (folder.images_dir / "a.nrrd").write_bytes(b"image")
+    folder.labels_dir(1).mkdir(parents=True)
+    (folder.labels_dir(1) / "a.seg.nrrd").write_bytes(b"label")
+    cases = {"a": {"image": "images/a.nrrd", "label": "labels/001/a.seg.nrrd", "corrected": False}}
+    manifest = jobs.case_manifest(folder, cases)
+    assert manifest["a"]["imageSha256"] == jobs.file_sha256(folder.images_dir / "a.nrrd")
+    folder.write_round(1, {"round": 1, "previousRound": None, "cases": manifest,
+                           "settings": {"method": "mean_teacher"}})
+    run = folder.round_dir(1)
+    (run / "status.json").write_text(json.dumps({"state": "done"}))
+    (run / "progress.jsonl").write_text(json.dumps({"iteration": 3, "val_dice": 0.8}) + "\n")
+    (run / "model.pt").write_text("w")
+    assert folder.next_round() == 2
+    [summary] = folder.history()
+    assert summary["state"] == "done" and summary["valDice"] == 0.8
+    assert summary["labelled"] == ["a"] and summary["corrected"] == []
+    assert summary["model"].endswith("model.pt")
+
+
+def test_train_command_and_environment(tmp_path):
+    folder = jobs.JobFolder(tmp_path)
+    settings = jobs.TrainSettings(iterations=20, size="tiny", device="cpu")
+    command = jobs.train_command(["py"], folder, 2, settings, init_model=folder.round_dir(1) / "model.pt")
+    assert command[:4] == ["py", "-m", "SSLSegmentLib", "train"]
+    assert command[command.index("--out") + 1] == str(folder.round_dir(2))
+    assert command[command.index("--labels") + 1] == str(folder.labels_dir(2))
+    assert command[command.index("--init-model") + 1].endswith("001/model.pt")
+    assert "--predict-unlabelled" in command and command[command.index("--size") + 1] == "tiny"
+    env = jobs.child_environment("/some/where", device="cpu")
+    assert env["PYTHONPATH"].split(":")[0] == "/some/where"
+    assert env["CUDA_VISIBLE_DEVICES"] == "-1"
+
+
+@pytest.mark.parametrize("missing", ["status.json", "progress.jsonl"])
+def test_reading_missing_files_never_raises(tmp_path, missing):
+    assert jobs.read_json(tmp_path / missing, default={}) == {}
+    assert jobs.tail(tmp_path / missing) == ""
+
+
+def test_status_text_and_fraction_follow_the_phases(tmp_path):
+    folder = jobs.JobFolder(tmp_path / "job")
+    job = jobs.Job(folder, 1, [sys.executable, "-c", "import time; time.sleep(30)"]).start()
+    try:
+        assert "starting" in jobs.status_text(job)
+        progress = job.run_dir / "progress.jsonl"
+        progress.write_text(json.dumps({"iteration": 5, "total": 10, "losses": {"main": 0.5}, "eta_s": 65,
+                                        "val_dice": 0.7}) + "\n")
+        text = jobs.status_text(job)
+        assert "iteration 5/10" in text and "ETA 1:05" in text and "loss 0.5000" in text and "Dice 0.700" in text
+        assert job.fraction_done() == pytest.approx(0.45)
+        with open(progress, "a") as f:
+            f.write(json.dumps({"phase": "predicting", "case": "U0", "done": 1, "total": 2}) + "\n")
+        assert "predicting U0 (1/2)" in jobs.status_text(job)
+        assert job.fraction_done() == pytest.approx(0.95)
+        assert job.training_progress["iteration"] == 5 and job.latest_val_dice() == 0.7
+    finally:
+        job.kill()
+    assert job.wait(timeout_s=10) == jobs.CANCELLED
+    assert "cancelled" in jobs.status_text(job)
+
+
+def test_past_round_is_reopened_from_its_files(tmp_path):
+    folder = jobs.JobFolder(tmp_path / "job")
+    run = folder.round_dir(1)
+    run.mkdir(parents=True)
+    (run / "progress.jsonl").write_text(json.dumps({"iteration": 3, "total": 3}) + "\n")
+    (run / "status.json").write_text(json.dumps({"state": "done"}))
+    job = jobs.Job.from_past_round(folder, 1)
+    assert job.state == jobs.DONE and job.error is None and job.progress["iteration"] == 3
+    (run / "status.json").write_text(json.dumps({"state": "running"}))
+    assert jobs.Job.from_past_round(folder, 1).state == jobs.FAILED  # died without a final status

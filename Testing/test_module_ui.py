@@ -1,0 +1,148 @@
+"""The Slicer module's files, checked without Slicer: the .ui, the module file, CMake, icon.
+
+``SSLSegment.py`` imports ``qt``, which exists only inside Slicer, so it is read as source
+(AST), never imported.
+"""
+
+from __future__ import annotations
+
+import ast
+import py_compile
+import re
+import struct
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULE_FILE = ROOT / "SSLSegment" / "SSLSegment.py"
+UI_FILE = ROOT / "Resources" / "UI" / "SSLSegment.ui"
+ICON_FILE = ROOT / "Resources" / "Icons" / "SSLSegment.png"
+
+# Widget classes the parameter node wrapper can bind, and the type each needs.
+BINDABLE = {"QComboBox": "Choice", "QSpinBox": "int", "ctkDirectoryButton": "pathlib.Path"}
+
+
+def ui_widgets() -> dict[str, ET.Element]:
+    return {w.get("name"): w for w in ET.parse(UI_FILE).getroot().iter("widget")}
+
+
+def module_source() -> str:
+    return MODULE_FILE.read_text(encoding="utf-8")
+
+
+def parameter_fields() -> dict[str, str]:
+    """``{name: annotation source}`` of the @parameterNodeWrapper class."""
+    tree = ast.parse(module_source())
+    [cls] = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SSLSegmentParameterNode"]
+    return {s.target.id: ast.unparse(s.annotation) for s in cls.body if isinstance(s, ast.AnnAssign)}
+
+
+def test_module_file_compiles(tmp_path):
+    py_compile.compile(str(MODULE_FILE), cfile=str(tmp_path / "SSLSegment.pyc"), doraise=True)
+
+
+def test_every_widget_the_code_uses_exists_in_the_ui():
+    used = set(re.findall(r"self\.ui\.([A-Za-z_][A-Za-z0-9_]*)", module_source()))
+    assert used, "the widget uses no .ui widget?"
+    missing = sorted(used - set(ui_widgets()))
+    assert not missing, f"widgets used in SSLSegment.py but absent from the .ui: {missing}"
+
+
+def test_ui_widget_names_are_unique():
+    names = [w.get("name") for w in ET.parse(UI_FILE).getroot().iter("widget")]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    assert not duplicates
+
+
+def test_ui_parameters_match_the_parameter_node():
+    fields = parameter_fields()
+    for name, widget in ui_widgets().items():
+        for prop in widget.findall("property"):
+            if prop.get("name") != "SlicerParameterName":
+                continue
+            parameter = prop.find("string").text
+            assert parameter in fields, f"{name} is bound to unknown parameter {parameter!r}"
+            needed = BINDABLE.get(widget.get("class"))
+            assert needed, f"{name}: no GUI connector for {widget.get('class')}"
+            assert needed in fields[parameter], f"{name} ({widget.get('class')}) needs {needed}: {fields[parameter]}"
+
+
+def test_sections_of_the_panel_exist():
+    sections = {w.get("name") for w in ui_widgets().values() if w.get("class") == "ctkCollapsibleButton"}
+    assert {"dataCollapsibleButton", "methodCollapsibleButton", "trainCollapsibleButton",
+            "resultsCollapsibleButton", "correctCollapsibleButton", "exportCollapsibleButton"} <= sections
+
+
+def test_module_follows_the_slicer_conventions():
+    source = module_source()
+    tree = ast.parse(source)
+    classes = {n.name: [ast.unparse(b) for b in n.bases] for n in tree.body if isinstance(n, ast.ClassDef)}
+    assert "ScriptedLoadableModule" in classes["SSLSegment"]
+    assert "VTKObservationMixin" in classes["SSLSegmentWidget"]
+    assert "ScriptedLoadableModuleTest" in classes["SSLSegmentTest"]
+    for needed in ("@parameterNodeWrapper", "tryWithErrorDisplay", "qt.QTimer", "StartCloseEvent",
+                   "PyTorchUtils", "pip_install", "parent.helpText", "parent.acknowledgementText"):
+        assert needed in source, needed
+
+
+def test_lib_never_imports_the_gui():
+    for path in (ROOT / "SSLSegmentLib").rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                assert name.split(".")[0] not in ("qt", "ctk", "SSLSegment"), f"{path}: imports {name}"
+
+
+def test_icon_is_a_128_pixel_png():
+    data = ICON_FILE.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", data[16:24])
+    assert (width, height) == (128, 128)
+
+
+def test_cmake_lists_the_module_files():
+    root = (ROOT / "CMakeLists.txt").read_text()
+    for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_DESCRIPTION", "EXTENSION_ICONURL",
+                "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS", "find_package(Slicer",
+                "add_subdirectory(SSLSegment)", "Slicer_EXTENSION_GENERATE_CONFIG", "Slicer_EXTENSION_CPACK"):
+        assert key in root, key
+    assert re.search(r'EXTENSION_CATEGORY\s+"Segmentation"', root)
+    assert re.search(r'EXTENSION_DEPENDS\s+"PyTorch"', root)
+    module = (ROOT / "SSLSegment" / "CMakeLists.txt").read_text()
+    assert "slicerMacroBuildScriptedModule" in module and "WITH_GENERIC_TESTS" in module
+    assert "slicer_add_python_unittest" in module
+    assert "../SSLSegmentLib/*.py" in module  # the whole Lib package travels with the module
+    for resource in re.findall(r"\.\./Resources/[^\s)]+", module):
+        resolved = resource.replace("${MODULE_NAME}", "SSLSegment")
+        assert (ROOT / "SSLSegment" / resolved).resolve().exists(), resource
+    for resource in ("Icons/${MODULE_NAME}.png", "UI/${MODULE_NAME}.ui", "requirements.txt"):
+        assert f"../Resources/{resource}" in module
+
+
+def test_requirements_are_installable_names():
+    lines = [line.split("#")[0].strip() for line in (ROOT / "Resources" / "requirements.txt").read_text().splitlines()]
+    requirements = [line for line in lines if line]
+    assert requirements and all(re.match(r"^[A-Za-z0-9_.-]+([<>=!~].*)?$", r) for r in requirements)
+    assert not any(r.startswith("torch") for r in requirements)  # PyTorchUtils installs torch
+
+
+def test_panel_choices_match_the_engine():
+    """The panel lists names without importing torch; they must be the engine's."""
+    pytest.importorskip("torch")
+    pytest.importorskip("slicer")
+    from SSLSegmentLib.config import PRESETS
+    from SSLSegmentLib.logic import METHOD_CHOICES, NETWORK_CHOICES, PRESET_CHOICES
+    from SSLSegmentLib.methods import available_methods
+    from SSLSegmentLib.networks import available_networks
+
+    assert set(METHOD_CHOICES) == set(available_methods())
+    assert set(NETWORK_CHOICES) == set(available_networks())
+    assert set(PRESET_CHOICES) == set(PRESETS)
