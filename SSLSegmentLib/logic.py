@@ -31,13 +31,25 @@ import sys
 from pathlib import Path
 from typing import Iterable, Sequence
 
-import numpy as np
 import slicer
 import vtk
 
 from . import jobs
 from .errors import InputError
 from .fileio import atomic_path, atomic_write_json
+from .mrml import (  # noqa: F401  (re-exported for the module and scripts)
+    writeVolume,
+    readVolume,
+    readSegmentation,
+    resampleToVolume,
+    referenceVolume,
+    geometryMismatch,
+    placeUnder,
+    segments,
+    segmentNames,
+    requireLabelledVoxels,
+    nodesByClass,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +62,6 @@ ATTR_CORRECTED = "SSLSegment.Corrected"  # "true" once a person approved/edited 
 ATTR_CONFIDENCE = "SSLSegment.Confidence"
 
 LABELMAP_SUFFIXES = (".nrrd", ".nii.gz", ".nii", ".mha", ".nhdr")
-GEOMETRY_TOLERANCE = 1e-3  # relative, as Geometry.matches in the engine
 
 #: Roles a volume can have in the Data table.
 LABELLED, UNLABELLED, EXCLUDED = "labelled", "unlabelled", "excluded"
@@ -251,7 +262,7 @@ class SSLSegmentLogic:
         name = volume.GetName()
         if segmentation is None or not segmentation.IsA("vtkMRMLSegmentationNode"):
             raise InputError(f"Volume '{name}' is labelled but has no segmentation node.")
-        segment_names = _segmentNames(segmentation)
+        segment_names = segmentNames(segmentation)
         if not segment_names:
             raise InputError(f"Segmentation '{segmentation.GetName()}' of volume '{name}' has no segments.")
         duplicates = sorted({n for n in segment_names if segment_names.count(n) > 1})
@@ -269,7 +280,7 @@ class SSLSegmentLogic:
     def _checkNoNewClasses(self, corrected: Sequence[tuple], classes: list[dict]) -> None:
         known = {c["name"] for c in classes}
         for _, segmentation in corrected:
-            new = [n for n in _segmentNames(segmentation) if n not in known]
+            new = [n for n in segmentNames(segmentation) if n not in known]
             if new:
                 raise InputError(f"Segmentation '{segmentation.GetName()}' has segments that are not classes of "
                                  f"this job ({', '.join(new)}); known classes: {', '.join(sorted(known))}. "
@@ -279,7 +290,7 @@ class SSLSegmentLogic:
         """Classes from segment names: union in order of first appearance, first colour wins."""
         classes: dict[str, dict] = {}
         for segmentation in segmentations:
-            for segment in _segments(segmentation):
+            for segment in segments(segmentation):
                 name = segment.GetName()
                 if name not in classes:
                     classes[name] = {"name": name, "color": [round(c, 4) for c in segment.GetColor()],
@@ -370,7 +381,7 @@ class SSLSegmentLogic:
 
     def _loadedPredictions(self, job: jobs.Job) -> dict:
         """``{case: node}`` of the predictions of exactly this round already in the scene."""
-        return {node.GetAttribute(ATTR_CASE): node for node in _nodesByClass(self.scene, "vtkMRMLSegmentationNode")
+        return {node.GetAttribute(ATTR_CASE): node for node in nodesByClass(self.scene, "vtkMRMLSegmentationNode")
                 if node.GetAttribute(ATTR_JOB) == str(job.folder.root)
                 and node.GetAttribute(ATTR_ROUND) == str(job.round)
                 and node.GetAttribute(ATTR_ROLE) == "prediction"}
@@ -385,7 +396,7 @@ class SSLSegmentLogic:
         segmentation.CreateDefaultDisplayNodes()
         segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
         by_name = {c["name"]: c for c in classes}
-        for segment in _segments(segmentation):
+        for segment in segments(segmentation):
             known = by_name.get(segment.GetName())
             if known:
                 segment.SetColor(*known["color"])
@@ -468,10 +479,10 @@ class SSLSegmentLogic:
         if path.name.endswith(".seg.nrrd"):
             self._writeSegNrrd(segmentationNode, reference, path, requireContent)
         elif path.name.endswith(LABELMAP_SUFFIXES):
-            names = list(classNames) if classNames else _segmentNames(segmentationNode)
+            names = list(classNames) if classNames else segmentNames(segmentationNode)
             with self._labelmapIn(segmentationNode, reference, names) as labelmap:
                 if requireContent:
-                    _requireContent(labelmap, segmentationNode)
+                    requireLabelledVoxels(labelmap, segmentationNode)
                 writeVolume(labelmap, path)
         else:
             raise InputError(f"{path.name}: use .seg.nrrd (segmentation) or .nrrd / .nii.gz (labelmap)")
@@ -482,9 +493,9 @@ class SSLSegmentLogic:
             copy.GetSegmentation().DeepCopy(segmentationNode.GetSegmentation())
             resampleToVolume(copy, reference)
             if requireContent:
-                names = _segmentNames(copy)
+                names = segmentNames(copy)
                 with self._labelmapIn(copy, reference, names) as labelmap:
-                    _requireContent(labelmap, segmentationNode)
+                    requireLabelledVoxels(labelmap, segmentationNode)
             storage = slicer.vtkMRMLSegmentationStorageNode()
             storage.SetCropToMinimumExtent(False)  # the full volume extent: other readers need it
             with atomic_path(path) as tmp:
@@ -561,7 +572,7 @@ class SSLSegmentLogic:
     def predictionNodes(self, job: jobs.Job) -> dict:
         """``{case: segmentationNode}``: the latest-round prediction node of each case of the job in the scene."""
         latest: dict[str, object] = {}
-        for node in _nodesByClass(self.scene, "vtkMRMLSegmentationNode"):
+        for node in nodesByClass(self.scene, "vtkMRMLSegmentationNode"):
             if node.GetAttribute(ATTR_JOB) != str(job.folder.root) or node.GetAttribute(ATTR_ROLE) != "prediction":
                 continue
             case = node.GetAttribute(ATTR_CASE)
@@ -581,9 +592,9 @@ class SSLSegmentLogic:
         reference geometry or the subject hierarchy), predictions not approved excluded.
         """
         rows = []
-        segmentations = [s for s in _nodesByClass(self.scene, "vtkMRMLSegmentationNode")
-                         if _segmentNames(s) and (s.GetAttribute(ATTR_ROLE) != "prediction" or self.isCorrected(s))]
-        for volume in _nodesByClass(self.scene, "vtkMRMLScalarVolumeNode"):
+        segmentations = [s for s in nodesByClass(self.scene, "vtkMRMLSegmentationNode")
+                         if segmentNames(s) and (s.GetAttribute(ATTR_ROLE) != "prediction" or self.isCorrected(s))]
+        for volume in nodesByClass(self.scene, "vtkMRMLScalarVolumeNode"):
             if volume.IsA("vtkMRMLLabelMapVolumeNode") or volume.GetHideFromEditors():
                 continue
             labels = [s for s in segmentations if referenceVolume(s) is volume]
@@ -644,130 +655,6 @@ def uniqueCaseNames(volumes: Sequence, taken: set | None = None) -> list[str]:
         used.add(name.lower())
         names.append(name)
     return names
-
-
-def writeVolume(volumeNode, path: str | os.PathLike) -> None:
-    """Write a volume (or labelmap) with Slicer's own storage node, atomically."""
-    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
-    storage.SetUseCompression(True)
-    with atomic_path(path) as tmp:
-        storage.SetFileName(str(tmp))
-        if not storage.WriteData(volumeNode):
-            raise OSError(f"could not write {path}")
-
-
-def readVolume(scene, path: str | os.PathLike, labelmap: bool = False):
-    """Read a volume file into a new node of ``scene`` (``slicer.util.loadVolume`` needs the app)."""
-    node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode" if labelmap else "vtkMRMLScalarVolumeNode",
-                                   Path(path).name.split(".")[0])
-    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
-    storage.SetFileName(str(path))
-    if not storage.ReadData(node):
-        scene.RemoveNode(node)
-        raise InputError(f"could not read {path}")
-    return node
-
-
-def readSegmentation(scene, path: str | os.PathLike, referenceVolumeNode=None):
-    """Read a ``.seg.nrrd`` into a new segmentation node (as Slicer does)."""
-    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", Path(path).name.split(".")[0])
-    storage = slicer.vtkMRMLSegmentationStorageNode()
-    storage.SetFileName(str(path))
-    if not storage.ReadData(node):
-        scene.RemoveNode(node)
-        raise InputError(f"could not read {path}")
-    node.CreateDefaultDisplayNodes()
-    if referenceVolumeNode is not None:
-        node.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolumeNode)
-    return node
-
-
-def resampleToVolume(segmentationNode, volumeNode) -> None:
-    """Resample a segmentation's labelmaps to exactly the volume's grid (Slicer's geometry logic)."""
-    geometry = slicer.vtkSlicerSegmentationGeometryLogic()
-    geometry.SetInputSegmentationNode(segmentationNode)
-    geometry.SetSourceGeometryNode(volumeNode)
-    geometry.SetOversamplingFactor(1.0)
-    geometry.SetIsotropicSpacing(False)
-    error = geometry.CalculateOutputGeometry()
-    if error:
-        raise InputError(f"segmentation '{segmentationNode.GetName()}': {error}")
-    geometry.SetReferenceImageGeometryInSegmentationNode()
-    if not geometry.ResampleLabelmapsInSegmentationNode():
-        raise InputError(f"could not resample segmentation '{segmentationNode.GetName()}' to the volume")
-
-
-def referenceVolume(segmentationNode):
-    """The volume a segmentation was drawn on: its reference geometry node, else its SH parent."""
-    node = segmentationNode.GetNodeReference(segmentationNode.GetReferenceImageGeometryReferenceRole())
-    if node is not None and node.IsA("vtkMRMLScalarVolumeNode"):
-        return node
-    scene = segmentationNode.GetScene()
-    sh = scene.GetSubjectHierarchyNode() if scene else None
-    if sh is None:
-        return None
-    item = sh.GetItemByDataNode(segmentationNode)
-    parent = sh.GetItemDataNode(sh.GetItemParent(item)) if item else None
-    return parent if parent is not None and parent.IsA("vtkMRMLScalarVolumeNode") else None
-
-
-def geometryMismatch(segmentationNode, volumeNode) -> str | None:
-    """Why the segmentation's reference geometry differs from the volume's (None if it matches or is unset)."""
-    parameter = slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
-    serialized = segmentationNode.GetSegmentation().GetConversionParameter(parameter)
-    if not serialized:
-        return None
-    values = [float(v) for v in serialized.strip(";").split(";")]
-    if len(values) != 22:
-        return None
-    matrix = np.array(values[:16]).reshape(4, 4)
-    extent = [int(round(v)) for v in values[16:]]
-    volume_matrix = vtk.vtkMatrix4x4()
-    volumeNode.GetIJKToRASMatrix(volume_matrix)
-    volume_array = np.array([[volume_matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
-    size = [extent[2 * i + 1] - extent[2 * i] + 1 for i in range(3)]
-    volume_size = list(volumeNode.GetImageData().GetDimensions())
-    if size != volume_size:
-        return f"size {size} vs {volume_size} voxels"
-    scale = max(np.abs(volume_array[:3, :3]).max(), 1e-6)
-    if np.abs(matrix[:3, :3] - volume_array[:3, :3]).max() > GEOMETRY_TOLERANCE * scale:
-        return "different spacing or orientation"
-    if np.abs(matrix[:3, 3] - volume_array[:3, 3]).max() > GEOMETRY_TOLERANCE * max(scale, 1.0) * 10:
-        return "different origin"
-    return None
-
-
-def placeUnder(node, parentNode) -> None:
-    """Put ``node`` under ``parentNode`` in the subject hierarchy (items made if missing: headless)."""
-    sh = node.GetScene().GetSubjectHierarchyNode()
-    parent_item = sh.GetItemByDataNode(parentNode) or sh.CreateItem(sh.GetSceneItemID(), parentNode)
-    item = sh.GetItemByDataNode(node)
-    if item:
-        sh.SetItemParent(item, parent_item)
-    else:
-        sh.CreateItem(parent_item, node)
-
-
-def _segments(segmentationNode) -> list:
-    segmentation = segmentationNode.GetSegmentation()
-    return [segmentation.GetNthSegment(i) for i in range(segmentation.GetNumberOfSegments())]
-
-
-def _segmentNames(segmentationNode) -> list[str]:
-    return [s.GetName() for s in _segments(segmentationNode)]
-
-
-def _requireContent(labelmapNode, segmentationNode) -> None:
-    array = slicer.util.arrayFromVolume(labelmapNode)
-    if not np.any(array):
-        raise InputError(f"Segmentation '{segmentationNode.GetName()}' has no labelled voxel inside its volume "
-                         "(empty segments, or drawn outside the volume).")
-
-
-def _nodesByClass(scene, className: str) -> list:
-    collection = scene.GetNodesByClass(className)
-    nodes = [collection.GetItemAsObject(i) for i in range(collection.GetNumberOfItems())]
-    return nodes
 
 
 @contextlib.contextmanager

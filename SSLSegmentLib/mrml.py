@@ -1,0 +1,143 @@
+"""MRML nodes to and from files, and the geometry and hierarchy checks the logic needs.
+
+Slicer's own storage nodes and logics do the work, so files read and written here are
+exactly what the Slicer application reads and writes. Imports ``slicer`` (MRML), never ``qt``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import slicer
+import vtk
+
+from .errors import InputError
+from .fileio import atomic_path
+
+GEOMETRY_TOLERANCE = 1e-3  # relative, as Geometry.matches in the engine
+
+
+def writeVolume(volumeNode, path: str | os.PathLike) -> None:
+    """Write a volume (or labelmap) with Slicer's own storage node, atomically."""
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetUseCompression(True)
+    with atomic_path(path) as tmp:
+        storage.SetFileName(str(tmp))
+        if not storage.WriteData(volumeNode):
+            raise OSError(f"could not write {path}")
+
+
+def readVolume(scene, path: str | os.PathLike, labelmap: bool = False):
+    """Read a volume file into a new node of ``scene`` (``slicer.util.loadVolume`` needs the app)."""
+    node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode" if labelmap else "vtkMRMLScalarVolumeNode",
+                                   Path(path).name.split(".")[0])
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetFileName(str(path))
+    if not storage.ReadData(node):
+        scene.RemoveNode(node)
+        raise InputError(f"could not read {path}")
+    return node
+
+
+def readSegmentation(scene, path: str | os.PathLike, referenceVolumeNode=None):
+    """Read a ``.seg.nrrd`` into a new segmentation node (as Slicer does)."""
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", Path(path).name.split(".")[0])
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    storage.SetFileName(str(path))
+    if not storage.ReadData(node):
+        scene.RemoveNode(node)
+        raise InputError(f"could not read {path}")
+    node.CreateDefaultDisplayNodes()
+    if referenceVolumeNode is not None:
+        node.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolumeNode)
+    return node
+
+
+def resampleToVolume(segmentationNode, volumeNode) -> None:
+    """Resample a segmentation's labelmaps to exactly the volume's grid (Slicer's geometry logic)."""
+    geometry = slicer.vtkSlicerSegmentationGeometryLogic()
+    geometry.SetInputSegmentationNode(segmentationNode)
+    geometry.SetSourceGeometryNode(volumeNode)
+    geometry.SetOversamplingFactor(1.0)
+    geometry.SetIsotropicSpacing(False)
+    error = geometry.CalculateOutputGeometry()
+    if error:
+        raise InputError(f"segmentation '{segmentationNode.GetName()}': {error}")
+    geometry.SetReferenceImageGeometryInSegmentationNode()
+    if not geometry.ResampleLabelmapsInSegmentationNode():
+        raise InputError(f"could not resample segmentation '{segmentationNode.GetName()}' to the volume")
+
+
+def referenceVolume(segmentationNode):
+    """The volume a segmentation was drawn on: its reference geometry node, else its SH parent."""
+    node = segmentationNode.GetNodeReference(segmentationNode.GetReferenceImageGeometryReferenceRole())
+    if node is not None and node.IsA("vtkMRMLScalarVolumeNode"):
+        return node
+    scene = segmentationNode.GetScene()
+    sh = scene.GetSubjectHierarchyNode() if scene else None
+    if sh is None:
+        return None
+    item = sh.GetItemByDataNode(segmentationNode)
+    parent = sh.GetItemDataNode(sh.GetItemParent(item)) if item else None
+    return parent if parent is not None and parent.IsA("vtkMRMLScalarVolumeNode") else None
+
+
+def geometryMismatch(segmentationNode, volumeNode) -> str | None:
+    """Why the segmentation's reference geometry differs from the volume's (None if it matches or is unset)."""
+    parameter = slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
+    serialized = segmentationNode.GetSegmentation().GetConversionParameter(parameter)
+    if not serialized:
+        return None
+    values = [float(v) for v in serialized.strip(";").split(";")]
+    if len(values) != 22:
+        return None
+    matrix = np.array(values[:16]).reshape(4, 4)
+    extent = [int(round(v)) for v in values[16:]]
+    volume_matrix = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(volume_matrix)
+    volume_array = np.array([[volume_matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+    size = [extent[2 * i + 1] - extent[2 * i] + 1 for i in range(3)]
+    volume_size = list(volumeNode.GetImageData().GetDimensions())
+    if size != volume_size:
+        return f"size {size} vs {volume_size} voxels"
+    scale = max(np.abs(volume_array[:3, :3]).max(), 1e-6)
+    if np.abs(matrix[:3, :3] - volume_array[:3, :3]).max() > GEOMETRY_TOLERANCE * scale:
+        return "different spacing or orientation"
+    if np.abs(matrix[:3, 3] - volume_array[:3, 3]).max() > GEOMETRY_TOLERANCE * max(scale, 1.0) * 10:
+        return "different origin"
+    return None
+
+
+def placeUnder(node, parentNode) -> None:
+    """Put ``node`` under ``parentNode`` in the subject hierarchy (items made if missing: headless)."""
+    sh = node.GetScene().GetSubjectHierarchyNode()
+    parent_item = sh.GetItemByDataNode(parentNode) or sh.CreateItem(sh.GetSceneItemID(), parentNode)
+    item = sh.GetItemByDataNode(node)
+    if item:
+        sh.SetItemParent(item, parent_item)
+    else:
+        sh.CreateItem(parent_item, node)
+
+
+def segments(segmentationNode) -> list:
+    segmentation = segmentationNode.GetSegmentation()
+    return [segmentation.GetNthSegment(i) for i in range(segmentation.GetNumberOfSegments())]
+
+
+def segmentNames(segmentationNode) -> list[str]:
+    return [s.GetName() for s in segments(segmentationNode)]
+
+
+def requireLabelledVoxels(labelmapNode, segmentationNode) -> None:
+    array = slicer.util.arrayFromVolume(labelmapNode)
+    if not np.any(array):
+        raise InputError(f"Segmentation '{segmentationNode.GetName()}' has no labelled voxel inside its volume "
+                         "(empty segments, or drawn outside the volume).")
+
+
+def nodesByClass(scene, className: str) -> list:
+    collection = scene.GetNodesByClass(className)
+    nodes = [collection.GetItemAsObject(i) for i in range(collection.GetNumberOfItems())]
+    return nodes
