@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import Method, ema_update, frozen_copy, register_method
+from .base import register_method
+from .helpers import TeacherStudentMethod
 from .losses import softmax_mse
 
 
@@ -14,7 +15,7 @@ def teacher_noise(image: torch.Tensor, std: float = 0.1, clip: float = 0.2) -> t
 
 
 @register_method
-class MeanTeacher(Method):
+class MeanTeacher(TeacherStudentMethod):
     """Mean Teacher: a student and its exponential-moving-average teacher.
 
     Tarvainen & Valpola, "Mean teachers are better role models: Weight-averaged consistency
@@ -29,11 +30,6 @@ class MeanTeacher(Method):
     description = "Student + EMA teacher, softmax MSE consistency on noisy unlabelled images"
     reference = "Tarvainen & Valpola, NeurIPS 2017"
 
-    def __init__(self, settings, network_factory, num_classes, dim):
-        super().__init__(settings, network_factory, num_classes, dim)
-        self.student = network_factory()
-        self.teacher = frozen_copy(self.student)
-
     def training_step(self, labelled, unlabelled, step):
         n_labelled = labelled["image"].shape[0]
         images = torch.cat([labelled["image"], unlabelled["image"]])
@@ -44,9 +40,3 @@ class MeanTeacher(Method):
         consistency = softmax_mse(logits[n_labelled:], teacher_logits)
         loss = supervised + step.consistency_weight * consistency
         return {"main": loss, "supervised": supervised.detach(), "consistency": consistency.detach()}
-
-    def after_optimiser_step(self, step):
-        ema_update(self.teacher, self.student, self.settings.ema_decay, step.iteration)
-
-    def backbones(self):
-        return [self.student, self.teacher]
