@@ -17,6 +17,7 @@ from .data.io import read_image
 from .data.labels import write_labelmap, write_segmentation
 from .fileio import atomic_write_json
 from .model_file import Model
+from .postprocessing import keep_largest_component
 from .preprocessing import preprocess, resample_to_geometry
 
 SLICES_PER_CHUNK = 32
@@ -68,24 +69,29 @@ def confidence(probabilities: np.ndarray, label: np.ndarray) -> float:
     return float(top[region].mean() if region.any() else top.mean())
 
 
-def predict_image(model: Model, image_path: str | os.PathLike, device: torch.device):
-    """Predict one image file: ``(label zyx uint8, confidence, geometry)`` in its own geometry."""
+def predict_image(model: Model, image_path: str | os.PathLike, device: torch.device,
+                  largest_component: bool = False):
+    """Predict one image file: ``(label zyx uint8, confidence, geometry)`` in its own geometry.
+    ``largest_component`` keeps only each class's largest connected component."""
     image, geometry = read_image(image_path)
     prepared, _, prepared_geometry = preprocess(image, geometry, model.plan)
     probabilities = predict_probabilities(model.network, prepared, model.dim, model.patch_size, device)
     if prepared_geometry != geometry:
         probabilities = resample_to_geometry(probabilities, prepared_geometry, geometry, is_label=False)
     label = probabilities.argmax(axis=0).astype(np.uint8)
+    if largest_component:
+        label = keep_largest_component(label)
     return label, confidence(probabilities, label), geometry
 
 
 def predict_cases(model: Model, cases: list[Case], out_dir: str | os.PathLike, device: torch.device,
-                  on_case: Callable[[int, int, str], None] | None = None) -> dict[str, float]:
+                  on_case: Callable[[int, int, str], None] | None = None,
+                  largest_component: bool = False) -> dict[str, float]:
     """Write ``<case>.seg.nrrd``, ``labelmaps/<case>.nrrd`` and ``confidence.json``."""
     out_dir = Path(out_dir)
     scores: dict[str, float] = {}
     for index, case in enumerate(cases):
-        label, score, geometry = predict_image(model, case.image, device)
+        label, score, geometry = predict_image(model, case.image, device, largest_component)
         write_segmentation(out_dir / f"{case.name}.seg.nrrd", label, geometry, model.classes)
         write_labelmap(out_dir / "labelmaps" / f"{case.name}.nrrd", label, geometry)
         scores[case.name] = score
