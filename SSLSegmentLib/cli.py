@@ -35,7 +35,8 @@ def _add_train(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="run folder to create")
     p.add_argument("--method", default="mean_teacher", help="see `sslsegment methods`")
     p.add_argument("--network", default="unet", help="see `sslsegment networks`")
-    p.add_argument("--preset", choices=["fast-cpu", "balanced", "quality-gpu"], help="default: from the device")
+    p.add_argument("--preset", choices=["auto", "fast-cpu", "balanced", "quality-gpu"],
+                   help="default: auto (patch and batch from the free GPU memory) on CUDA, fast-cpu on CPU")
     p.add_argument("--size", choices=["tiny", "small", "base"], help="network size (default: the preset's)")
     p.add_argument("--dim", default="auto", choices=["auto", "2", "3"])
     p.add_argument("--iterations", type=int, default=2000)
@@ -54,6 +55,12 @@ def _add_train(sub) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    scale = p.add_argument_group("scaling (multi-GPU: launch with `torchrun --nproc_per_node N -m SSLSegmentLib train ...`)")
+    scale.add_argument("--cache-dir", type=Path,
+                       help="preprocessed-case cache (default: $SSLSEGMENT_CACHE or .sslsegment-cache beside --out)")
+    scale.add_argument("--num-workers", type=int, help="batch-preparing processes (default: 0 on CPU, 4 on CUDA)")
+    scale.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
+                       help="channels-last tensors on CUDA (auto: on in 2D)")
     p.add_argument("--init-model", type=Path, help="start from a previous model.pt (a retraining round)")
     p.add_argument("--predict-unlabelled", action="store_true",
                    help="after training, predict every unlabelled case into OUT/predictions")
@@ -101,7 +108,9 @@ def config_from_args(args) -> "TrainConfig":  # noqa: F821
         method_options=options, normalisation=args.normalisation,
         ct_window=tuple(args.ct_window) if args.ct_window else None, val_cases=args.val_cases,
         val_interval=args.val_interval, seed=args.seed, device=args.device, amp=not args.no_amp,
-        init_model=str(args.init_model) if args.init_model else None, predict_unlabelled=args.predict_unlabelled)
+        init_model=str(args.init_model) if args.init_model else None, predict_unlabelled=args.predict_unlabelled,
+        cache_dir=str(args.cache_dir) if args.cache_dir else None, num_workers=args.num_workers,
+        channels_last={"auto": None, "on": True, "off": False}[args.channels_last])
 
 
 def load_dataset(args):
@@ -123,20 +132,28 @@ def _raise_cancel(signum, frame):
 
 
 def run_train(args) -> int:
+    """Train into ``--out``. Under ``torchrun`` every rank runs this; rank 0 alone writes the
+    run folder (status, progress, log, checkpoints, model, predictions)."""
+    from .training import distributed  # noqa: PLC0415
     from .training.run_folder import RunFolder  # noqa: PLC0415
     from .training.trainer import Cancelled, Trainer  # noqa: PLC0415
 
-    run = RunFolder(args.out)
+    wants_cuda = args.device == "cuda" or (args.device == "auto" and distributed.cuda_available())
+    context = distributed.init_from_env("cuda" if wants_cuda else "cpu")
+    run = RunFolder(args.out, writer=context.is_main)
     run.prepare()
-    run.set_status("running")
+    run.set_status("running", **({"world_size": context.world_size} if context.enabled else {}))
     log = run.logger()
+    if not context.is_main:
+        log.setLevel(logging.WARNING)
     signal.signal(signal.SIGTERM, _raise_cancel)
     try:
-        trainer = Trainer(config_from_args(args), load_dataset(args), run, log)
+        trainer = Trainer(config_from_args(args), load_dataset(args), run, log, context)
         trainer.setup()
         result = trainer.train()
-        if args.predict_unlabelled:
+        if args.predict_unlabelled and context.is_main:
             trainer.predict_unlabelled()
+        context.barrier()
     except Cancelled:
         log.warning("cancelled")
         run.set_status("cancelled")
@@ -144,12 +161,15 @@ def run_train(args) -> int:
     except InputError as error:
         log.error("%s", error)
         run.set_status("failed", error=str(error))
-        print(f"error: {error}", file=sys.stderr)
+        if context.is_main:
+            print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as error:  # a crash must reach the watcher, with its traceback in the log
         log.error("%s", traceback.format_exc())
         run.set_status("failed", error=f"{error.__class__.__name__}: {error}")
         raise
+    finally:
+        distributed.shutdown(context)
     run.set_status("done", best_val_dice=result.best_dice, model=str(run.model))
     log.info("done: %s", run.model)
     return 0

@@ -41,10 +41,19 @@ PRESETS: dict[str, dict[str, Any]] = {
         "unlabelled_batch_2d": 12,
     },
 }
+AUTO_PRESET = "auto"
+"""Not a table: on CUDA, patch and batch from the free GPU memory (``training/memory.py``)
+with the network size and fallback sizes of ``quality-gpu``; on CPU, ``fast-cpu``."""
+
+PRESET_NAMES = (AUTO_PRESET, *PRESETS)
+
+
+def preset_table(name: str | None) -> dict[str, Any]:
+    return PRESETS["quality-gpu" if name == AUTO_PRESET else name or "fast-cpu"]
 
 
 def default_preset(device_type: str) -> str:
-    return "quality-gpu" if device_type == "cuda" else "fast-cpu"
+    return AUTO_PRESET if device_type == "cuda" else "fast-cpu"
 
 
 @dataclass
@@ -83,16 +92,24 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True
     """Mixed precision on CUDA (bf16 where supported); ignored on CPU."""
-    num_workers: int = 0
+    channels_last: bool | None = None
+    """Channels-last tensors on CUDA; None: on for 2D convolutional networks (where cuDNN's
+    NHWC kernels are known to help with mixed precision), off otherwise. Ignored on CPU."""
+    num_workers: int | None = None
+    """Processes preparing batches; None: 0 on CPU (a background thread), 4 on CUDA."""
+    cache_dir: str | None = None
+    """Preprocessed-case cache; None: ``$SSLSEGMENT_CACHE`` or ``.sslsegment-cache`` beside the run."""
     init_model: str | None = None
     predict_unlabelled: bool = False
 
     def resolved(self, device_type: str) -> "TrainConfig":
         """A copy with the preset's choices filled into every unset field."""
         preset_name = self.preset or default_preset(device_type)
-        if preset_name not in PRESETS:
-            raise InputError(f"unknown preset {preset_name!r}; choose one of: {', '.join(PRESETS)}")
-        preset = PRESETS[preset_name]
+        if preset_name == AUTO_PRESET and device_type != "cuda":
+            preset_name = "fast-cpu"
+        if preset_name not in PRESET_NAMES:
+            raise InputError(f"unknown preset {preset_name!r}; choose one of: {', '.join(PRESET_NAMES)}")
+        preset = preset_table(preset_name)
         updates: dict[str, Any] = {"preset": preset_name}
         if self.size is None:
             updates["size"] = preset["size"]
@@ -102,10 +119,14 @@ class TrainConfig:
             raise InputError(f"unknown optimiser {self.optimiser!r}; choose sgd or adamw")
         if self.iterations < 1:
             raise InputError(f"iterations must be at least 1, got {self.iterations}")
+        if self.num_workers is None:
+            updates["num_workers"] = 4 if device_type == "cuda" else 0
+        elif self.num_workers < 0:
+            raise InputError(f"num_workers must be 0 or more, got {self.num_workers}")
         return dataclasses.replace(self, **updates)
 
     def batch_sizes(self, dim: int) -> tuple[int, int]:
-        preset = PRESETS[self.preset or "fast-cpu"]
+        preset = preset_table(self.preset)
         suffix = "_2d" if dim == 2 else ""
         labelled = self.labelled_batch or preset["labelled_batch" + suffix]
         unlabelled = self.unlabelled_batch or preset["unlabelled_batch" + suffix]
@@ -114,7 +135,11 @@ class TrainConfig:
     def preset_patch(self, dim: int) -> tuple[int, ...]:
         if self.patch_size is not None:
             return tuple(self.patch_size)
-        return tuple(PRESETS[self.preset or "fast-cpu"][f"patch_size_{dim}d"])
+        return tuple(preset_table(self.preset)[f"patch_size_{dim}d"])
+
+    def sizes_from_free_memory(self) -> bool:
+        """True when the preset picks patch and batch from the free GPU memory."""
+        return self.preset == AUTO_PRESET
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -10,15 +10,16 @@ the time (nnU-Net's oversampling), so that rare small structures are seen.
 
 from __future__ import annotations
 
+import mmap
 import queue
 import threading
-from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
 import torch
 
-MAX_FOREGROUND_POINTS = 20000
+from .cache import MAX_FOREGROUND_POINTS
+from .cache import foreground_points as cached_foreground_points
 
 
 def fit_patch(preset_patch: tuple[int, ...], shapes: list[tuple[int, ...]], divisor: int = 16) -> tuple[int, ...]:
@@ -46,49 +47,74 @@ def pad_to(array: np.ndarray, minimum: tuple[int, ...]) -> np.ndarray:
 
 def foreground_points(label: np.ndarray, rng: np.random.Generator) -> dict[int, np.ndarray]:
     """Coordinates of each foreground class (subsampled), for oversampling."""
-    points = {}
-    for value in np.unique(label):
-        if value == 0:
-            continue
-        coords = np.argwhere(label == value)
-        if len(coords) > MAX_FOREGROUND_POINTS:
-            coords = coords[rng.choice(len(coords), MAX_FOREGROUND_POINTS, replace=False)]
-        points[int(value)] = coords
-    return points
+    return cached_foreground_points(np.asarray(label), rng, MAX_FOREGROUND_POINTS)
 
 
-@dataclass
 class Volume:
-    image: np.ndarray
-    label: np.ndarray | None
-    foreground: dict[int, np.ndarray]
+    """One volume to sample from: arrays in memory, or read-only memory maps of a
+    :class:`~SSLSegmentLib.cache.CachedCase` (opened lazily, so a sampler pickles cheaply
+    into worker processes). Volumes smaller than the patch are padded per patch, never as
+    a whole, so a memory-mapped volume is never loaded entirely."""
+
+    def __init__(self, image, label=None, foreground: dict[int, np.ndarray] | None = None, source=None):
+        self._image, self._label, self.source = image, label, source
+        self.foreground = foreground if foreground is not None else {}
+        self.shape = tuple(source.shape if source is not None else image.shape)
+
+    @classmethod
+    def from_cache(cls, case) -> "Volume":
+        return cls(None, None, case.foreground(), source=case)
+
+    @property
+    def image(self) -> np.ndarray:
+        return self.source.image if self.source is not None else self._image
+
+    @property
+    def label(self) -> np.ndarray | None:
+        return self.source.label if self.source is not None else self._label
+
+    @property
+    def labelled(self) -> bool:
+        return self.source.labelled if self.source is not None else self._label is not None
 
 
 class PatchSampler:
     """Draws augmented patches from a list of volumes.
 
     ``dim=3``: patches of shape ``patch`` (z, y, x). ``dim=2``: an axial slice (along the
-    array's first axis) cropped to ``patch`` (y, x).
+    array's first axis) cropped to ``patch`` (y, x). ``images`` / ``labels`` are arrays;
+    :meth:`from_cache` samples from memory-mapped cached cases instead.
     """
 
-    def __init__(self, images, labels, patch, dim, foreground_fraction=0.33, augment=True, seed=0):
+    def __init__(self, images, labels, patch, dim, foreground_fraction=0.33, augment=True, seed=0, volumes=None):
         self.patch = tuple(patch)
         self.dim = dim
-        self.foreground_fraction = foreground_fraction if labels is not None else 0.0
         self.augment = augment
-        rng = np.random.default_rng(seed)
-        labels = labels if labels is not None else [None] * len(images)
-        self.volumes = [self._prepare(img, lbl, rng) for img, lbl in zip(images, labels)]
+        if volumes is None:
+            rng = np.random.default_rng(seed)
+            labels = labels if labels is not None else [None] * len(images)
+            volumes = [self._in_memory(img, lbl, rng) for img, lbl in zip(images, labels)]
+        self.volumes = volumes
+        self.foreground_fraction = foreground_fraction if any(v.labelled for v in volumes) else 0.0
 
-    def _prepare(self, image, label, rng) -> Volume:
-        image = pad_to(image.astype(np.float32, copy=False), self.patch)
+    @classmethod
+    def from_cache(cls, cases, patch, dim, foreground_fraction=0.33, augment=True, labelled=True) -> "PatchSampler":
+        volumes = [Volume.from_cache(c) if labelled else Volume(None, None, {}, source=_Unlabelled(c)) for c in cases]
+        return cls(None, None, patch, dim, foreground_fraction, augment, volumes=volumes)
+
+    @staticmethod
+    def _in_memory(image, label, rng) -> Volume:
+        image = np.asarray(image, dtype=np.float32)
         if label is None:
-            return Volume(image, None, {})
-        label = pad_to(label.astype(np.int64, copy=False), self.patch)
-        return Volume(image, label, foreground_points(label, rng))
+            return Volume(image)
+        return Volume(image, np.asarray(label), foreground_points(label, rng))
+
+    def with_patch(self, patch) -> "PatchSampler":
+        """The same volumes, another patch size (the out-of-memory fallback)."""
+        return PatchSampler(None, None, patch, self.dim, self.foreground_fraction, self.augment, volumes=self.volumes)
 
     def sample(self, count: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """``count`` patches as arrays ``(count, 1, *patch)``; ``label`` only if labelled."""
+        """``count`` patches as arrays ``(count, 1, *patch)``; ``label`` (int64) only if labelled."""
         images, labels = [], []
         for _ in range(count):
             volume = self.volumes[rng.integers(len(self.volumes))]
@@ -99,7 +125,7 @@ class PatchSampler:
             labels.append(label)
         batch = {"image": np.stack(images)[:, None]}
         if labels[0] is not None:
-            batch["label"] = np.stack(labels)[:, None]
+            batch["label"] = np.stack(labels)[:, None].astype(np.int64)
         return batch
 
     def _centre(self, volume: Volume, rng) -> np.ndarray | None:
@@ -110,26 +136,71 @@ class PatchSampler:
         return None
 
     def _crop(self, volume: Volume, centre, rng):
-        shape = volume.image.shape
+        """Cut the patch from the volume as if it were zero-padded (centred) to the patch."""
+        shape = volume.shape
         if self.dim == 2:
             z = int(centre[0]) if centre is not None else int(rng.integers(shape[0]))
-            starts = self._starts(shape[1:], None if centre is None else centre[1:], rng)
-            index = (z,) + tuple(slice(s, s + p) for s, p in zip(starts, self.patch))
+            window = self._window(shape[1:], None if centre is None else centre[1:], rng)
+            lead = (z,)
         else:
-            starts = self._starts(shape, centre, rng)
-            index = tuple(slice(s, s + p) for s, p in zip(starts, self.patch))
-        label = volume.label[index] if volume.label is not None else None
-        return volume.image[index], label
+            window = self._window(shape, centre, rng)
+            lead = ()
+        image = read_window(volume.image, lead, window, np.float32)
+        label = read_window(volume.label, lead, window, np.int64) if volume.labelled else None
+        return image, label
 
-    def _starts(self, shape, centre, rng) -> list[int]:
-        starts = []
+    def _window(self, shape, centre, rng) -> list[tuple[int, int]]:
+        """Per axis ``(start, stop)`` in the volume's own coordinates; may reach outside it
+        (by at most the centred padding) when the volume is smaller than the patch."""
+        window = []
         for axis, (size, patch) in enumerate(zip(shape, self.patch)):
-            high = size - patch
+            offset = max(0, patch - size) // 2  # zeros before the data in the padded volume
+            high = max(size, patch) - patch
             if centre is None:
-                starts.append(int(rng.integers(high + 1)))
+                start = int(rng.integers(high + 1))
             else:
-                starts.append(int(np.clip(int(centre[axis]) - patch // 2, 0, high)))
-        return starts
+                start = int(np.clip(int(centre[axis]) + offset - patch // 2, 0, high))
+            window.append((start - offset, start - offset + patch))
+        return window
+
+
+class _Unlabelled:
+    """A cached case seen without its label (a labelled case in the unlabelled pool)."""
+
+    def __init__(self, case):
+        self.case, self.shape, self.labelled = case, case.shape, False
+
+    @property
+    def image(self):
+        return self.case.image
+
+    label = None
+
+
+def read_window(array: np.ndarray, lead: tuple[int, ...], window: list[tuple[int, int]], dtype) -> np.ndarray:
+    """``array[lead + window]`` as a new contiguous array, zeros where the window leaves
+    the array (only those voxels are read from a memory map)."""
+    shape = array.shape[len(lead):]
+    inside = tuple(slice(max(0, a), min(size, b)) for (a, b), size in zip(window, shape))
+    data = np.array(array[lead + inside], dtype=dtype)  # a copy: never a view of the map
+    release_pages(array)
+    if data.shape == tuple(b - a for a, b in window):
+        return data
+    out = np.zeros([b - a for a, b in window], dtype=dtype)
+    out[tuple(slice(s.start - a, s.stop - a) for s, (a, _) in zip(inside, window))] = data
+    return out
+
+
+def release_pages(array: np.ndarray) -> None:
+    """Unmap from this process the pages a read of a memory map brought in (they stay in the
+    kernel's page cache, so the next read is still cheap): without it the resident memory of
+    a long run would grow towards the size of the cohort as patches touch every case."""
+    madvise = getattr(getattr(array, "_mmap", None), "madvise", None)
+    if madvise is not None and hasattr(mmap, "MADV_DONTNEED"):
+        try:
+            madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):
+            pass
 
 
 def random_flip_rotate(image: np.ndarray, label: np.ndarray | None, rng):
@@ -149,25 +220,37 @@ def random_flip_rotate(image: np.ndarray, label: np.ndarray | None, rng):
     return image, label
 
 
-def to_tensors(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+def to_tensors(batch: dict, device: torch.device, memory_format=None) -> dict[str, torch.Tensor]:
+    """Arrays (or tensors from a loader) on ``device``. On CUDA the copy is asynchronous
+    (the loader pins host memory), so it overlaps with the previous step's compute."""
     non_blocking = device.type == "cuda"
-    out = {"image": torch.from_numpy(batch["image"]).to(device, non_blocking=non_blocking)}
-    if "label" in batch:
-        out["label"] = torch.from_numpy(batch["label"]).to(device, non_blocking=non_blocking)
+    out = {}
+    for key, value in batch.items():
+        tensor = torch.as_tensor(value).to(device, non_blocking=non_blocking)
+        if memory_format is not None and key == "image":
+            tensor = tensor.contiguous(memory_format=memory_format)
+        out[key] = tensor
     return out
 
 
 class BatchStream:
-    """Endless (labelled, unlabelled) batches; a background thread prepares the next ones
-    while the network works (numpy copies release the GIL)."""
+    """Endless (labelled, unlabelled) batches, prepared while the network works: by a
+    background thread (``num_workers=0``; numpy copies release the GIL) or by worker
+    processes (a torch ``DataLoader`` over :class:`BatchDataset`), each with its own seed.
+    With ``pin_memory`` batches come back as pinned tensors, ready for an asynchronous copy
+    to the GPU."""
 
     def __init__(self, labelled: PatchSampler, unlabelled: PatchSampler | None, sizes: tuple[int, int],
-                 seed: int, prefetch: int = 2):
-        self.labelled, self.unlabelled, self.sizes = labelled, unlabelled, sizes
+                 seed: int, prefetch: int = 2, num_workers: int = 0, pin_memory: bool = False):
+        self.labelled, self.unlabelled, self.sizes = labelled, unlabelled, tuple(sizes)
+        self.seed = seed
         self.rng = np.random.default_rng(seed)
         self.prefetch = prefetch
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
         self._queue: queue.Queue | None = None
         self._stop = threading.Event()
+        self._loader_iter = None
 
     def draw(self) -> tuple[dict, dict | None]:
         labelled = self.labelled.sample(self.sizes[0], self.rng)
@@ -175,9 +258,13 @@ class BatchStream:
         return labelled, unlabelled
 
     def __iter__(self) -> Iterator[tuple[dict, dict | None]]:
+        self._stop = threading.Event()  # a stream can be iterated again after close()
+        if self.num_workers > 0:
+            yield from self._from_workers()
+            return
         if self.prefetch <= 0:
             while True:
-                yield self.draw()
+                yield self._pinned(self.draw())
         self._queue = queue.Queue(maxsize=self.prefetch)
         worker = threading.Thread(target=self._fill, daemon=True)
         worker.start()
@@ -190,10 +277,37 @@ class BatchStream:
         finally:
             self._stop.set()
 
+    def close(self) -> None:
+        """Stop the background thread or worker processes."""
+        self._stop.set()
+        if self._loader_iter is not None:
+            shutdown = getattr(self._loader_iter, "_shutdown_workers", None)
+            if shutdown:
+                shutdown()
+            self._loader_iter = None
+
+    def _from_workers(self):
+        loader = torch.utils.data.DataLoader(
+            BatchDataset(self.labelled, self.unlabelled, self.sizes, self.seed), batch_size=None,
+            num_workers=self.num_workers, pin_memory=self.pin_memory, prefetch_factor=max(1, self.prefetch),
+            persistent_workers=False)
+        self._loader_iter = iter(loader)
+        try:
+            while True:
+                labelled, unlabelled = next(self._loader_iter)
+                yield labelled, (unlabelled or None)
+        finally:
+            self.close()
+
+    def _pinned(self, item):
+        if not self.pin_memory:
+            return item
+        return tuple({k: torch.from_numpy(v).pin_memory() for k, v in part.items()} if part else part for part in item)
+
     def _fill(self) -> None:
         try:
             while not self._stop.is_set():
-                item = self.draw()
+                item = self._pinned(self.draw())
                 while not self._stop.is_set():
                     try:
                         self._queue.put(item, timeout=0.1)
@@ -202,3 +316,20 @@ class BatchStream:
                         continue
         except BaseException as error:  # surfaced in the training thread
             self._queue.put(error)
+
+
+class BatchDataset(torch.utils.data.IterableDataset):
+    """Endless batches for a ``DataLoader``: worker ``w`` draws with the seed sequence
+    ``(seed, w)``, so workers never repeat each other and a run is reproducible."""
+
+    def __init__(self, labelled: PatchSampler, unlabelled: PatchSampler | None, sizes, seed: int):
+        super().__init__()
+        self.labelled, self.unlabelled, self.sizes, self.seed = labelled, unlabelled, tuple(sizes), seed
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        rng = np.random.default_rng([self.seed, info.id if info else 0])
+        while True:
+            labelled = self.labelled.sample(self.sizes[0], rng)
+            unlabelled = self.unlabelled.sample(self.sizes[1], rng) if self.unlabelled else {}
+            yield labelled, unlabelled

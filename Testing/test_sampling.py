@@ -56,3 +56,12 @@ def test_unlabelled_sampler_has_no_label_and_stream_prefetches():
     stream = iter(BatchStream(labelled, unlabelled, (2, 3), seed=0, prefetch=2))
     first, second = next(stream)
     assert "label" not in second and second["image"].shape[0] == 3 and first["label"].shape[0] == 2
+
+
+def test_a_closed_stream_can_be_iterated_again():
+    image, label = _volume()
+    stream = BatchStream(PatchSampler([image], [label], (16, 16, 16), dim=3), None, (1, 1), seed=0, prefetch=2)
+    first = next(iter(stream))
+    stream.close()
+    second = next(iter(stream))  # e.g. a second Trainer.train() on the same trainer
+    assert first[0]["image"].shape == second[0]["image"].shape == (1, 1, 16, 16, 16)

@@ -8,7 +8,14 @@ two alternate (ABAB...) so that a noisy shared machine affects both alike; the r
 reported is the median of the per-pair ratios. Target: ratio <= 1.15 on CPU, 3D, LA, at the
 default CPU preset.
 
+``--ddp 1 2`` adds the data-parallel case: iterations per second of the real command under
+``torchrun`` with 1 and 2 processes on the same total batch (the per-process batch is the
+total divided by the processes; each process gets ``cores / processes`` threads), alternated
+``--ddp-repeats`` times; the rate comes from ``progress.jsonl`` (setup and the first
+iteration excluded).
+
     .venv/bin/python bench/throughput.py [--data ../shared/data/LA/train] [--iterations 10] [--pairs 3]
+                                         [--ddp 1 2] [--ddp-iterations 8] [--total-batch 4]
 """
 
 from __future__ import annotations
@@ -16,8 +23,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -53,7 +62,9 @@ def loop_seconds_per_iteration(trainer: Trainer) -> float:
 def bare_seconds_per_iteration(trainer: Trainer, iterations: int) -> float:
     """Student forward+backward+step on the whole batch, teacher forward on the unlabelled half."""
     method = trainer.method
-    labelled, unlabelled = next(iter(trainer.stream))
+    stream = trainer._batch_stream()
+    stream.prefetch = 0
+    labelled, unlabelled = stream.draw()
     labelled, unlabelled = to_tensors(labelled, trainer.device), to_tensors(unlabelled, trainer.device)
     images = torch.cat([labelled["image"], unlabelled["image"]])
     optimiser = torch.optim.SGD(method.student.parameters(), lr=1e-4, momentum=0.9)
@@ -74,6 +85,60 @@ def bare_seconds_per_iteration(trainer: Trainer, iterations: int) -> float:
     return (time.perf_counter() - started) / iterations
 
 
+def la_folders(folder: Path, labelled: int, unlabelled: int, into: Path) -> tuple[Path, Path]:
+    """``images``/``labels`` folders of symbolic links: the first cases labelled, the next unlabelled."""
+    full = discover_dataset(folder / "images", folder / "labels")
+    images, labels = into / "images", into / "labels"
+    images.mkdir(parents=True)
+    labels.mkdir()
+    for index, case in enumerate(full.labelled[:labelled + unlabelled]):
+        (images / case.image.name).symlink_to(case.image.resolve())
+        if index < labelled:
+            (labels / case.label.name).symlink_to(case.label.resolve())
+    return images, labels
+
+
+def ddp_iterations_per_second(processes: int, images: Path, labels: Path, cache: Path, args) -> dict:
+    """The real command under torchrun; the per-process batch is the total batch / processes."""
+    per_process = args.total_batch // processes
+    threads = args.threads or max(1, (os.cpu_count() or 1) // processes)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run"
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+                   "-m", "SSLSegmentLib", "train", "--images", str(images), "--labels", str(labels), "--out", str(out),
+                   "--method", "mean_teacher", "--network", "unet", "--dim", "3", "--device", "cpu",
+                   "--iterations", str(args.ddp_iterations), "--val-cases", "0", "--cache-dir", str(cache),
+                   "--labelled-batch", str(per_process), "--unlabelled-batch", str(per_process)]
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
+        result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, check=False)
+        if result.returncode != 0:
+            raise SystemExit(result.stderr[-3000:])
+        steps = [json.loads(line) for line in (out / "progress.jsonl").read_text().splitlines()]
+        steps = [r for r in steps if "iteration" in r]
+    first, last = steps[0], steps[-1]
+    rate = (last["iteration"] - first["iteration"]) / (last["elapsed_s"] - first["elapsed_s"])
+    return {"processes": processes, "threads_per_process": threads, "batch_per_process": [per_process] * 2,
+            "total_batch": [per_process * processes] * 2, "iterations_per_s": round(rate, 4),
+            "samples_per_s": round(rate * 2 * per_process * processes, 3)}
+
+
+def ddp_report(args) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        images, labels = la_folders(args.data, args.labelled, args.unlabelled, Path(tmp) / "data")
+        cache = Path(tmp) / "cache"
+        runs = []
+        for _ in range(args.ddp_repeats):
+            for processes in args.ddp:
+                runs.append(ddp_iterations_per_second(processes, images, labels, cache, args))
+                print(json.dumps(runs[-1]), file=sys.stderr)
+    median = {n: statistics.median(r["iterations_per_s"] for r in runs if r["processes"] == n) for n in args.ddp}
+    base = median[min(args.ddp)]
+    return {"case": "ddp", "backend": "gloo", "iterations": args.ddp_iterations, "runs": runs,
+            "iterations_per_s": {str(n): v for n, v in median.items()},
+            "speedup": {str(n): round(v / base, 3) for n, v in median.items()},
+            "gpu": "none available to this benchmark run" if not torch.cuda.is_available() else "not measured"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "LA" / "train")
@@ -82,8 +147,17 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--ddp", type=int, nargs="*", default=[], help="process counts for the DDP case, e.g. 1 2")
+    parser.add_argument("--ddp-iterations", type=int, default=8)
+    parser.add_argument("--ddp-repeats", type=int, default=2)
+    parser.add_argument("--total-batch", type=int, default=4, help="labelled (= unlabelled) batch over all processes")
+    parser.add_argument("--threads", type=int, help="threads per process in the DDP case (default: cores / processes)")
+    parser.add_argument("--skip-loop", action="store_true", help="only the DDP case")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.skip_loop:
+        print(json.dumps({"benchmark": "throughput", "ddp": ddp_report(args)}, indent=2))
+        return
     dataset = la_dataset(args.data, args.labelled, args.unlabelled)
     with tempfile.TemporaryDirectory() as tmp:
         run = RunFolder(tmp)
@@ -110,6 +184,8 @@ def main() -> None:
         "ratio": statistics.median(p["ratio"] for p in pairs),
         "target_ratio": 1.15,
     }
+    if args.ddp:
+        report["ddp"] = ddp_report(args)
     print(json.dumps(report, indent=2))
 
 

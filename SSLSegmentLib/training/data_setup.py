@@ -1,29 +1,33 @@
-"""From a dataset on disk to preprocessed arrays ready for sampling and validation."""
+"""From a dataset on disk to preprocessed cases ready for sampling and validation.
+
+Every case goes through the disk cache (:mod:`SSLSegmentLib.cache`): preprocessed once,
+then memory-mapped. Only one case is ever whole in memory (while it is preprocessed), so
+the memory of a run does not grow with the cohort. The plan comes from the image headers
+alone (spacings), before any voxel is read.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
+import SimpleITK as sitk
 
+from ..cache import CachedCase, PreprocessCache, case_key, file_checksum
 from ..config import TrainConfig
 from ..data.cases import Case, Dataset
+from ..data.geometry import Geometry
 from ..data.io import read_image
 from ..data.labels import ClassInfo
-from ..preprocessing import Plan, make_plan, preprocess
 from ..methods import method_class
 from ..networks import network_divisor
+from ..preprocessing import Plan, make_plan
 from ..sampling import fit_patch
+from .distributed import DistributedContext
 
-
-@dataclass
-class PreparedCase:
-    name: str
-    image: np.ndarray
-    label: np.ndarray | None = None
+__all__ = ["TrainingData", "prepare_training_data", "file_checksum", "describe_cases", "validation_split"]
 
 
 @dataclass
@@ -31,30 +35,39 @@ class TrainingData:
     plan: Plan
     classes: list[ClassInfo]
     patch: tuple[int, ...]
-    train: list[PreparedCase]
-    validation: list[PreparedCase]
-    unlabelled: list[PreparedCase] = field(default_factory=list)
+    train: list[CachedCase]
+    validation: list[CachedCase]
+    unlabelled: list[CachedCase] = field(default_factory=list)
+    divisor: int = 16
+    """Spatial sizes the networks need to be divisible by."""
+    shapes: list[tuple[int, ...]] = field(default_factory=list)
+    """Sampled (in-plane in 2D) shapes of the training cases: what a patch is fitted to."""
+    cache: dict = field(default_factory=dict)
+    """Where the cache is and how many entries were reused or built."""
 
     @property
     def num_classes(self) -> int:
         """Classes the network predicts, background included."""
         return len(self.classes) + 1
 
-
-def file_checksum(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    def fit(self, patch: tuple[int, ...]) -> tuple[int, ...]:
+        """``patch`` rounded to the network divisor and shrunk to the data."""
+        return fit_patch(tuple(patch), self.shapes, self.divisor)
 
 
-def describe_cases(dataset: Dataset, validation_names: set[str]) -> dict:
+def describe_cases(dataset: Dataset, validation_names: set[str], checksums: dict[str, str] | None = None) -> dict:
     """What a run trained on, with checksums, so a round can be audited and reproduced."""
+    checksums = checksums if checksums is not None else {}
+
+    def sha(path) -> str:
+        if str(path) not in checksums:
+            checksums[str(path)] = file_checksum(path)
+        return checksums[str(path)]
+
     def entry(case: Case) -> dict:
-        item = {"name": case.name, "image": str(case.image), "image_sha256": file_checksum(case.image)}
+        item = {"name": case.name, "image": str(case.image), "image_sha256": sha(case.image)}
         if case.label is not None:
-            item.update(label=str(case.label), label_sha256=file_checksum(case.label),
+            item.update(label=str(case.label), label_sha256=sha(case.label),
                         role="validation" if case.name in validation_names else "train")
         return item
 
@@ -65,35 +78,67 @@ def describe_cases(dataset: Dataset, validation_names: set[str]) -> dict:
 def validation_split(cases: list[Case], requested: int | None, seed: int) -> set[str]:
     """Names of labelled cases held out for validation: ``requested``, or one in five once
     there are at least five (with fewer, every label is worth more in training)."""
+    import numpy as np  # noqa: PLC0415
+
     count = requested if requested is not None else (len(cases) // 5 if len(cases) >= 5 else 0)
     count = max(0, min(count, len(cases) - 1))
     order = np.random.default_rng(seed).permutation(len(cases))
     return {cases[i].name for i in order[:count]}
 
 
-def prepare_training_data(dataset: Dataset, config: TrainConfig, log: logging.Logger,
-                          plan: Plan | None = None) -> tuple[TrainingData, dict]:
-    """Load, normalise and resample every case. ``plan`` given (a retrain) is reused so the
-    previous model's weights see the same spacing and dimension."""
-    from ..data.cases import load_labelled_case  # noqa: PLC0415
+def read_geometry(path: str | os.PathLike) -> Geometry:
+    """An image's geometry from its header only (the voxels are not read); a full read,
+    with its error messages, for anything unusual."""
+    try:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        if reader.GetDimension() == 3 and reader.GetNumberOfComponents() == 1:
+            return Geometry(reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection(), reader.GetSize())
+    except RuntimeError:
+        pass
+    return read_image(path)[1]
 
-    loaded = [(case, *load_labelled_case(case, dataset.classes)) for case in dataset.labelled]
+
+def prepare_training_data(dataset: Dataset, config: TrainConfig, log: logging.Logger, plan: Plan | None = None,
+                          cache_dir: str | os.PathLike | None = None,
+                          context: DistributedContext | None = None) -> tuple[TrainingData, dict]:
+    """Plan (unless ``plan`` is given: a retrain reuses the previous model's), split, and
+    bring every case into the cache. With several ranks, the ranks of each node build the
+    missing entries together (one in ``local_world_size`` each), then all read them."""
+    context = context or DistributedContext()
     if plan is None:
-        plan = make_plan([geometry for *_, geometry in loaded], dim=config.dim,
+        plan = make_plan([read_geometry(case.image) for case in dataset.labelled], dim=config.dim,
                          normalisation=config.normalisation, ct_window=config.ct_window)
     log.info("plan: %dD, target spacing %s, %s normalisation", plan.dim, tuple(round(s, 3) for s in plan.target_spacing),
              plan.normalisation)
     held_out = validation_split(dataset.labelled, config.val_cases, config.seed)
-    train, validation = [], []
-    for case, image, label, geometry in loaded:
-        image, label, _ = preprocess(image, geometry, plan, label)
-        (validation if case.name in held_out else train).append(PreparedCase(case.name, image, label))
-    unlabelled = [PreparedCase(case.name, preprocess(*read_image(case.image), plan)[0]) for case in dataset.unlabelled]
-    shapes = [c.image.shape for c in train + unlabelled]
-    in_plane = [s[1:] for s in shapes] if plan.dim == 2 else shapes
+    checksums: dict[str, str] = {}
+    cases_json = describe_cases(dataset, held_out, checksums)
+    cache = PreprocessCache(cache_dir if cache_dir is not None else Path(".sslsegment-cache"))
+    jobs = [(case, _key(case, checksums, plan, dataset.classes), case.label is not None)
+            for case in [*dataset.labelled, *dataset.unlabelled]]
+    missing = [job for job in jobs if cache.get(job[0], job[1]) is None]
+    context.barrier()
+    for case, key, labelled in missing[context.local_rank::context.local_world_size]:
+        cache.get_or_build(case, key, plan, dataset.classes, labelled)
+    context.barrier()
+    cached = {case.name: cache.get_or_build(case, key, plan, dataset.classes, labelled) for case, key, labelled in jobs}
+    train = [cached[c.name] for c in dataset.labelled if c.name not in held_out]
+    validation = [cached[c.name] for c in dataset.labelled if c.name in held_out]
+    unlabelled = [cached[c.name] for c in dataset.unlabelled]
+    shapes = [c.shape[1:] if plan.dim == 2 else c.shape for c in train + unlabelled]
     networks = (config.network, *method_class(config.method).extra_networks)
-    patch = fit_patch(config.preset_patch(plan.dim), in_plane, max(map(network_divisor, networks)))
-    log.info("%d labelled for training, %d for validation, %d unlabelled; patch %s",
-             len(train), len(validation), len(unlabelled), patch)
-    data = TrainingData(plan, dataset.classes, patch, train, validation, unlabelled)
-    return data, describe_cases(dataset, held_out)
+    divisor = max(map(network_divisor, networks))
+    patch = fit_patch(config.preset_patch(plan.dim), shapes, divisor)
+    stats = {"dir": str(cache.root), "reused": len(jobs) - len(missing), "built": len(missing)}
+    log.info("%d labelled for training, %d for validation, %d unlabelled; patch %s", len(train), len(validation),
+             len(unlabelled), patch)
+    log.info("preprocessed-case cache %s: %d reused, %d built", cache.root, stats["reused"], stats["built"])
+    data = TrainingData(plan, dataset.classes, patch, train, validation, unlabelled, divisor, shapes, stats)
+    return data, cases_json
+
+
+def _key(case: Case, checksums: dict[str, str], plan: Plan, classes: list[ClassInfo]) -> str:
+    label_sha = checksums[str(case.label)] if case.label is not None else None
+    return case_key(checksums[str(case.image)], label_sha, plan, classes, getattr(case, "label_names", None))

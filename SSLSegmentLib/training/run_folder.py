@@ -21,8 +21,12 @@ STATES = ("running", "done", "failed", "cancelled")
 
 
 class RunFolder:
-    def __init__(self, path: str | os.PathLike):
+    """``writer=False`` (the ranks other than 0 of a distributed run): every write is skipped,
+    the cancel file and the reader side still work."""
+
+    def __init__(self, path: str | os.PathLike, writer: bool = True):
         self.path = Path(path)
+        self.writer = writer
 
     config = property(lambda self: self.path / "config.json")
     progress = property(lambda self: self.path / "progress.jsonl")
@@ -37,17 +41,23 @@ class RunFolder:
 
     # --- writer side ----------------------------------------------------------------------
     def prepare(self) -> None:
+        if not self.writer:
+            return
         self.path.mkdir(parents=True, exist_ok=True)
         if self.cancel_file.exists():
             self.cancel_file.unlink()
 
     def set_status(self, state: str, error: str | None = None, **extra: Any) -> None:
         assert state in STATES, state
+        if not self.writer:
+            return
         record = {"state": state, "error": error, "pid": os.getpid(),
                   "updated": datetime.datetime.now().isoformat(timespec="seconds"), **extra}
         atomic_write_json(self.status, record)
 
     def add_progress(self, record: dict) -> None:
+        if not self.writer:
+            return
         append_jsonl(self.progress, record)
 
     def cancel_requested(self) -> bool:
@@ -58,7 +68,7 @@ class RunFolder:
         logger = logging.getLogger(f"sslsegment.run.{self.path.resolve()}")
         logger.setLevel(logging.INFO)
         logger.propagate = True
-        if not any(isinstance(h, logging.FileHandler) for h in logger.handlers):
+        if self.writer and not any(isinstance(h, logging.FileHandler) for h in logger.handlers):
             handler = logging.FileHandler(self.log, encoding="utf-8")
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
             logger.addHandler(handler)

@@ -4,6 +4,12 @@ The method computes one loss per parameter group; the trainer back-propagates ea
 its own group, steps one optimiser per group on the poly schedule, applies mixed
 precision on CUDA, validates, keeps the best and last checkpoints, writes progress, and
 honours a cancel request. Nothing here knows which method runs.
+
+Scaling pieces live beside it: ``distributed.py`` (torchrun data parallelism: rank 0 writes,
+validates and checkpoints, the others wait at a barrier), ``memory.py`` (patch and batch
+from the free GPU memory, out-of-memory fallback) and ``data_setup.py`` (the disk cache).
+The step itself never waits for the GPU: losses stay on the device until a progress record
+is written, batches arrive pinned and are copied asynchronously.
 """
 
 from __future__ import annotations
@@ -18,9 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..cache import default_cache_dir
 from ..config import TrainConfig
 from ..data.cases import Dataset
 from ..errors import InputError
+from ..fileio import atomic_path, atomic_write_json
 from ..inference import autocast, predict_probabilities
 from ..methods import Method, MethodSettings, StepInfo, method_class
 from ..methods.base import consistency_weight
@@ -29,7 +37,10 @@ from ..model_file import load_model, read_model_payload, save_model
 from ..networks import build_network
 from ..preprocessing import Plan
 from ..sampling import BatchStream, PatchSampler, to_tensors
+from . import memory
 from .data_setup import TrainingData, prepare_training_data
+from .distributed import (DataParallelNetworks, DistributedContext, broadcast_state, convert_batchnorm, shard,
+                          state_checksum)
 from .run_folder import RunFolder
 from .schedules import poly_lr, set_lr
 
@@ -38,7 +49,15 @@ class Cancelled(Exception):
     """The watcher asked the run to stop (a ``cancel`` file, or SIGTERM)."""
 
 
-def resolve_device(requested: str) -> torch.device:
+def resolve_device(requested: str, context: DistributedContext | None = None) -> torch.device:
+    """The device to train on; with several ranks on CUDA, this rank's GPU (``LOCAL_RANK``)."""
+    device = _device_type(requested)
+    if device.type == "cuda" and context is not None and context.enabled:
+        return torch.device("cuda", context.local_rank)
+    return device
+
+
+def _device_type(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if requested == "cuda" and not torch.cuda.is_available():
@@ -46,6 +65,14 @@ def resolve_device(requested: str) -> torch.device:
     if requested not in ("cpu", "cuda"):
         raise InputError(f"unknown device {requested!r}; choose auto, cpu or cuda")
     return torch.device(requested)
+
+
+def channels_last_format(config: TrainConfig, dim: int, device: torch.device):
+    """The memory format for networks and images, or None (see ``TrainConfig.channels_last``)."""
+    wanted = config.channels_last if config.channels_last is not None else dim == 2
+    if device.type != "cuda" or not wanted or config.network.startswith("swin"):
+        return None
+    return torch.channels_last_3d if dim == 3 else torch.channels_last
 
 
 def seed_everything(seed: int) -> None:
@@ -97,40 +124,59 @@ class TrainResult:
 
 
 class Trainer:
-    """Runs one training run into a run folder."""
+    """Runs one training run into a run folder (one rank of it under torchrun)."""
 
-    def __init__(self, config: TrainConfig, dataset: Dataset, run: RunFolder, log: logging.Logger | None = None):
+    def __init__(self, config: TrainConfig, dataset: Dataset, run: RunFolder, log: logging.Logger | None = None,
+                 context: DistributedContext | None = None):
         self.run = run
         self.log = log or run.logger()
-        self.device = resolve_device(config.device)
+        self.context = context or DistributedContext()
+        self.device = resolve_device(config.device, self.context)
         self.config = config.resolved(self.device.type)
         self.dataset = dataset
-        self.progress_bar = sys.stderr.isatty()
+        self.progress_bar = sys.stderr.isatty() and self.context.is_main
+        self.check_memory = memory.FaultInjector.from_env()
+        """Called with (batch sizes, patch) before each step: a simulated device for tests."""
 
     # --- set-up ---------------------------------------------------------------------------
     def setup(self) -> None:
-        config = self.config
+        config, context = self.config, self.context
         seed_everything(config.seed)
         initial = read_model_payload(config.init_model) if config.init_model else None
         plan = Plan.from_dict(initial["plan"]) if initial else None
-        self.data, cases = prepare_training_data(self.dataset, config, self.log, plan)
+        cache_dir = config.cache_dir or default_cache_dir(self.run.path)
+        self.data, cases = prepare_training_data(self.dataset, config, self.log, plan, cache_dir, context)
         if initial:
             self._check_compatible(initial)
-        self.method = build_method(config, self.data).to(self.device)
+        method = build_method(config, self.data)
         if initial:
-            self.method.initialise_from(initial["state_dict"])
+            method.initialise_from(initial["state_dict"])
             self.log.info("networks initialised from %s", config.init_model)
-        self.optimisers = build_optimisers(self.method, config)
+        self.memory_format = channels_last_format(config, self.data.plan.dim, self.device)
+        self.method = convert_batchnorm(method, self.device, context).to(self.device)
+        if self.memory_format is not None:
+            self.method = self.method.to(memory_format=self.memory_format)
         self.amp = config.amp and self.device.type == "cuda"
         use_scaler = self.amp and not torch.cuda.is_bf16_supported()
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        self.batch_sizes = config.batch_sizes(self.data.plan.dim)
+        if config.sizes_from_free_memory() and self.device.type == "cuda":
+            self._size_from_free_memory()
+        if context.enabled and (self.device.type == "cuda" or self.check_memory):
+            self._probe_memory()
+        broadcast_state(self.method, context)
+        if context.enabled:
+            torch.manual_seed(config.seed + 7919 * context.rank)  # each rank its own noise and augmentation
+        self.ddp = DataParallelNetworks(self.method, self.device, context)
+        self.optimisers = build_optimisers(self.method, config)
         self.stream = self._batch_stream()
-        from ..fileio import atomic_write_json  # noqa: PLC0415
-
-        atomic_write_json(self.run.config, {"config": config.to_dict(), "device": str(self.device),
-                                            "plan": self.data.plan.to_dict(), "patch_size": list(self.data.patch),
-                                            "classes": [c.name for c in self.data.classes]})
-        atomic_write_json(self.run.path / "cases.json", cases)
+        if context.is_main:
+            atomic_write_json(self.run.config, {
+                "config": config.to_dict(), "device": str(self.device), "world_size": context.world_size,
+                "plan": self.data.plan.to_dict(), "patch_size": list(self.data.patch),
+                "batch_sizes": list(self.batch_sizes), "classes": [c.name for c in self.data.classes]})
+            atomic_write_json(self.run.path / "cases.json", cases)
+            self.run.add_progress({"event": "data_cache", **self.data.cache})
 
     def _check_compatible(self, initial: dict) -> None:
         previous = [c["name"] for c in initial["classes"]]
@@ -144,53 +190,192 @@ class Trainer:
                              f"this round asks for a {self.config.size} {self.config.network}")
 
     def _batch_stream(self) -> BatchStream:
-        data, config = self.data, self.config
-        labelled = PatchSampler([c.image for c in data.train], [c.label for c in data.train], data.patch,
-                                data.plan.dim, config.foreground_fraction, seed=config.seed)
+        """Patches from the memory-mapped cache; with several ranks, each rank samples from its
+        own shard of the cases with its own seed."""
+        data, config, context = self.data, self.config, self.context
+        seed = config.seed + 1000 * context.rank
+        labelled = PatchSampler.from_cache(shard(data.train, context, "labelled cases", self.log), data.patch,
+                                           data.plan.dim, config.foreground_fraction)
         unlabelled = None
         if self.method.uses_unlabelled:
             pool = data.unlabelled or data.train
-            if not data.unlabelled:
+            if not data.unlabelled and context.is_main:
                 self.log.warning("no unlabelled case: the labelled images serve as the unlabelled pool")
-            unlabelled = PatchSampler([c.image for c in pool], None, data.patch, data.plan.dim, seed=config.seed + 1)
-        prefetch = 2 if self.device.type == "cuda" or config.num_workers > 0 else 0
-        return BatchStream(labelled, unlabelled, config.batch_sizes(data.plan.dim), config.seed, prefetch)
+            unlabelled = PatchSampler.from_cache(shard(pool, context, "unlabelled cases", self.log), data.patch,
+                                                 data.plan.dim, labelled=False)
+        cuda = self.device.type == "cuda"
+        prefetch = 2 if cuda or config.num_workers > 0 else 0
+        return BatchStream(labelled, unlabelled, self.batch_sizes, seed, prefetch,
+                           num_workers=config.num_workers, pin_memory=cuda)
+
+    # --- memory ---------------------------------------------------------------------------
+    def _size_from_free_memory(self) -> None:
+        """The ``auto`` preset: patch and batch from the free GPU memory, unless given."""
+        data, config = self.data, self.config
+        probe = data.fit(tuple(2 * data.divisor for _ in range(data.plan.dim)))
+        per_voxel = memory.bytes_per_sample_voxel(self.method, data.plan.dim, probe, data.num_classes, self.device,
+                                                  autocast(self.device, self.amp))
+        free, _ = torch.cuda.mem_get_info(self.device)
+        patch, batch = memory.choose_patch_and_batch(free, per_voxel, memory.static_bytes(self.method),
+                                                     data.plan.dim, data.fit)
+        if config.patch_size is None:
+            data.patch = patch
+        self.batch_sizes = (config.labelled_batch or batch, config.unlabelled_batch or batch)
+        self.log.info("auto preset: %.1f GiB free, about %.0f bytes per voxel per item: patch %s, batches %s",
+                      free / 2**30, per_voxel, data.patch, self.batch_sizes)
+
+    def _probe_memory(self) -> None:
+        """Distributed runs cannot retry a step that ran out of memory on one rank only (the
+        others are inside the gradient all-reduce), so every rank tries one step first on
+        its bare networks, shrinks until it fits, and all ranks take the smallest settings."""
+        configured = (self.batch_sizes, self.data.patch)
+        while True:
+            try:
+                self._trial_step()
+                break
+            except Exception as error:  # noqa: BLE001 - only out-of-memory is handled
+                if not memory.is_out_of_memory(error):
+                    raise
+                self._shrink_after(error, iteration=0, phase="probe")
+        agreed = self.context.minimum([*self.batch_sizes, *self.data.patch])
+        self.batch_sizes, self.data.patch = tuple(agreed[:2]), tuple(agreed[2:])
+        if (self.batch_sizes, self.data.patch) != configured:
+            self.log.warning("all ranks train with batches %s and patch %s", self.batch_sizes, self.data.patch)
+
+    def _trial_step(self) -> None:
+        if self.check_memory:
+            self.check_memory(self.batch_sizes, self.data.patch)
+        stream = self._batch_stream()
+        stream.prefetch = 0
+        labelled, unlabelled = stream.draw()
+        stream.close()
+        labelled = to_tensors(labelled, self.device, self.memory_format)
+        unlabelled = to_tensors(unlabelled, self.device, self.memory_format) if unlabelled is not None else None
+        self.method.train()
+        with autocast(self.device, self.amp):
+            losses = self.method.training_step(labelled, unlabelled, StepInfo(0, self.config.iterations, 0.0))
+        groups = self.method.parameter_groups()
+        names = list(groups)
+        for index, name in enumerate(names):
+            losses[name].backward(inputs=groups[name], retain_graph=index < len(names) - 1)
+        for p in self.method.parameters():
+            p.grad = None
+        del losses
+
+    def _shrink_after(self, error: BaseException, iteration: int, phase: str = "training") -> None:
+        """Smaller batch, then smaller patch, after an out-of-memory error; logged in the
+        progress as ``{"event": "oom_fallback", ...}``. Re-raises when nothing can shrink."""
+        smaller = memory.shrink(self.batch_sizes, self.data.patch, self.data.divisor)
+        for p in self.method.parameters():
+            p.grad = None
+        memory.release_cached_memory(self.device)
+        if smaller is None:
+            raise error
+        record = {"event": "oom_fallback", "phase": phase, "iteration": iteration, "rank": self.context.rank,
+                  "error": str(error).splitlines()[0][:300] if str(error) else error.__class__.__name__,
+                  "from": {"batch_sizes": list(self.batch_sizes), "patch": list(self.data.patch)},
+                  "to": {"batch_sizes": list(smaller[0]), "patch": list(smaller[1])}}
+        self.log.warning("out of memory at iteration %d: retrying with batches %s and patch %s (was %s and %s)",
+                         iteration, smaller[0], smaller[1], self.batch_sizes, self.data.patch)
+        self.run.add_progress(record)
+        self.batch_sizes, self.data.patch = smaller
 
     # --- the loop -------------------------------------------------------------------------
     def train(self) -> TrainResult:
-        config, total = self.config, self.config.iterations
+        config, total, context = self.config, self.config.iterations, self.context
         val_interval = config.val_interval or max(1, total // 10)
         log_interval = max(1, min(50, total // 100))
         best_dice: float | None = None
         started, losses_sum, logged_steps = time.monotonic(), {}, 0
-        batches = iter(self.stream)
-        for iteration in range(total):
-            if self.run.cancel_requested():
-                raise Cancelled()
-            losses, lr, weight = self._step(next(batches), iteration)
-            for key, value in losses.items():
-                losses_sum[key] = losses_sum.get(key, 0.0) + value
-            logged_steps += 1
-            done = iteration + 1
-            val_dice = None
-            if self.data.validation and (done % val_interval == 0 or done == total):
-                val_dice = self.validate()
-                if best_dice is None or val_dice > best_dice:
-                    best_dice = val_dice
-                    self._save_checkpoint("best", done, best_dice)
-            if done % log_interval == 0 or done == total or val_dice is not None:
-                record = self._progress_record(done, total, losses_sum, logged_steps, lr, weight, started, val_dice)
-                losses_sum, logged_steps = {}, 0
-                self.run.add_progress(record)
-                self._show(record)
-        self._save_checkpoint("last", total, best_dice)
+        self._batches = iter(self.stream)
+        try:
+            for iteration in range(total):
+                if self._cancel_requested():
+                    raise Cancelled()
+                losses, lr, weight = self._guarded_step(iteration)
+                for key, value in losses.items():
+                    losses_sum[key] = losses_sum.get(key, 0.0) + value
+                logged_steps += 1
+                done = iteration + 1
+                validating = bool(self.data.validation) and (done % val_interval == 0 or done == total)
+                val_dice = None
+                if validating:
+                    if context.is_main:
+                        val_dice = self.validate()
+                        if best_dice is None or val_dice > best_dice:
+                            best_dice = val_dice
+                            self._save_checkpoint("best", done, best_dice)
+                    context.barrier()
+                if done % log_interval == 0 or done == total or validating:
+                    losses_sum = self._averaged_over_ranks(losses_sum)
+                    record = self._progress_record(done, total, losses_sum, logged_steps, lr, weight, started, val_dice)
+                    losses_sum, logged_steps = {}, 0
+                    self.run.add_progress(record)
+                    self._show(record)
+        finally:
+            self.stream.close()
+        self._check_ranks_agree()
+        if context.is_main:
+            self._save_checkpoint("last", total, best_dice)
         source = "best" if best_dice is not None else "last"
-        self._save_model(source, best_dice)
+        if context.is_main:
+            self._save_model(source, best_dice)
+        context.barrier()
         return TrainResult(total, best_dice, source)
 
+    def _cancel_requested(self) -> bool:
+        """The cancel file, seen by rank 0 and agreed by every rank (all stop at the same step)."""
+        return self.context.any(self.context.is_main and self.run.cancel_requested())
+
+    def _guarded_step(self, iteration: int):
+        """One step; on out-of-memory (single process), shrink and retry the same iteration."""
+        while True:
+            try:
+                if self.check_memory:
+                    self.check_memory(self.batch_sizes, self.data.patch)
+                return self._step(next(self._batches), iteration)
+            except Exception as error:  # noqa: BLE001 - only out-of-memory is handled
+                if not memory.is_out_of_memory(error):
+                    raise
+                if self.context.enabled:
+                    raise RuntimeError(
+                        f"out of memory at iteration {iteration} on rank {self.context.rank} after the start-up "
+                        "probe; a distributed step cannot be retried on one rank: restart with a smaller "
+                        "--patch-size or --labelled-batch/--unlabelled-batch") from error
+                self._shrink_after(error, iteration)
+                self.stream.close()
+                self.stream = self._batch_stream()
+                self._batches = iter(self.stream)
+
+    def _averaged_over_ranks(self, losses_sum: dict) -> dict:
+        """Logged losses averaged over the ranks (one small collective per progress record)."""
+        if not self.context.enabled or not losses_sum:
+            return losses_sum
+        import torch.distributed as dist  # noqa: PLC0415
+
+        keys = sorted(losses_sum)
+        values = torch.stack([torch.as_tensor(losses_sum[k], device=self.device, dtype=torch.float32) for k in keys])
+        dist.all_reduce(values)
+        values /= self.context.world_size
+        return dict(zip(keys, values))
+
+    def _check_ranks_agree(self) -> None:
+        """Rank 0's buffers everywhere, then every rank's state checksum, recorded by rank 0:
+        the networks (students, teachers, second networks) must be identical on all ranks."""
+        if not self.context.enabled:
+            return
+        self.ddp.synchronise_buffers()
+        checksums = self.context.gather(state_checksum(self.method))
+        equal = len(set(checksums)) == 1
+        self.run.add_progress({"event": "ranks", "world_size": self.context.world_size, "state_sha256": checksums,
+                               "equal": equal})
+        if self.context.is_main:
+            (self.log.info if equal else self.log.error)("state of the %d ranks %s", self.context.world_size,
+                                                        "identical" if equal else f"DIFFERS: {checksums}")
+
     def _step(self, batch, iteration: int):
-        labelled = to_tensors(batch[0], self.device)
-        unlabelled = to_tensors(batch[1], self.device) if batch[1] is not None else None
+        labelled = to_tensors(batch[0], self.device, self.memory_format)
+        unlabelled = to_tensors(batch[1], self.device, self.memory_format) if batch[1] is not None else None
         info = StepInfo(iteration, self.config.iterations,
                         consistency_weight(self.method.settings, iteration, self.config.iterations))
         lr = poly_lr(1.0, iteration, self.config.iterations)
@@ -199,12 +384,13 @@ class Trainer:
                 group["lr"] = group["initial_lr"] * lr
             optimiser.zero_grad(set_to_none=True)
         self.method.train()
-        with autocast(self.device, self.amp):
+        with self.ddp.active(), autocast(self.device, self.amp):
             losses = self.method.training_step(labelled, unlabelled, info)
         groups = self.method.parameter_groups()
         names = list(self.optimisers)
         for index, name in enumerate(names):
             self.scaler.scale(losses[name]).backward(inputs=groups[name], retain_graph=index < len(names) - 1)
+        self.ddp.average_loose_gradients()
         for name in names:
             self.scaler.step(self.optimisers[name])
         self.scaler.update()
@@ -219,10 +405,11 @@ class Trainer:
         network = self.method.inference_network()
         scores = []
         for case in self.data.validation:
-            probabilities = predict_probabilities(network, case.image, self.data.plan.dim, self.data.patch,
+            image = case.load("image")  # one whole case in memory at a time, read rather than mapped
+            probabilities = predict_probabilities(network, image, self.data.plan.dim, self.data.patch,
                                                   self.device, amp=self.amp)
             prediction = probabilities.argmax(axis=0)
-            dice = dice_per_class(prediction, case.label, self.data.num_classes)
+            dice = dice_per_class(prediction, case.load("label"), self.data.num_classes)
             scores.append(float(np.mean(list(dice.values()))))
         self.method.train()
         return float(np.mean(scores))
@@ -253,8 +440,6 @@ class Trainer:
         sys.stderr.flush()
 
     def _save_checkpoint(self, kind: str, iteration: int, best_dice: float | None) -> None:
-        from ..fileio import atomic_path  # noqa: PLC0415
-
         payload = {"iteration": iteration, "best_dice": best_dice, "method": self.method.name,
                    "state": {k: v.detach().cpu() for k, v in self.method.state_dict().items()},
                    "optimisers": {name: opt.state_dict() for name, opt in self.optimisers.items()}}
