@@ -94,7 +94,7 @@ class SSLSegmentParameterNode:
 
     method: Annotated[str, Choice(list(METHOD_CHOICES))] = "mean_teacher"
     network: Annotated[str, Choice(list(NETWORK_CHOICES))] = "unet"
-    preset: Annotated[str, Choice(list(PRESET_CHOICES))] = "fast-cpu"
+    preset: Annotated[str, Choice(list(PRESET_CHOICES))] = "auto"
     iterations: Annotated[int, WithinRange(1, 1000000)] = 2000
     dim: Annotated[str, Choice(list(DIM_CHOICES))] = "auto"
     device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"

@@ -62,6 +62,8 @@ def _add_train(sub) -> None:
     scale.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
                        help="channels-last tensors on CUDA (auto: on in 2D)")
     p.add_argument("--init-model", type=Path, help="start from a previous model.pt (a retraining round)")
+    p.add_argument("--largest-component", action="store_true",
+                   help="keep only each class's largest connected component in the predictions")
     p.add_argument("--predict-unlabelled", action="store_true",
                    help="after training, predict every unlabelled case into OUT/predictions")
 
@@ -72,6 +74,8 @@ def _add_others(sub) -> None:
     p.add_argument("--images", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--largest-component", action="store_true",
+                   help="keep only each class's largest connected component")
     p = sub.add_parser("evaluate", help="Dice and HD95 (mm) of predictions against labels")
     p.add_argument("--pred", type=Path, required=True)
     p.add_argument("--labels", type=Path, required=True)
@@ -91,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(args) -> "TrainConfig":  # noqa: F821
+def config_from_args(args):
+    """The run's TrainConfig from the parsed `train` arguments."""
     from .config import TrainConfig  # noqa: PLC0415
 
     options = {}
@@ -109,6 +114,7 @@ def config_from_args(args) -> "TrainConfig":  # noqa: F821
         ct_window=tuple(args.ct_window) if args.ct_window else None, val_cases=args.val_cases,
         val_interval=args.val_interval, seed=args.seed, device=args.device, amp=not args.no_amp,
         init_model=str(args.init_model) if args.init_model else None, predict_unlabelled=args.predict_unlabelled,
+        largest_component=args.largest_component,
         cache_dir=str(args.cache_dir) if args.cache_dir else None, num_workers=args.num_workers,
         channels_last={"auto": None, "on": True, "off": False}[args.channels_last])
 
@@ -184,7 +190,7 @@ def run_predict(args) -> int:
     device = resolve_device(args.device)
     model = load_model(args.model, device)
     cases = list_image_cases(args.images)
-    scores = predict_cases(model, cases, args.out, device,
+    scores = predict_cases(model, cases, args.out, device, largest_component=args.largest_component,
                            on_case=lambda done, total, name: print(f"[{done}/{total}] {name}", file=sys.stderr))
     print(f"wrote {len(scores)} predictions to {args.out}")
     return 0

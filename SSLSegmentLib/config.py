@@ -101,6 +101,8 @@ class TrainConfig:
     """Preprocessed-case cache; None: ``$SSLSEGMENT_CACHE`` or ``.sslsegment-cache`` beside the run."""
     init_model: str | None = None
     predict_unlabelled: bool = False
+    largest_component: bool = False
+    """Keep only each class's largest connected component in the unlabelled predictions."""
 
     def resolved(self, device_type: str) -> "TrainConfig":
         """A copy with the preset's choices filled into every unset field."""

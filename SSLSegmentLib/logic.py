@@ -71,7 +71,7 @@ LABELLED, UNLABELLED, EXCLUDED = "labelled", "unlabelled", "excluded"
 METHOD_CHOICES = ("mean_teacher", "supervised", "uamt", "cps", "fixmatch", "bcp", "cct", "urpc", "ict", "ctct",
                   "entropy_minimization", "rdrop", "adversarial", "dct")
 NETWORK_CHOICES = ("unet", "dynunet", "attention_unet", "vnet", "enet", "swin_unet")
-PRESET_CHOICES = ("fast-cpu", "balanced", "quality-gpu")
+PRESET_CHOICES = ("auto", "fast-cpu", "balanced", "quality-gpu")
 DIM_CHOICES = ("auto", "2", "3")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 SIZE_CHOICES = ("preset", "tiny", "small", "base")

@@ -7,7 +7,6 @@ import time
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 import torch
 from helpers import TINY_TRAIN, run_cli
 
@@ -70,6 +69,18 @@ def test_predict_then_evaluate(trained_run, phantom_data, tmp_path):
     assert len(metrics["cases"]) == 2
     assert set(metrics["mean"]) == {"organ", "lesion", "all"}
     assert all(0.0 <= v["dice"] <= 1.0 and np.isfinite(v["hd95"]) for v in metrics["mean"].values())
+
+
+def test_predict_can_keep_the_largest_component(trained_run, phantom_data, tmp_path):
+    from scipy import ndimage
+
+    out = tmp_path / "pred"
+    run_cli("predict", "--model", trained_run, "--images", phantom_data["test_images"], "--out", out,
+            "--device", "cpu", "--largest-component", check=True)
+    for path in out.glob("*.seg.nrrd"):
+        label = read_label(path).array
+        for value in np.unique(label)[1:]:
+            assert ndimage.label(label == value, structure=np.ones((3, 3, 3)))[1] == 1
 
 
 def test_retrain_starts_from_the_previous_model(trained_run, phantom_data, tmp_path):

@@ -138,11 +138,11 @@ def test_panel_choices_match_the_engine():
     """The panel lists names without importing torch; they must be the engine's."""
     pytest.importorskip("torch")
     pytest.importorskip("slicer")
-    from SSLSegmentLib.config import PRESETS
+    from SSLSegmentLib.config import PRESET_NAMES
     from SSLSegmentLib.logic import METHOD_CHOICES, NETWORK_CHOICES, PRESET_CHOICES
     from SSLSegmentLib.methods import available_methods
     from SSLSegmentLib.networks import available_networks
 
     assert set(METHOD_CHOICES) == set(available_methods())
     assert set(NETWORK_CHOICES) == set(available_networks())
-    assert set(PRESET_CHOICES) == set(PRESETS)
+    assert set(PRESET_CHOICES) == set(PRESET_NAMES)

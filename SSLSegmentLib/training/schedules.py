@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import torch
-
 
 def poly_lr(base_lr: float, iteration: int, total: int, power: float = 0.9) -> float:
     """``base * (1 - t / T) ** 0.9``, the poly schedule of DeepLab and nnU-Net (SSL4MIS)."""
     return base_lr * (1.0 - min(iteration, total) / max(total, 1)) ** power
 
-
-def set_lr(optimiser: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimiser.param_groups:
-        group["lr"] = lr

@@ -42,7 +42,7 @@ from .data_setup import TrainingData, prepare_training_data
 from .distributed import (DataParallelNetworks, DistributedContext, broadcast_state, convert_batchnorm, shard,
                           state_checksum)
 from .run_folder import RunFolder
-from .schedules import poly_lr, set_lr
+from .schedules import poly_lr
 
 
 class Cancelled(Exception):
@@ -465,4 +465,5 @@ class Trainer:
             self.run.add_progress({"phase": "predicting", "case": name, "done": done, "total": total})
             self.log.info("predicted %s (%d/%d)", name, done, total)
 
-        return predict_cases(model, cases, self.run.predictions, self.device, on_case=report)
+        return predict_cases(model, cases, self.run.predictions, self.device, on_case=report,
+                             largest_component=self.config.largest_component)
