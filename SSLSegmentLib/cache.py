@@ -48,14 +48,6 @@ def default_cache_dir(run_dir: str | os.PathLike) -> Path:
     return Path(run_dir).resolve().parent / CACHE_FOLDER_NAME
 
 
-def file_checksum(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def case_key(image_sha256: str, label_sha256: str | None, plan: Plan, classes: list[ClassInfo],
              label_names: dict | None = None) -> str:
     """The entry of a case: its files' bytes, the plan, and for a label how its values become

@@ -7,6 +7,7 @@ so a crash or a cancel leaves either the previous file or nothing.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -51,3 +52,12 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
         f.write(line)
         f.flush()
 
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file, read in chunks (volumes can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

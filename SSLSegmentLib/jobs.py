@@ -27,7 +27,6 @@ This module is generic: it imports neither ``slicer`` nor ``qt``.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import signal
@@ -38,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
-from .fileio import atomic_write_json
+from .fileio import atomic_write_json, file_sha256
 
 RUNNING, DONE, FAILED, CANCELLED = "running", "done", "failed", "cancelled"
 TERMINAL_STATES = (DONE, FAILED, CANCELLED)
@@ -49,15 +48,6 @@ CANCEL_GRACE_S = 5.0
 
 def now_iso() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file, read in chunks (volumes can be large)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_json(path: str | os.PathLike, default: Any = None) -> Any:

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from ..cache import CachedCase, PreprocessCache, case_key, file_checksum
+from ..cache import CachedCase, PreprocessCache, case_key
+from ..fileio import file_sha256
 from ..config import TrainConfig
 from ..data.cases import Case, Dataset
 from ..data.geometry import Geometry
@@ -27,7 +28,7 @@ from ..preprocessing import Plan, make_plan
 from ..sampling import fit_patch
 from .distributed import DistributedContext
 
-__all__ = ["TrainingData", "prepare_training_data", "file_checksum", "describe_cases", "validation_split"]
+__all__ = ["TrainingData", "prepare_training_data", "describe_cases", "validation_split"]
 
 
 @dataclass
@@ -61,7 +62,7 @@ def describe_cases(dataset: Dataset, validation_names: set[str], checksums: dict
 
     def sha(path) -> str:
         if str(path) not in checksums:
-            checksums[str(path)] = file_checksum(path)
+            checksums[str(path)] = file_sha256(path)
         return checksums[str(path)]
 
     def entry(case: Case) -> dict:
