@@ -7,8 +7,10 @@ the problem), 3 cancelled.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
+import os
 import signal
 import sys
 import traceback
@@ -175,10 +177,29 @@ def run_train(args) -> int:
         run.set_status("failed", error=f"{error.__class__.__name__}: {error}")
         raise
     finally:
+        # The DDP wrappers hold the process group: free them now, or gloo's threads would be
+        # torn down at interpreter exit (std::terminate, SIGABRT) after a successful run.
+        trainer = None
+        gc.collect()
         distributed.shutdown(context)
     run.set_status("done", best_val_dice=result.best_dice, model=str(run.model))
     log.info("done: %s", run.model)
     return 0
+
+
+def _leave_if_distributed(code: int) -> int:
+    """Under torchrun, end the process as soon as the run is complete and the process group
+    destroyed: gloo's worker threads can otherwise abort the interpreter's finalisation
+    (``terminate called without an active exception``), turning a finished run into a
+    failed launch."""
+    from .training.distributed import launched_by_torchrun  # noqa: PLC0415
+
+    if not launched_by_torchrun():
+        return code
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def run_predict(args) -> int:
@@ -219,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         if args.command == "train":
-            return run_train(args)
+            return _leave_if_distributed(run_train(args))
         if args.command == "predict":
             return run_predict(args)
         if args.command == "evaluate":
