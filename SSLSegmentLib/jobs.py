@@ -185,7 +185,15 @@ def train_command(python: Sequence[str], folder: JobFolder, round_number: int,
         command += ["--size", settings.size]
     if init_model is not None:
         command += ["--init-model", str(init_model)]
+    command += ["--threads", str(child_threads())]
     return command + list(settings.extra_args)
+
+
+def child_threads() -> int:
+    """CPU threads for the training child: every core but one, which stays with Slicer's
+    GUI. Torch's default (one per core) stalls when a core is busy: each step waits for
+    the thread that is not running."""
+    return max(1, (os.cpu_count() or 2) - 1)
 
 
 def child_environment(package_parent: str | os.PathLike, device: str = "auto") -> dict[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import textwrap
 import time
@@ -198,3 +199,10 @@ def test_past_round_is_reopened_from_its_files(tmp_path):
     assert job.state == jobs.DONE and job.error is None and job.progress["iteration"] == 3
     (run / "status.json").write_text(json.dumps({"state": "running"}))
     assert jobs.Job.from_past_round(folder, 1).state == jobs.FAILED  # died without a final status
+
+
+def test_training_child_leaves_a_core_to_the_gui(tmp_path):
+    folder = jobs.JobFolder(tmp_path)
+    command = jobs.train_command(["python"], folder, 1, jobs.TrainSettings())
+    threads = int(command[command.index("--threads") + 1])
+    assert threads == max(1, (os.cpu_count() or 2) - 1)
