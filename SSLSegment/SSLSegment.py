@@ -583,7 +583,7 @@ class SSLSegmentTest(ScriptedLoadableModuleTest):
         self.test_SSLSegment_loop()
 
     def addPhantom(self, name, seed, labelled):
-        import numpy as np
+        from SSLSegmentLib.mrml import segmentationFromLabelArray
         from SSLSegmentLib.phantoms import PHANTOM_CLASSES, make_phantom
 
         image, label = make_phantom((16, 32, 32), (1.0, 1.0, 1.5), seed=seed)
@@ -592,14 +592,7 @@ class SSLSegmentTest(ScriptedLoadableModuleTest):
         volume.SetSpacing(1.0, 1.0, 1.5)
         if not labelled:
             return volume, label
-        segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{name} labels")
-        segmentation.CreateDefaultDisplayNodes()
-        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
-        for value, info in enumerate(PHANTOM_CLASSES, start=1):
-            segmentId = segmentation.GetSegmentation().AddEmptySegment("", info.name, list(info.color))
-            slicer.util.updateSegmentBinaryLabelmapFromArray((label == value).astype(np.uint8), segmentation,
-                                                            segmentId, volume)
-        return volume, segmentation
+        return volume, segmentationFromLabelArray(slicer.mrmlScene, volume, label, PHANTOM_CLASSES)
 
     def test_SSLSegment_loop(self):
         import tempfile

@@ -141,3 +141,16 @@ def nodesByClass(scene, className: str) -> list:
     collection = scene.GetNodesByClass(className)
     nodes = [collection.GetItemAsObject(i) for i in range(collection.GetNumberOfItems())]
     return nodes
+
+
+def segmentationFromLabelArray(scene, volumeNode, label: np.ndarray, classes, name: str | None = None):
+    """A new segmentation of ``volumeNode`` with one named, coloured segment per class:
+    voxels of ``label`` (KJI, as ``arrayFromVolume``) equal to i+1 form ``classes[i]``."""
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name or f"{volumeNode.GetName()} labels")
+    segmentation.CreateDefaultDisplayNodes()
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+    for value, info in enumerate(classes, start=1):
+        segmentId = segmentation.GetSegmentation().AddEmptySegment("", info.name, list(info.color))
+        slicer.util.updateSegmentBinaryLabelmapFromArray((label == value).astype(np.uint8), segmentation,
+                                                        segmentId, volumeNode)
+    return segmentation

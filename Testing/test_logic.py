@@ -23,6 +23,7 @@ from SSLSegmentLib.headless import slicer_scene  # noqa: E402
 from SSLSegmentLib.logic import (  # noqa: E402
     ATTR_CORRECTED, LABELLED, UNLABELLED, SSLSegmentLogic, readSegmentation, readVolume, referenceVolume,
 )
+from SSLSegmentLib.mrml import segmentationFromLabelArray  # noqa: E402
 from SSLSegmentLib.phantoms import PHANTOM_CLASSES, make_phantom  # noqa: E402
 
 SHAPE = (16, 32, 32)  # z, y, x
@@ -48,14 +49,7 @@ def add_volume(scene, name, array, spacing=SPACING, origin=ORIGIN):
 
 def add_segmentation(scene, volume, label, name=None, classes=PHANTOM_CLASSES):
     """A segmentation of ``volume`` with one named, coloured segment per class value."""
-    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name or f"{volume.GetName()} labels")
-    segmentation.CreateDefaultDisplayNodes()
-    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
-    for value, info in enumerate(classes, start=1):
-        segment_id = segmentation.GetSegmentation().AddEmptySegment("", info.name, list(info.color))
-        slicer.util.updateSegmentBinaryLabelmapFromArray((label == value).astype(np.uint8), segmentation,
-                                                        segment_id, volume)
-    return segmentation
+    return segmentationFromLabelArray(scene, volume, label, classes, name)
 
 
 def phantom_case(scene, name, seed, labelled=True):
