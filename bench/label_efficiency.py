@@ -43,8 +43,16 @@ disk, so partial results survive and several bench processes can share them.
     nice -n 10 env OMP_NUM_THREADS=1 .venv/bin/python bench/label_efficiency.py --datasets la \
         --la-iterations 400 --la-spacing 2 --la-patch 32,48,48 --la-batch 2 --deadline 03:48 &
 
-Options: ``--methods a,b`` (baselines always run), ``--resume`` (skip runs whose results
-exist for the same budget), ``--deadline HH:MM`` (UTC; start no run after it).
+Options: ``--methods a,b`` (baselines always run), ``--seeds 1337,1338,1339`` (every run at
+each seed; the tables give the mean and standard deviation over seeds, and "gap closed" from
+the means), ``--jobs N`` (runs side by side, for a GPU or a many-core machine), ``--device
+cuda``, ``--data DIR`` (a folder laid out like ``../shared/data``), ``--resume`` (skip runs
+whose results exist for the same budget), ``--deadline HH:MM`` (UTC) or ``--time-limit S``
+(start no run after it), ``--report-only`` (rewrite the md/json/png from the runs on disk).
+
+Run folders: ``bench/runs/label_efficiency/runs/<budget>[_cuda]/<method>/seed<N>``; each budget
+folder holds a ``meta.json`` (budget, split, machine, commands), and ``tables.json`` names
+the budget folder reported for each data set and device.
 """
 
 from __future__ import annotations
@@ -54,9 +62,12 @@ import datetime
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,10 +82,9 @@ DATA = (ROOT / ".." / "shared" / "data").resolve()
 RESULTS = ROOT / "bench" / "results"
 SCRATCH = ROOT / "bench" / "runs" / "label_efficiency"
 BASELINES = ("supervised", "fully_supervised")
-# Baselines first (the gap needs both), then the methods most likely to matter.
-METHODS = ("bcp", "cps", "mean_teacher", "urpc", "fixmatch", "uamt", "cct", "ict", "entropy_minimization",
-           "rdrop", "adversarial", "dct", "ctct")
-SEED = 1337
+# Baselines first (the gap needs both), then the methods in the order of the earlier results.
+METHODS = ("fixmatch", "urpc", "cps", "ctct", "bcp", "mean_teacher", "cct", "entropy_minimization", "uamt",
+           "ict", "rdrop", "dct", "adversarial")
 
 DATASETS = {
     "acdc": {"title": "ACDC 2D (7 of 70 patients labelled; eval: ACDC/val, 20 volumes)",
@@ -123,7 +133,7 @@ def write_dataset_json(path: Path, classes: dict, labelled: list[tuple[Path, Pat
 
 
 def prepare_acdc(args) -> dict:
-    root = DATA / "ACDC"
+    root = args.data / "ACDC"
     names = sorted(p.name for p in (root / "train" / "images").glob("*.nrrd"))
     patients = sorted({n.split("_")[0] for n in names})
     labelled_patients = set(patients[:7])
@@ -141,7 +151,7 @@ def prepare_acdc(args) -> dict:
 
 
 def prepare_la(args) -> dict:
-    root = DATA / "LA" / "train"
+    root = args.data / "LA" / "train"
     names = sorted(p.name for p in (root / "images").glob("*.nrrd"))
     train_names, eval_names = names[:-16], names[-16:]
     out = SCRATCH / f"la_{args.la_spacing:g}mm"
@@ -176,19 +186,22 @@ def budget_of(args, key: str) -> dict:
             "labelled_batch": args.acdc_batch if dim == 2 else args.la_batch,
             "unlabelled_batch": args.acdc_batch if dim == 2 else args.la_batch,
             "network": f"unet ({args.size})", "optimiser": args.optimiser, "lr": args.lr,
-            "validation": "none (--val-cases 0: the last checkpoint is evaluated)", "seed": SEED, "dim": dim}
+            "precision": "bf16 autocast" if args.amp and args.device == "cuda" else "fp32",
+            "validation": "none (--val-cases 0: the last checkpoint is evaluated)", "dim": dim}
 
 
 def runs_root(key: str, args) -> Path:
-    """One folder per dataset and budget, so runs of another budget are never mixed in."""
+    """One folder per dataset, budget and device, so runs of another budget are never mixed in."""
     b = budget_of(args, key)
     spacing = args.acdc_spacing if key == "acdc" else args.la_spacing
     return SCRATCH / "runs" / (f"{key}_{spacing:g}mm_{b['iterations']}it_p{b['patch'].replace(',', 'x')}"
-                               f"_b{b['labelled_batch']}_{args.optimiser}{args.lr:g}")
+                               f"_b{b['labelled_batch']}_{args.optimiser}{args.lr:g}"
+                               + ("" if args.device == "cpu" else f"_{args.device}")
+                               + ("_amp" if b["precision"] != "fp32" else ""))
 
 
-def run_method(key: str, method: str, prepared: dict, args) -> dict:
-    run = runs_root(key, args) / method
+def run_method(key: str, method: str, seed: int, prepared: dict, args) -> dict:
+    run = runs_root(key, args) / method / f"seed{seed}"
     result_file = run / "bench_result.json"
     if args.resume and result_file.exists():
         return json.loads(result_file.read_text())
@@ -198,15 +211,19 @@ def run_method(key: str, method: str, prepared: dict, args) -> dict:
     budget = budget_of(args, key)
     dataset = prepared["all"] if method == "fully_supervised" else prepared["few"]
     log_file = run / "bench.log"
+    # One preprocessing cache for every run of the bench (keyed by file checksums and settings).
+    extra = ["--cache-dir", str(SCRATCH / ".sslsegment-cache")]
+    extra += ["--num-workers", str(args.num_workers)] if args.num_workers is not None else []
     train_s = cli("train", "--dataset", str(dataset), "--method", "supervised" if method in BASELINES else method,
                   "--network", "unet", "--size", args.size, "--dim", str(budget["dim"]),
                   "--iterations", str(budget["iterations"]), "--patch-size", budget["patch"],
                   "--labelled-batch", str(budget["labelled_batch"]),
                   "--unlabelled-batch", str(budget["unlabelled_batch"]), "--val-cases", "0",
-                  "--optimiser", args.optimiser, "--lr", str(args.lr),
-                  "--seed", str(SEED), "--device", "cpu", "--out", str(run / "train"), log_file=log_file)
+                  "--optimiser", args.optimiser, "--lr", str(args.lr), *([] if args.amp else ["--no-amp"]),
+                  "--seed", str(seed), "--device", args.device, *extra, "--out", str(run / "train"),
+                  log_file=log_file)
     predict_s = cli("predict", "--model", str(run / "train"), "--images", str(prepared["eval_images"]),
-                    "--out", str(run / "pred"), "--device", "cpu", log_file=log_file)
+                    "--out", str(run / "pred"), "--device", args.device, log_file=log_file)
     cli("evaluate", "--pred", str(run / "pred"), "--labels", str(prepared["eval_labels"]),
         "--json", str(run / "eval.json"), log_file=log_file)
     evaluation = json.loads((run / "eval.json").read_text())
@@ -216,7 +233,7 @@ def run_method(key: str, method: str, prepared: dict, args) -> dict:
               "per_class": {c: v for c, v in mean.items() if c != "all"}, "cases": len(evaluation["cases"]),
               "train_s": round(train_s, 1), "predict_s": round(predict_s, 1),
               "s_per_iteration": round(train_s / budget["iterations"], 3), "patch_used": config["patch_size"],
-              "finished": utc_now(), **budget}
+              "finished": utc_now(), **budget, "seed": seed}
     atomic_write_json(result_file, result)
     return result
 
@@ -225,49 +242,86 @@ def utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
 
 
+def describe_machine(device: str) -> str:
+    cores = f"{os.cpu_count()} CPU cores"
+    if device != "cuda":
+        return cores
+    import torch  # noqa: PLC0415  (only for the GPU's name)
+
+    return f"{torch.cuda.get_device_name(0)} GPU, {cores}"
+
+
+# --- aggregation over seeds -----------------------------------------------------------------
+def gap_closed(dice: float, sup: float, full: float) -> float | None:
+    return None if abs(full - sup) < 1e-9 else (dice - sup) / (full - sup)
+
+
+def mean_of(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def summarise(method: str, per_seed: dict[int, dict], baselines: dict[str, dict[int, dict]]) -> dict:
+    """Mean and standard deviation over seeds; "gap closed" from the means over the seeds at which
+    the method and both baselines ran (paired), and at each of those seeds alone."""
+    seeds = sorted(per_seed)
+    dice = [per_seed[s]["dice"] for s in seeds]
+    first = per_seed[seeds[0]]
+    summary = {"seeds": seeds, "n": len(seeds), "dice": mean_of(dice),
+               "dice_sd": statistics.stdev(dice) if len(dice) > 1 else None,
+               "hd95": mean_of([per_seed[s]["hd95"] for s in seeds]),
+               "per_class": {c: {m: mean_of([per_seed[s]["per_class"][c][m] for s in seeds]) for m in ("dice", "hd95")}
+                             for c in first["per_class"]},
+               "s_per_iteration": mean_of([per_seed[s]["s_per_iteration"] for s in seeds]),
+               "train_s": sum(per_seed[s]["train_s"] for s in seeds),
+               "predict_s": sum(per_seed[s]["predict_s"] for s in seeds),
+               "patch_used": first.get("patch_used"), "gap_closed": None, "gap_closed_per_seed": {}}
+    paired = [s for s in seeds if all(s in baselines.get(b, {}) for b in BASELINES)]
+    if paired and method not in BASELINES:
+        sup = mean_of([baselines["supervised"][s]["dice"] for s in paired])
+        full = mean_of([baselines["fully_supervised"][s]["dice"] for s in paired])
+        summary["gap_closed"] = gap_closed(mean_of([per_seed[s]["dice"] for s in paired]), sup, full)
+        summary["gap_closed_per_seed"] = {s: gap_closed(per_seed[s]["dice"], baselines["supervised"][s]["dice"],
+                                                        baselines["fully_supervised"][s]["dice"]) for s in paired}
+    return summary
+
+
 # --- reports --------------------------------------------------------------------------------
-def gap_closed(results: dict, method: str) -> float | None:
-    sup, full = results.get("supervised"), results.get("fully_supervised")
-    if not sup or not full or method not in results or abs(full["dice"] - sup["dice"]) < 1e-9:
-        return None
-    return (results[method]["dice"] - sup["dice"]) / (full["dice"] - sup["dice"])
+def load_tables() -> dict:
+    file = SCRATCH / "tables.json"
+    return json.loads(file.read_text()) if file.exists() else {}
+
+
+def register_table(key: str, device: str, root: Path) -> None:
+    tables = load_tables()
+    tables[f"{key}/{device}"] = root.name
+    atomic_write_json(SCRATCH / "tables.json", dict(sorted(tables.items())))
 
 
 def collect_report() -> dict:
-    """The whole table from the run folders on disk (several bench processes, e.g. ACDC and
-    LA side by side, may update it; each rewrites it from everything finished so far)."""
-    report = {"datasets": {}, "updated": utc_now(), "commands": []}
-    for key in DATASETS:
-        meta_file = SCRATCH / f"meta_{key}.json"
-        if not meta_file.exists():
+    """Every registered table from the run folders on disk (several bench processes, e.g. ACDC
+    and LA side by side, may update it; each rewrites it from everything finished so far)."""
+    report = {"tables": {}, "updated": utc_now()}
+    for table, folder in load_tables().items():
+        root = SCRATCH / "runs" / folder
+        if not (root / "meta.json").exists():
             continue
-        meta = json.loads(meta_file.read_text())
-        results = {}
+        meta = json.loads((root / "meta.json").read_text())
+        key = table.split("/")[0]
+        names = class_names(key)  # evaluation names classes by label value (label_1...): in value order
+        runs: dict[str, dict[int, dict]] = {}
         for method in meta["planned"]:
-            result_file = Path(meta["runs_root"]) / method / "bench_result.json"
-            if result_file.exists():
-                results[method] = json.loads(result_file.read_text())
-        for method in results:
-            results[method]["gap_closed"] = gap_closed(results, method)
-            names = class_names(key)  # evaluation names classes by label value (label_1...): in value order
-            results[method]["per_class"] = {names[i] if i < len(names) else c: v
-                                            for i, (c, v) in enumerate(results[method]["per_class"].items())}
-        meta["results"] = results
-        meta["wall_s"] = sum(r["train_s"] + r["predict_s"] for r in results.values())
-        report["datasets"][key] = meta
-        report["commands"].append(meta["command"])
-    report["seed_check"] = seed_check()
+            for result_file in sorted((root / method).glob("seed*/bench_result.json")):
+                result = json.loads(result_file.read_text())
+                result["per_class"] = {names[i] if i < len(names) else c: v
+                                       for i, (c, v) in enumerate(result["per_class"].items())}
+                runs.setdefault(method, {})[int(result_file.parent.name.removeprefix("seed"))] = result
+        baselines = {b: runs[b] for b in BASELINES if b in runs}
+        meta["results"] = {m: summarise(m, per_seed, baselines) for m, per_seed in runs.items()}
+        meta["runs"] = {m: {str(s): r for s, r in per_seed.items()} for m, per_seed in runs.items()}
+        meta["wall_s"] = sum(r["train_s"] + r["predict_s"] for per_seed in runs.values() for r in per_seed.values())
+        meta["key"] = key
+        report["tables"][table] = meta
     return report
-
-
-def seed_check() -> dict:
-    """Baselines rerun with another seed (``SCRATCH/seed_check/<key>_<method>_seed<N>``, same
-    budget, run by hand with the same CLI arguments): how much Dice moves with the seed alone."""
-    found = {}
-    for eval_file in sorted((SCRATCH / "seed_check").glob("*/eval.json")):
-        mean = json.loads(eval_file.read_text())["mean"]["all"]
-        found[eval_file.parent.name] = {"dice": mean["dice"], "hd95": mean["hd95"]}
-    return found
 
 
 def write_reports() -> None:
@@ -281,77 +335,86 @@ def write_reports() -> None:
         log(f"plot failed: {error}")
 
 
+def best_method(results: dict) -> str | None:
+    """The method with the highest mean Dice among those run at every seed of the baselines."""
+    seeds = len(results.get("supervised", {}).get("seeds", []))
+    complete = [m for m, r in results.items() if m not in BASELINES and r["n"] >= seeds and r["gap_closed"] is not None]
+    return max(complete, key=lambda m: results[m]["dice"]) if complete else None
+
+
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.0f} %"
+
+
+def dice_text(r: dict) -> str:
+    return f"{r['dice']:.3f}" + (f" ± {r['dice_sd']:.3f}" if r.get("dice_sd") is not None else "")
+
+
+def per_seed_text(r: dict) -> str:
+    return ", ".join(percent(v) for _, v in sorted(r["gap_closed_per_seed"].items())) or "-"
+
+
 def markdown(report: dict) -> str:
     lines = ["# Label efficiency of the semi-supervised methods", "",
-             f"Generated by `bench/label_efficiency.py` ({report['updated']} UTC); commands: "
-             + "; ".join(f"`{c}`" for c in report["commands"]) + ".",
-             "Every method trained through the CLI with the same budget and seed; `supervised` uses the same",
+             f"Generated by `bench/label_efficiency.py` ({report['updated']} UTC); the commands are under each "
+             "table.",
+             "Every method trained through the CLI with the same budget and seeds; `supervised` uses the same",
              "labels as the methods, `fully_supervised` every training case labelled.",
-             "Gap closed = (Dice - Dice supervised) / (Dice fully supervised - Dice supervised).",
+             "Dice: mean ± standard deviation over the seeds. Gap closed = (Dice - Dice supervised) / "
+             "(Dice fully supervised - Dice supervised), from the means over the seeds at which the method and "
+             "both baselines ran; 'per seed' gives it at each seed alone, against that seed's baselines.",
              "Dice and HD95 (mm): mean over foreground classes and evaluation cases, on the original grids, "
              "no post-processing (no largest-component filter: ACDC's HD95 is dominated by scattered false "
              "positives far from the heart).",
              "Training images are resampled to a coarser spacing (below); `predict` resamples the evaluation "
              "images to it and the probabilities back.", ""]
     lines += ["## Summary (goal: the best method closes at least half of the Dice gap on both sets)", "",
-              "| data set | supervised | fully supervised | gap | best method | its Dice | gap closed | methods run |",
-              "|---|---|---|---|---|---|---|---|"]
-    for key, entry in report["datasets"].items():
+              "| data set | machine | seeds | supervised | fully supervised | gap | best method | its Dice "
+              "| gap closed | per seed | methods run |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for table, entry in report["tables"].items():
         results = entry["results"]
-        methods = [m for m in results if m not in BASELINES]
-        if "supervised" not in results or "fully_supervised" not in results or not methods:
+        best = best_method(results)
+        if best is None or "fully_supervised" not in results:
             continue
-        best = max(methods, key=lambda m: results[m]["dice"])
-        gap = results["fully_supervised"]["dice"] - results["supervised"]["dice"]
-        closed = results[best].get("gap_closed")
-        lines.append(f"| {key.upper()} | {results['supervised']['dice']:.3f} | {results['fully_supervised']['dice']:.3f} "
-                     f"| {gap:.3f} | {best} | {results[best]['dice']:.3f} | "
-                     f"{'-' if closed is None else f'{100 * closed:.0f} %'} | {len(methods)} of "
+        sup, full = results["supervised"], results["fully_supervised"]
+        methods = [m for m in results if m not in BASELINES]
+        lines.append(f"| {entry['key'].upper()} | {table.split('/')[1]} | {sup['n']} | {dice_text(sup)} | "
+                     f"{dice_text(full)} | {full['dice'] - sup['dice']:.3f} | {best} | {dice_text(results[best])} | "
+                     f"{percent(results[best]['gap_closed'])} | {per_seed_text(results[best])} | {len(methods)} of "
                      f"{len(entry['planned']) - len(BASELINES)} |")
     lines.append("")
-    for key, entry in report["datasets"].items():
-        b = entry["budget"]
-        lines += [f"## {DATASETS[key]['title']}", "",
+    for table, entry in report["tables"].items():
+        b, key = entry["budget"], entry["key"]
+        seeds = sorted({s for r in entry["results"].values() for s in r["seeds"]})
+        lines += [f"## {DATASETS[key]['title']}: {table.split('/')[1]}", "",
                   f"Budget: {b['iterations']} iterations, patch {b['patch']}, batch {b['labelled_batch']} labelled + "
                   f"{b['unlabelled_batch']} unlabelled, network {b['network']}, training spacing {entry['spacing']}, "
-                  f"{b['optimiser']} lr {b['lr']:g} with poly decay, weight decay 1e-4, seed {b['seed']}; validation: "
-                  f"{b['validation']}. CPU: 2 cores shared with other developers' work (load 4-6), ACDC and LA "
-                  "benches side by side, one thread each (OMP_NUM_THREADS=1), nice 10.", "",
+                  f"{b['optimiser']} lr {b['lr']:g} with poly decay, weight decay 1e-4, {b.get('precision', 'fp32')}, "
+                  f"seeds {', '.join(map(str, seeds))}; validation: {b['validation']}.", "",
+                  f"Machine: {entry.get('machine', '?')}. {entry.get('note', '')}".rstrip(), "",
                   f"Split: labelled {entry['split']['labelled_volumes']} volumes, unlabelled "
                   f"{entry['split']['unlabelled_volumes']}; evaluation: {format_eval(entry['split']['eval'])}.", "",
-                  "| method | Dice | HD95 (mm) | gap closed | " + " | ".join(f"{c} Dice" for c in class_names(key))
-                  + " | train wall (s) | s/iter |",
-                  "|---|---|---|---|" + "---|" * len(class_names(key)) + "---|---|"]
+                  "| method | Dice | seeds | HD95 (mm) | gap closed | per seed | "
+                  + " | ".join(f"{c} Dice" for c in class_names(key)) + " | s/iter |",
+                  "|---|---|---|---|---|---|" + "---|" * len(class_names(key)) + "---|"]
         for method, r in entry["results"].items():
-            gap = "-" if r.get("gap_closed") is None or method in BASELINES else f"{100 * r['gap_closed']:.0f} %"
             per_class = " | ".join(f"{v['dice']:.3f}" for v in r["per_class"].values())  # label value order
-            label = method if tuple(r.get("patch_used", ())) == tuple(map(int, b["patch"].split(","))) \
-                else f"{method} (patch {'x'.join(map(str, r.get('patch_used', [])))})"
-            lines.append(f"| {label} | {r['dice']:.3f} | {r['hd95']:.2f} | {gap} | {per_class} | "
-                         f"{r['train_s']:.0f} | {r['s_per_iteration']:.2f} |")
+            label = method if tuple(r.get("patch_used") or ()) == tuple(map(int, b["patch"].split(","))) \
+                else f"{method} (patch {'x'.join(map(str, r.get('patch_used') or []))})"
+            lines.append(f"| {label} | {dice_text(r)} | {r['n']} | {r['hd95']:.2f} | "
+                         f"{'-' if method in BASELINES else percent(r['gap_closed'])} | "
+                         f"{'-' if method in BASELINES else per_seed_text(r)} | {per_class} | "
+                         f"{r['s_per_iteration']:.2f} |")
         missing = [m for m in entry["planned"] if m not in entry["results"]]
         failed, skipped = entry.get("failed", {}), entry.get("skipped", [])
         if missing:
             lines += ["", "Not run: " + ", ".join(
-                m + (f" (failed: {failed[m]})" if m in failed else " (deadline)" if m in skipped else " (pending)")
+                m + (f" (failed: {failed[m]})" if m in failed else " (time limit)" if m in skipped else " (pending)")
                 for m in missing) + "."]
-        lines += ["", f"Wall time of these runs (train + predict): {entry['wall_s'] / 60:.0f} min.", ""]
-    if report.get("seed_check"):
-        lines += ["## Seed check (the same budget, seed 1338 instead of 1337; not in the table)", "",
-                  "| run | Dice | HD95 (mm) | seed 1337 Dice | gap closed (both baselines at this seed) |",
-                  "|---|---|---|---|---|"]
-        checks = report["seed_check"]
-        for name, r in checks.items():
-            key, rest = name.split("_", 1)
-            method, seed = rest.rsplit("_seed", 1)
-            base = report["datasets"].get(key, {}).get("results", {}).get(method)
-            sup, full = checks.get(f"{key}_supervised_seed{seed}"), checks.get(f"{key}_fully_supervised_seed{seed}")
-            gap = ("-" if method in BASELINES or not sup or not full or full["dice"] == sup["dice"]
-                   else f"{100 * (r['dice'] - sup['dice']) / (full['dice'] - sup['dice']):.0f} %")
-            lines.append(f"| {name} | {r['dice']:.3f} | {r['hd95']:.2f} | "
-                         f"{base['dice']:.3f} | {gap} |" if base else f"| {name} | {r['dice']:.3f} | {r['hd95']:.2f} | - | {gap} |")
-        lines += ["", "When the seed alone moves Dice by a sizeable part of the supervised-to-fully-supervised "
-                  "gap, single-seed 'gap closed' figures are within noise.", ""]
+        lines += ["", f"Wall time of these runs (train + predict, summed over runs that ran side by side): "
+                  f"{entry['wall_s'] / 60:.0f} min.", "",
+                  "Commands: " + "; then ".join(f"`{c}`" for c in entry["commands"]), ""]
     lines += ["![plot](label_efficiency.png)", ""]
     return "\n".join(lines)
 
@@ -370,17 +433,18 @@ def plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    keys = [k for k, e in report["datasets"].items() if e["results"]]
-    if not keys:
+    tables = [t for t, e in report["tables"].items() if e["results"]]
+    if not tables:
         return
-    fig, axes = plt.subplots(len(keys), 2, figsize=(13, 4.2 * len(keys)), squeeze=False)
-    for row, key in enumerate(keys):
-        results = report["datasets"][key]["results"]
+    fig, axes = plt.subplots(len(tables), 2, figsize=(13, 4.2 * len(tables)), squeeze=False)
+    for row, table in enumerate(tables):
+        results = report["tables"][table]["results"]
         methods = [m for m in results if m not in BASELINES]
         for col, metric in enumerate(("dice", "hd95")):
             ax = axes[row][col]
             values = [results[m][metric] for m in methods]
-            bars = ax.bar(range(len(methods)), values, color="tab:blue")
+            errors = [results[m]["dice_sd"] or 0.0 for m in methods] if metric == "dice" else None
+            bars = ax.bar(range(len(methods)), values, yerr=errors, capsize=2, color="tab:blue")
             if metric == "dice":  # the figure that matters: share of the label gap closed
                 for bar, m in zip(bars, methods):
                     gap = results[m].get("gap_closed")
@@ -393,8 +457,9 @@ def plot(report: dict, path: Path) -> None:
                                label=f"{name.replace('_', ' ')} ({results[name][metric]:.3f})")
             ax.set_xticks(range(len(methods)), methods, rotation=40, ha="right")
             ax.set_ylabel("Dice" if metric == "dice" else "HD95 (mm)")
-            ax.set_title(f"{key.upper()}: " + ("Dice (label: gap closed)" if metric == "dice"
-                                                else "HD95 (mm), lower is better"))
+            seeds = results.get("supervised", {}).get("n", 0)
+            ax.set_title(f"{table} ({seeds} seed{'s' if seeds != 1 else ''}): "
+                         + ("mean Dice ± sd (label: gap closed)" if metric == "dice" else "HD95 (mm), lower is better"))
             if metric == "dice" and values:
                 low = min(values + [results.get("supervised", {}).get("dice", 1.0)])
                 ax.set_ylim(max(0.0, low - 0.1), 1.0)
@@ -409,6 +474,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--datasets", default="acdc,la")
     p.add_argument("--methods", default="all", help="comma-separated; 'all' = every method (baselines always run)")
+    p.add_argument("--seeds", default="1337", help="comma-separated; every run at each seed")
     p.add_argument("--iterations", type=int, default=600, help="ACDC iterations (every method)")
     p.add_argument("--la-iterations", type=int, default=None, help="LA iterations (default: --iterations)")
     p.add_argument("--acdc-spacing", type=float, default=3.0, help="in-plane training spacing (mm)")
@@ -421,61 +487,104 @@ def parse_args(argv=None):
     p.add_argument("--optimiser", default="adamw", choices=("sgd", "adamw"),
                    help="adamw (default): SSL4MIS's SGD 0.01 is far from converged in a CPU budget")
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (default: fp32, as on the CPU)")
+    p.add_argument("--num-workers", type=int, help="batch-preparing processes per run (default: the engine's)")
+    p.add_argument("--jobs", type=int, default=1, help="runs side by side")
+    p.add_argument("--data", type=Path, default=DATA, help="folder laid out like ../shared/data")
+    p.add_argument("--scratch", type=Path, default=SCRATCH, help="run folders (a trial elsewhere leaves the tables alone)")
+    p.add_argument("--results", type=Path, default=RESULTS, help="where the md/json/png go")
+    p.add_argument("--note", default="", help="what else ran on the machine (goes into the report)")
     p.add_argument("--deadline", default=None, help="UTC HH:MM: start no run after it")
+    p.add_argument("--time-limit", type=float, default=None, help="seconds: start no run after them")
     p.add_argument("--resume", action="store_true", help="skip runs whose results exist")
     p.add_argument("--report-only", action="store_true", help="only rewrite the md/json/png from the runs on disk")
     args = p.parse_args(argv)
     args.la_iterations = args.la_iterations or args.iterations
+    args.seed_list = [int(s) for s in args.seeds.split(",") if s.strip()]
+    args.data = args.data.resolve()
     return args
 
 
-def past_deadline(deadline: str | None) -> bool:
-    if not deadline:
+def out_of_time(args, started: float) -> bool:
+    if args.time_limit is not None and time.monotonic() - started > args.time_limit:
+        return True
+    if not args.deadline:
         return False
     now = datetime.datetime.now(datetime.timezone.utc)
-    hour, minute = map(int, deadline.split(":"))
+    hour, minute = map(int, args.deadline.split(":"))
     return (now.hour, now.minute) >= (hour, minute)
 
 
+def start_table(key: str, methods: list[str], prepared: dict, args, command: str) -> Path:
+    """The budget folder's meta.json, merged with an earlier one of the same budget (e.g. a
+    --resume of one method, or another seed)."""
+    root = runs_root(key, args)
+    root.mkdir(parents=True, exist_ok=True)
+    meta = {"title": DATASETS[key]["title"], "budget": budget_of(args, key), "spacing": prepared["spacing"],
+            "split": prepared["split"], "planned": [*BASELINES, *methods], "commands": [command],
+            "machine": describe_machine(args.device), "note": args.note, "failed": {}, "skipped": []}
+    if (root / "meta.json").exists():
+        earlier = json.loads((root / "meta.json").read_text())
+        wanted = set(earlier["planned"]) | set(meta["planned"])
+        meta["planned"] = [m for m in (*BASELINES, *METHODS) if m in wanted]
+        meta["commands"] = [*earlier.get("commands", []), command]
+        meta["note"] = earlier.get("note") or args.note
+    atomic_write_json(root / "meta.json", meta)
+    register_table(key, args.device, root)
+    return root
+
+
 def main(argv=None) -> int:
+    global SCRATCH, RESULTS  # noqa: PLW0603  (one bench per process; every helper reads them)
     args = parse_args(argv)
+    SCRATCH, RESULTS = args.scratch.resolve(), args.results.resolve()
     if args.report_only:
         write_reports()
         return 0
     methods = [m for m in METHODS if args.methods == "all" or m in args.methods.split(",")]
     keys = [k.strip() for k in args.datasets.split(",") if k.strip()]
-    command = ("nice -n 10 env OMP_NUM_THREADS=" + os.environ.get("OMP_NUM_THREADS", "?")
+    command = ("env OMP_NUM_THREADS=" + os.environ.get("OMP_NUM_THREADS", "?")
                + " .venv/bin/python bench/label_efficiency.py " + " ".join(sys.argv[1:] if argv is None else argv))
+    started, lock = time.monotonic(), threading.Lock()
+    tasks, metas = [], {}
     for key in keys:
         log(f"preparing {key}")
         prepared = (prepare_acdc if key == "acdc" else prepare_la)(args)
-        meta_file = SCRATCH / f"meta_{key}.json"
-        meta = {"title": DATASETS[key]["title"], "budget": budget_of(args, key), "spacing": prepared["spacing"],
-                "split": prepared["split"], "planned": [*BASELINES, *methods], "runs_root": str(runs_root(key, args)),
-                "command": command, "failed": {}, "skipped": []}
-        if meta_file.exists():  # another process (e.g. a --resume of one method) shares this budget's table
-            earlier = json.loads(meta_file.read_text())
-            if earlier.get("runs_root") == meta["runs_root"]:
-                wanted = set(earlier["planned"]) | set(meta["planned"])
-                meta["planned"] = [m for m in (*BASELINES, *METHODS) if m in wanted]
-                meta["command"] = earlier["command"] + "` then `" + command
-        atomic_write_json(meta_file, meta)
-        for method in (*BASELINES, *methods):
-            if past_deadline(args.deadline):
-                log(f"deadline {args.deadline} UTC passed: {key}/{method} not started")
+        metas[key] = start_table(key, methods, prepared, args, command) / "meta.json"
+        # Each method at every seed before the next method, so a time limit cuts whole methods.
+        tasks += [(key, m, s, prepared) for m in (*BASELINES, *methods) for s in args.seed_list]
+
+    def record(key: str, field: str, method: str, value) -> None:
+        with lock:
+            meta = json.loads(metas[key].read_text())
+            if field == "failed":
+                meta["failed"][method] = value
+            elif method not in meta["skipped"]:
                 meta["skipped"].append(method)
-            else:
-                log(f"{key}/{method}: training")
-                try:
-                    result = run_method(key, method, prepared, args)
-                except Exception as error:  # one failing method must not stop the table
-                    log(f"{key}/{method} FAILED: {error}")
-                    meta["failed"][method] = str(error)
-                else:
-                    log(f"{key}/{method}: Dice {result['dice']:.3f} HD95 {result['hd95']:.2f} mm "
-                        f"train {result['train_s']:.0f} s ({result['s_per_iteration']:.2f} s/it)")
-            atomic_write_json(meta_file, meta)
+            atomic_write_json(metas[key], meta)
+
+    def one(task) -> None:
+        key, method, seed, prepared = task
+        if out_of_time(args, started):
+            log(f"time limit: {key}/{method} seed {seed} not started")
+            record(key, "skipped", method, None)
+            return
+        log(f"{key}/{method} seed {seed}: training")
+        try:
+            r = run_method(key, method, seed, prepared, args)
+        except Exception as error:  # one failing method must not stop the table
+            log(f"{key}/{method} seed {seed} FAILED: {error}")
+            record(key, "failed", method, f"seed {seed}: {error}")
+        else:
+            log(f"{key}/{method} seed {seed}: Dice {r['dice']:.3f} HD95 {r['hd95']:.2f} mm "
+                f"train {r['train_s']:.0f} s ({r['s_per_iteration']:.2f} s/it)")
+        with lock:
             write_reports()
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        for future in as_completed([pool.submit(one, t) for t in tasks]):
+            future.result()
     log("done")
     return 0
 
