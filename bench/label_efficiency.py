@@ -291,9 +291,9 @@ def load_tables() -> dict:
     return json.loads(file.read_text()) if file.exists() else {}
 
 
-def register_table(key: str, device: str, root: Path) -> None:
+def register_table(key: str, device: str, root: Path, tag: str = "") -> None:
     tables = load_tables()
-    tables[f"{key}/{device}"] = root.name
+    tables[f"{key}/{device}" + (f"/{tag}" if tag else "")] = root.name
     atomic_write_json(SCRATCH / "tables.json", dict(sorted(tables.items())))
 
 
@@ -379,7 +379,7 @@ def markdown(report: dict) -> str:
             continue
         sup, full = results["supervised"], results["fully_supervised"]
         methods = [m for m in results if m not in BASELINES]
-        lines.append(f"| {entry['key'].upper()} | {table.split('/')[1]} | {sup['n']} | {dice_text(sup)} | "
+        lines.append(f"| {entry['key'].upper()} | {table.split('/', 1)[1]} | {sup['n']} | {dice_text(sup)} | "
                      f"{dice_text(full)} | {full['dice'] - sup['dice']:.3f} | {best} | {dice_text(results[best])} | "
                      f"{percent(results[best]['gap_closed'])} | {per_seed_text(results[best])} | {len(methods)} of "
                      f"{len(entry['planned']) - len(BASELINES)} |")
@@ -387,7 +387,7 @@ def markdown(report: dict) -> str:
     for table, entry in report["tables"].items():
         b, key = entry["budget"], entry["key"]
         seeds = sorted({s for r in entry["results"].values() for s in r["seeds"]})
-        lines += [f"## {DATASETS[key]['title']}: {table.split('/')[1]}", "",
+        lines += [f"## {DATASETS[key]['title']}: {table.split('/', 1)[1]}", "",
                   f"Budget: {b['iterations']} iterations, patch {b['patch']}, batch {b['labelled_batch']} labelled + "
                   f"{b['unlabelled_batch']} unlabelled, network {b['network']}, training spacing {entry['spacing']}, "
                   f"{b['optimiser']} lr {b['lr']:g} with poly decay, weight decay 1e-4, {b.get('precision', 'fp32')}, "
@@ -494,6 +494,8 @@ def parse_args(argv=None):
     p.add_argument("--data", type=Path, default=DATA, help="folder laid out like ../shared/data")
     p.add_argument("--scratch", type=Path, default=SCRATCH, help="run folders (a trial elsewhere leaves the tables alone)")
     p.add_argument("--results", type=Path, default=RESULTS, help="where the md/json/png go")
+    p.add_argument("--tag", default="", help="a side table's name (e.g. a control run at another patch), reported "
+                                             "beside the data set's main table instead of replacing it")
     p.add_argument("--note", default="", help="what else ran on the machine (goes into the report)")
     p.add_argument("--deadline", default=None, help="UTC HH:MM: start no run after it")
     p.add_argument("--time-limit", type=float, default=None, help="seconds: start no run after them")
@@ -531,7 +533,7 @@ def start_table(key: str, methods: list[str], prepared: dict, args, command: str
         meta["commands"] = [*earlier.get("commands", []), command]
         meta["note"] = earlier.get("note") or args.note
     atomic_write_json(root / "meta.json", meta)
-    register_table(key, args.device, root)
+    register_table(key, args.device, root, args.tag)
     return root
 
 
