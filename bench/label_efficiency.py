@@ -24,8 +24,8 @@ probabilities back, so Dice and HD95 (mm) are measured on the original grids.
 
 "Gap closed" = (Dice(method) - Dice(supervised)) / (Dice(fully_supervised) - Dice(supervised)).
 
-CPU preset used for the committed results (2 shared cores; ACDC and LA run side by side as two
-processes with one thread each):
+CPU preset (the budget of the committed tables; on 2 cores one seed of the whole table takes
+about 100 minutes for ACDC and 120 for LA, one thread each, side by side):
 
 - ACDC: 3 x 3 mm in-plane (2x coarser than the data), 2D patch 64 x 64, batch 4 + 4,
   1000 iterations; LA: 2 mm isotropic (3.2x coarser), patch 32 x 48 x 48, batch 2 + 2,
@@ -33,15 +33,22 @@ processes with one thread each):
 - U-Net "small" (16-256 channels) for every method (CTCT adds its Swin U-Net), AdamW lr 1e-3
   with poly decay (SSL4MIS's SGD lr 0.01 stays far from convergence at this budget: ACDC
   fully supervised reached Dice 0.30 with it in 1000 iterations), no validation split (the
-  last weights are evaluated), seed 1337.
+  last weights are evaluated), fp32.
 
 The md/json/png in ``bench/results`` are rewritten after every run from the run folders on
 disk, so partial results survive and several bench processes can share them.
 
     nice -n 10 env OMP_NUM_THREADS=1 .venv/bin/python bench/label_efficiency.py --datasets acdc \
-        --iterations 1000 --acdc-spacing 3 --acdc-patch 64,64 --acdc-batch 4 --deadline 03:58 &
+        --iterations 1000 --acdc-spacing 3 --acdc-patch 64,64 --acdc-batch 4 &
     nice -n 10 env OMP_NUM_THREADS=1 .venv/bin/python bench/label_efficiency.py --datasets la \
-        --la-iterations 400 --la-spacing 2 --la-patch 32,48,48 --la-batch 2 --deadline 03:48 &
+        --la-iterations 400 --la-spacing 2 --la-patch 32,48,48 --la-batch 2 &
+
+The same budget at three seeds on one GPU, ten runs side by side (an H200 took about 5 minutes
+for LA's 45 runs; the data travelled as a folder laid out like ``../shared/data``):
+
+    OMP_NUM_THREADS=1 python bench/label_efficiency.py --datasets la --seeds 1337,1338,1339 \
+        --jobs 12 --device cuda --num-workers 1 --la-iterations 400 --la-spacing 2 \
+        --la-patch 32,48,48 --la-batch 2
 
 Options: ``--methods a,b`` (baselines always run), ``--seeds 1337,1338,1339`` (every run at
 each seed; the tables give the mean and standard deviation over seeds, and "gap closed" from
@@ -342,6 +349,12 @@ def best_method(results: dict) -> str | None:
     return max(complete, key=lambda m: results[m]["dice"]) if complete else None
 
 
+def method_label(method: str, result: dict, budget: dict) -> str:
+    """The method's name, with its patch where it had to differ from the budget's (ctct)."""
+    used = tuple(result.get("patch_used") or ())
+    return method if used == tuple(map(int, budget["patch"].split(","))) else f"{method} (patch {'x'.join(map(str, used))})"
+
+
 def percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.0f} %"
 
@@ -374,14 +387,15 @@ def markdown(report: dict) -> str:
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for table, entry in report["tables"].items():
         results = entry["results"]
-        best = best_method(results)
-        if best is None or "fully_supervised" not in results:
+        if any(b not in results for b in BASELINES):
             continue
+        best = best_method(results)
         sup, full = results["supervised"], results["fully_supervised"]
         methods = [m for m in results if m not in BASELINES]
+        best_text = (f"{method_label(best, results[best], entry['budget'])} | {dice_text(results[best])} | {percent(results[best]['gap_closed'])} | "
+                     f"{per_seed_text(results[best])}" if best else "- | - | - | -")  # a baselines-only control
         lines.append(f"| {entry['key'].upper()} | {table.split('/', 1)[1]} | {sup['n']} | {dice_text(sup)} | "
-                     f"{dice_text(full)} | {full['dice'] - sup['dice']:.3f} | {best} | {dice_text(results[best])} | "
-                     f"{percent(results[best]['gap_closed'])} | {per_seed_text(results[best])} | {len(methods)} of "
+                     f"{dice_text(full)} | {full['dice'] - sup['dice']:.3f} | {best_text} | {len(methods)} of "
                      f"{len(entry['planned']) - len(BASELINES)} |")
     lines.append("")
     for table, entry in report["tables"].items():
@@ -400,8 +414,7 @@ def markdown(report: dict) -> str:
                   "|---|---|---|---|---|---|" + "---|" * len(class_names(key)) + "---|"]
         for method, r in entry["results"].items():
             per_class = " | ".join(f"{v['dice']:.3f}" for v in r["per_class"].values())  # label value order
-            label = method if tuple(r.get("patch_used") or ()) == tuple(map(int, b["patch"].split(","))) \
-                else f"{method} (patch {'x'.join(map(str, r.get('patch_used') or []))})"
+            label = method_label(method, r, b)
             lines.append(f"| {label} | {dice_text(r)} | {r['n']} | {r['hd95']:.2f} | "
                          f"{'-' if method in BASELINES else percent(r['gap_closed'])} | "
                          f"{'-' if method in BASELINES else per_seed_text(r)} | {per_class} | "
@@ -433,7 +446,7 @@ def plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    tables = [t for t, e in report["tables"].items() if e["results"]]
+    tables = [t for t, e in report["tables"].items() if any(m not in BASELINES for m in e["results"])]
     if not tables:
         return
     fig, axes = plt.subplots(len(tables), 2, figsize=(13, 4.2 * len(tables)), squeeze=False)

@@ -47,6 +47,12 @@ class BCP(TeacherStudentMethod):
     (the paper's largest-connected-component clean-up is not applied). The weight is fixed
     as in the paper: ``step.consistency_weight`` is not used. The batches are paired up to
     ``min(labelled, unlabelled)`` images.
+
+    BCP needs the paper's long schedules (tens of thousands of iterations): the network only
+    ever sees mixed images. In 1000 iterations on ACDC (2D, 7 labelled patients, the bench's
+    CPU preset) the pre-training stage alone, run for the whole budget
+    (``bcp_pretrain_fraction=1``), reached Dice 0.414 against 0.52 for plain supervised
+    training on the same labels, and BCP itself 0.32 to 0.45.
     """
 
     name = "bcp"
