@@ -263,30 +263,26 @@ def gap_closed(dice: float, sup: float, full: float) -> float | None:
     return None if abs(full - sup) < 1e-9 else (dice - sup) / (full - sup)
 
 
-def mean_of(values: list[float]) -> float:
-    return sum(values) / len(values)
-
-
 def summarise(method: str, per_seed: dict[int, dict], baselines: dict[str, dict[int, dict]]) -> dict:
     """Mean and standard deviation over seeds; "gap closed" from the means over the seeds at which
     the method and both baselines ran (paired), and at each of those seeds alone."""
     seeds = sorted(per_seed)
     dice = [per_seed[s]["dice"] for s in seeds]
     first = per_seed[seeds[0]]
-    summary = {"seeds": seeds, "n": len(seeds), "dice": mean_of(dice),
+    summary = {"seeds": seeds, "n": len(seeds), "dice": statistics.fmean(dice),
                "dice_sd": statistics.stdev(dice) if len(dice) > 1 else None,
-               "hd95": mean_of([per_seed[s]["hd95"] for s in seeds]),
-               "per_class": {c: {m: mean_of([per_seed[s]["per_class"][c][m] for s in seeds]) for m in ("dice", "hd95")}
+               "hd95": statistics.fmean([per_seed[s]["hd95"] for s in seeds]),
+               "per_class": {c: {m: statistics.fmean([per_seed[s]["per_class"][c][m] for s in seeds]) for m in ("dice", "hd95")}
                              for c in first["per_class"]},
-               "s_per_iteration": mean_of([per_seed[s]["s_per_iteration"] for s in seeds]),
+               "s_per_iteration": statistics.fmean([per_seed[s]["s_per_iteration"] for s in seeds]),
                "train_s": sum(per_seed[s]["train_s"] for s in seeds),
                "predict_s": sum(per_seed[s]["predict_s"] for s in seeds),
                "patch_used": first.get("patch_used"), "gap_closed": None, "gap_closed_per_seed": {}}
     paired = [s for s in seeds if all(s in baselines.get(b, {}) for b in BASELINES)]
     if paired and method not in BASELINES:
-        sup = mean_of([baselines["supervised"][s]["dice"] for s in paired])
-        full = mean_of([baselines["fully_supervised"][s]["dice"] for s in paired])
-        summary["gap_closed"] = gap_closed(mean_of([per_seed[s]["dice"] for s in paired]), sup, full)
+        sup = statistics.fmean([baselines["supervised"][s]["dice"] for s in paired])
+        full = statistics.fmean([baselines["fully_supervised"][s]["dice"] for s in paired])
+        summary["gap_closed"] = gap_closed(statistics.fmean([per_seed[s]["dice"] for s in paired]), sup, full)
         summary["gap_closed_per_seed"] = {s: gap_closed(per_seed[s]["dice"], baselines["supervised"][s]["dice"],
                                                         baselines["fully_supervised"][s]["dice"]) for s in paired}
     return summary
@@ -570,27 +566,30 @@ def main(argv=None) -> int:
         # Each method at every seed before the next method, so a time limit cuts whole methods.
         tasks += [(key, m, s, prepared) for m in (*BASELINES, *methods) for s in args.seed_list]
 
-    def record(key: str, field: str, method: str, value) -> None:
+    def update_meta(key: str, change) -> None:
+        """Apply ``change`` to the budget folder's meta.json (shared by the runs side by side)."""
         with lock:
             meta = json.loads(metas[key].read_text())
-            if field == "failed":
-                meta["failed"][method] = value
-            elif method not in meta["skipped"]:
-                meta["skipped"].append(method)
+            change(meta)
             atomic_write_json(metas[key], meta)
+
+    def skipped(meta: dict, method: str) -> None:
+        if method not in meta["skipped"]:
+            meta["skipped"].append(method)
 
     def one(task) -> None:
         key, method, seed, prepared = task
         if out_of_time(args, started):
             log(f"time limit: {key}/{method} seed {seed} not started")
-            record(key, "skipped", method, None)
+            update_meta(key, lambda meta: skipped(meta, method))
             return
         log(f"{key}/{method} seed {seed}: training")
         try:
             r = run_method(key, method, seed, prepared, args)
         except Exception as error:  # one failing method must not stop the table
             log(f"{key}/{method} seed {seed} FAILED: {error}")
-            record(key, "failed", method, f"seed {seed}: {error}")
+            failure = {method: f"seed {seed}: {error}"}
+            update_meta(key, lambda meta: meta["failed"].update(failure))
         else:
             log(f"{key}/{method} seed {seed}: Dice {r['dice']:.3f} HD95 {r['hd95']:.2f} mm "
                 f"train {r['train_s']:.0f} s ({r['s_per_iteration']:.2f} s/it)")
