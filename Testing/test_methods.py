@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from SSLSegmentLib.methods import MethodSettings, StepInfo, method_class
-from SSLSegmentLib.methods.bcp import bidirectional_copy_paste
+from SSLSegmentLib.methods.bcp import bidirectional_copy_paste, largest_component_labels
 from SSLSegmentLib.methods.cps import cross_pseudo_loss
 from SSLSegmentLib.methods.dct import adversarial_example
 from SSLSegmentLib.methods.helpers import copy_paste_mask, intensity_jitter, random_flip_rot90
@@ -251,6 +251,25 @@ def test_bcp_copy_pastes_images_and_labels_both_ways():
     assert (labels_in[inside] == 1).all() and (labels_in[~inside] == 2).all()
     assert (images_out[inside] == 2).all() and (images_out[~inside] == 1).all()
     assert (labels_out[inside] == 2).all() and (labels_out[~inside] == 1).all()
+
+
+def test_bcp_pseudo_label_clean_up_keeps_each_class_largest_component():
+    labels = torch.zeros(2, 1, 10, 10, dtype=torch.long)
+    labels[0, 0, 1:5, 1:5] = 1  # 16 voxels: kept
+    labels[0, 0, 8, 8] = 1  # a stray voxel of the same class: removed
+    labels[0, 0, 7:9, 1:3] = 2  # the only component of class 2: kept
+    labels[1, 0, 0, 0] = 1  # each image is cleaned on its own: kept
+    cleaned = largest_component_labels(labels)
+    expected = labels.clone()
+    expected[0, 0, 8, 8] = 0
+    assert torch.equal(cleaned, expected)
+
+
+def test_bcp_trains_with_the_pseudo_label_clean_up():
+    torch.manual_seed(0)
+    method = make_method("bcp", 3, bcp_pretrain_fraction=0.0, bcp_largest_component=True)
+    losses = method.training_step(*make_batches(3), StepInfo(iteration=5, total=10))
+    assert set(losses) == {"main", "inward", "outward"} and torch.isfinite(losses["main"])
 
 
 def test_bcp_pretraining_stage_is_supervised_copy_paste():

@@ -194,7 +194,8 @@ def budget_of(args, key: str) -> dict:
             "unlabelled_batch": args.acdc_batch if dim == 2 else args.la_batch,
             "network": f"unet ({args.size})", "optimiser": args.optimiser, "lr": args.lr,
             "precision": "bf16 autocast" if args.amp and args.device == "cuda" else "fp32",
-            "validation": "none (--val-cases 0: the last checkpoint is evaluated)", "dim": dim}
+            "validation": "none (--val-cases 0: the last checkpoint is evaluated)", "dim": dim,
+            **({"method_options": sorted(args.method_option)} if args.method_option else {})}
 
 
 def runs_root(key: str, args) -> Path:
@@ -204,7 +205,8 @@ def runs_root(key: str, args) -> Path:
     return SCRATCH / "runs" / (f"{key}_{spacing:g}mm_{b['iterations']}it_p{b['patch'].replace(',', 'x')}"
                                f"_b{b['labelled_batch']}_{args.optimiser}{args.lr:g}"
                                + ("" if args.device == "cpu" else f"_{args.device}")
-                               + ("_amp" if b["precision"] != "fp32" else ""))
+                               + ("_amp" if b["precision"] != "fp32" else "")
+                               + "".join(f"_{option}" for option in b.get("method_options", [])))
 
 
 def run_method(key: str, method: str, seed: int, prepared: dict, args) -> dict:
@@ -221,6 +223,7 @@ def run_method(key: str, method: str, seed: int, prepared: dict, args) -> dict:
     # One preprocessing cache for every run of the bench (keyed by file checksums and settings).
     extra = ["--cache-dir", str(SCRATCH / ".sslsegment-cache")]
     extra += ["--num-workers", str(args.num_workers)] if args.num_workers is not None else []
+    extra += [] if method in BASELINES else [a for o in args.method_option for a in ("--method-option", o)]
     train_s = cli("train", "--dataset", str(dataset), "--method", "supervised" if method in BASELINES else method,
                   "--network", "unet", "--size", args.size, "--dim", str(budget["dim"]),
                   "--iterations", str(budget["iterations"]), "--patch-size", budget["patch"],
@@ -402,7 +405,9 @@ def markdown(report: dict) -> str:
                   f"Budget: {b['iterations']} iterations, patch {b['patch']}, batch {b['labelled_batch']} labelled + "
                   f"{b['unlabelled_batch']} unlabelled, network {b['network']}, training spacing {entry['spacing']}, "
                   f"{b['optimiser']} lr {b['lr']:g} with poly decay, weight decay 1e-4, {b.get('precision', 'fp32')}, "
-                  f"seeds {', '.join(map(str, seeds))}; validation: {b['validation']}.", "",
+                  f"seeds {', '.join(map(str, seeds))}; validation: {b['validation']}"
+                  + (f"; method options: {', '.join(b['method_options'])}" if b.get("method_options") else "")
+                  + ".", "",
                   f"Machine: {entry.get('machine', '?')}. {entry.get('note', '')}".rstrip(), "",
                   f"Split: labelled {entry['split']['labelled_volumes']} volumes, unlabelled "
                   f"{entry['split']['unlabelled_volumes']}; evaluation: {format_eval(entry['split']['eval'])}.", "",
@@ -497,6 +502,8 @@ def parse_args(argv=None):
     p.add_argument("--optimiser", default="adamw", choices=("sgd", "adamw"),
                    help="adamw (default): SSL4MIS's SGD 0.01 is far from converged in a CPU budget")
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="passed to every method's training (not the baselines'); runs go to their own budget folder")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (default: fp32, as on the CPU)")
     p.add_argument("--num-workers", type=int, help="batch-preparing processes per run (default: the engine's)")
