@@ -33,7 +33,7 @@ CPU preset (the defaults, and the budget of the committed main tables):
   windows never hold the whole heart, so even fully supervised training leaves scattered
   false positives (Dice 0.58, HD95 ~150 mm) and the gap is 5 points; the whole slice
   (``--acdc-patch 128,128``, as SSL4MIS trains) costs about 1.5x per iteration and gives 0.73,
-  HD95 30 mm, a 22-point gap (the ``cpu/patch128`` side table);
+  HD95 30 mm, a 21-point gap (the ``cpu/patch128`` side table);
 - U-Net "small" (16-256 channels) for every method (CTCT adds its Swin U-Net), AdamW lr 1e-3
   with poly decay (SSL4MIS's SGD lr 0.01 stays far from convergence at this budget: ACDC
   fully supervised reached Dice 0.30 with it in 1000 iterations), no validation split (the
