@@ -46,8 +46,10 @@ CPU preset (the defaults, and the budget of the committed main tables):
   last weights are evaluated), fp32.
 
 On 2 cores, one thread per run and two runs side by side, one seed of the whole table takes
-about 1.5 hours for ACDC and 2.5 for LA without CTCT, whose 3D Swin U-Net alone takes 2 to 3
-hours more at LA's 2000 iterations (4 to 5 s/it on one thread).
+about 1.5 hours for ACDC without DCT and CTCT (0.1 to 0.5 s/it per run; DCT and CTCT, not yet
+run at 3000 iterations, would add about 1.3 hours at their speed on 64 x 64 patches scaled
+by the other methods' 1.5 to 2x), and 2.5 hours for LA without CTCT, whose 3D Swin U-Net
+alone takes 2 to 3 hours more at LA's 2000 iterations (4 to 5 s/it on one thread).
 
 The md/json/png in ``bench/results`` are rewritten after every run from the run folders on
 disk, so partial results survive and several bench processes can share them.
