@@ -119,12 +119,10 @@ def test_cmake_lists_the_module_files():
     module = (ROOT / "SSLSegment" / "CMakeLists.txt").read_text()
     assert "slicerMacroBuildScriptedModule" in module and "WITH_GENERIC_TESTS" in module
     assert "slicer_add_python_unittest" in module
-    assert "../SSLSegmentLib/*.py" in module  # the whole Lib package travels with the module
-    for resource in re.findall(r"\.\./Resources/[^\s)]+", module):
-        resolved = resource.replace("${MODULE_NAME}", "SSLSegment")
-        assert (ROOT / "SSLSegment" / resolved).resolve().exists(), resource
-    for resource in ("Icons/${MODULE_NAME}.png", "UI/${MODULE_NAME}.ui", "requirements.txt"):
-        assert f"../Resources/{resource}" in module
+    # A "../" path given to Slicer's macro lands outside the installed folder (lost from the
+    # package): the engine and resources are copied in first (test_packaging builds it).
+    assert "../" not in module.split("slicerMacroBuildScriptedModule(")[1]
+    assert "SSLSegmentLib/*.py" in module and "Resources/*" in module
 
 
 def test_requirements_are_installable_names():
