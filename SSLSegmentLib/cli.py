@@ -255,7 +255,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             return _leave_if_distributed(run_train(args))
         if args.command == "predict":
-            return run_predict(args)
+            from .predict_status import run_reporting_status  # noqa: PLC0415
+
+            return run_reporting_status(args.out, run_predict, args)  # OUT/status.json for the panel
         if args.command == "evaluate":
             return run_evaluate(args)
         if args.command == "methods":

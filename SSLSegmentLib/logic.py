@@ -37,6 +37,7 @@ import vtk
 from . import jobs
 from .errors import InputError
 from .fileio import atomic_path, atomic_write_json
+from .segmenting import SegmentingMixin
 from .mrml import (  # noqa: F401  (re-exported for the module and scripts)
     writeVolume,
     readVolume,
@@ -78,8 +79,9 @@ SIZE_CHOICES = ("preset", "tiny", "small", "base")
 EXPORT_FORMAT_CHOICES = ("seg.nrrd", "nrrd", "nii.gz")
 
 
-class SSLSegmentLogic:
-    """Train, predict, retrain and export from an MRML scene.
+class SSLSegmentLogic(SegmentingMixin):
+    """Train, predict, retrain and export from an MRML scene; segment new scans
+    (:class:`SSLSegmentLib.segmenting.SegmentingMixin`).
 
     Parameters
     ----------

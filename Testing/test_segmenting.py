@@ -1,0 +1,160 @@
+"""Segment new scans with a trained round's model: headless, on the real MRML library
+(slicer-core), with the real engine in child processes (tiny network, 16x32x32 phantoms)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer")
+
+from SSLSegmentLib import jobs, segmenting  # noqa: E402
+from SSLSegmentLib.errors import InputError  # noqa: E402
+from SSLSegmentLib.headless import slicer_scene  # noqa: E402
+from SSLSegmentLib.logic import SSLSegmentLogic, geometryMismatch, readVolume, referenceVolume  # noqa: E402
+from SSLSegmentLib.mrml import segmentationFromLabelArray  # noqa: E402
+from SSLSegmentLib.phantoms import PHANTOM_CLASSES, make_phantom  # noqa: E402
+from SSLSegmentLib.predict_status import EXIT_CANCELLED, run_reporting_status  # noqa: E402
+
+SHAPE, SPACING = (16, 32, 32), (1.0, 1.0, 1.5)
+TINY = dict(method="supervised", network="unet", dim=3, iterations=10, device="cpu", size="tiny",
+            extraArgs=["--patch-size", "16,32,32"])
+
+
+def add_volume(scene, name, shape, spacing, origin, seed):
+    image, label = make_phantom(shape, spacing, seed=seed)
+    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    slicer.util.updateVolumeFromArray(volume, image)
+    volume.SetSpacing(*spacing)
+    volume.SetOrigin(*origin)
+    volume.CreateDefaultDisplayNodes()
+    return volume, label
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A scene and round 1 of a real (tiny) training job."""
+    tmp = tmp_path_factory.mktemp("segmenting")
+    scene = slicer_scene()
+    logic = SSLSegmentLogic(scene, jobsRoot=tmp / "jobs", pythonCommand=[sys.executable])
+    labelled = []
+    for i in range(2):
+        volume, label = add_volume(scene, f"L{i}", SHAPE, SPACING, (0.0, 0.0, 0.0), seed=10 + i)
+        labelled.append((volume, segmentationFromLabelArray(scene, volume, label, PHANTOM_CLASSES)))
+    job = logic.startTraining(labeled=labelled, waitForCompletion=True, **TINY)
+    assert job.state == jobs.DONE, f"{job.error}\n{job.log_tail()}"
+    yield scene, logic, job
+    logic.cleanup()
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the shared 2-core machine: see test_logic
+
+
+def test_segment_two_new_volumes_with_round_1(trained):
+    scene, logic, job = trained
+    # Other sizes, spacings and origins than the training volumes: results must follow each volume.
+    first, _ = add_volume(scene, "new scan A", (14, 36, 30), (0.9, 1.1, 1.6), (-20.0, 15.0, 3.0), seed=31)
+    second, _ = add_volume(scene, "new scan B", (18, 28, 34), (1.2, 0.8, 1.4), (5.0, -7.5, -40.0), seed=32)
+    nodes_before = scene.GetNumberOfNodes()
+
+    run = logic.startSegmenting(logic.openJob(job.folder.root, 1), [first, second], device="cpu")
+    assert scene.GetNumberOfNodes() == nodes_before  # exporting leaves the scene as it was
+    while not run.finished:  # what the panel's timer does
+        assert 0.0 <= run.fraction_done() <= 1.0
+        assert segmenting.status_text(run).startswith("Segmenting")
+        time.sleep(0.2)
+    assert run.state == jobs.DONE, f"{run.error}\n{run.log_tail()}"
+    assert run.fraction_done() == 1.0
+    assert run.root.parent == job.folder.root / "segmenting"
+    assert json.loads((run.root / "status.json").read_text())["state"] == "done"
+
+    results = logic.loadSegmentingResults(run)
+    assert set(results) == {first.GetID(), second.GetID()}
+    assert logic.loadSegmentingResults(run) == results  # loading again makes no copies
+    sh = scene.GetSubjectHierarchyNode()
+    for volume in (first, second):
+        segmentation = results[volume.GetID()]
+        assert segmentation.GetName() == f"{volume.GetName()} segmentation r1"
+        names = {segmentation.GetSegmentation().GetNthSegment(i).GetName()
+                 for i in range(segmentation.GetSegmentation().GetNumberOfSegments())}
+        assert names and names <= {c.name for c in PHANTOM_CLASSES}
+        assert referenceVolume(segmentation) is volume and geometryMismatch(segmentation, volume) is None
+        assert sh.GetItemParent(sh.GetItemByDataNode(segmentation)) == sh.GetItemByDataNode(volume)
+        # The segmentation, exported in the volume's grid, is voxel for voxel what the child wrote.
+        case = next(c for c, e in run.cases.items() if e["volumeNodeID"] == volume.GetID())
+        written = slicer.util.arrayFromVolume(readVolume(scene, run.root / "labelmaps" / f"{case}.nrrd", True))
+        exported = logic.exportSegmentation(segmentation, run.root.parent / f"check-{case}.nrrd",
+                                            classNames=[c.name for c in PHANTOM_CLASSES])
+        mine = slicer.util.arrayFromVolume(readVolume(scene, exported, labelmap=True))
+        assert mine.shape == slicer.util.arrayFromVolume(volume).shape
+        assert np.array_equal(mine, written)
+    assert jobs.JobFolder(job.folder.root).rounds() == [1]  # segmenting adds no training round
+
+
+def test_a_failure_in_the_child_names_the_volume(trained, tmp_path):
+    scene, logic, job = trained
+    good, _ = add_volume(scene, "good scan", SHAPE, SPACING, (0.0, 0.0, 0.0), seed=41)
+    broken, _ = add_volume(scene, "broken scan", SHAPE, SPACING, (0.0, 0.0, 0.0), seed=42)
+
+    def corrupting_runner(command, cwd, env, console_path):  # a disk error after the export
+        images = Path(command[command.index("--images") + 1])
+        (images / "broken_scan.nrrd").write_bytes(b"NRRD0004\ntype: nonsense\n\n")
+        return jobs.start_process(command, cwd, env, console_path)
+
+    logic.processRunner = corrupting_runner
+    try:
+        run = logic.startSegmenting(job, [good, broken], device="cpu", waitForCompletion=True)
+    finally:
+        logic.processRunner = jobs.start_process
+    assert run.state == jobs.FAILED
+    assert run.error.startswith("segmenting volume 'broken scan' failed:"), run.error
+    assert json.loads((run.root / "status.json").read_text())["state"] == "failed"
+    loaded = logic.loadSegmentingResults(run)  # what did get segmented still loads
+    assert broken.GetID() not in loaded and set(loaded) <= {good.GetID()}
+    assert "'broken scan'" in segmenting.SegmentingRun.from_folder(run.root).error  # reopened: same truth
+
+
+def test_bad_input_is_refused_before_start(trained, tmp_path):
+    scene, logic, job = trained
+    with pytest.raises(InputError, match="No volume to segment"):
+        logic.startSegmenting(job, [])
+    with pytest.raises(InputError, match="no model file"):
+        logic.startSegmenting(tmp_path / "nowhere", [scene.GetFirstNodeByName("L0")])
+    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "a labelmap")
+    with pytest.raises(InputError, match="not a scalar image volume"):
+        logic.startSegmenting(job, [labelmap])
+    assert not (tmp_path / "jobs").exists()
+
+
+def test_predict_status_tells_how_it_ended(tmp_path):
+    assert run_reporting_status(tmp_path / "ok", lambda: 0) == 0
+    assert json.loads((tmp_path / "ok" / "status.json").read_text())["state"] == "done"
+
+    def refuse():
+        raise InputError("case X: image is 4D")
+
+    with pytest.raises(InputError):
+        run_reporting_status(tmp_path / "bad", refuse)
+    status = json.loads((tmp_path / "bad" / "status.json").read_text())
+    assert status["state"] == "failed" and "case X" in status["error"]
+
+    assert run_reporting_status(tmp_path / "partly", lambda: 1) == 1
+    assert json.loads((tmp_path / "partly" / "status.json").read_text())["state"] == "failed"
+
+    def wait_for_cancel():
+        threading.Timer(0.3, lambda: (tmp_path / "cancelled" / "cancel").write_text("x")).start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+        return 0
+
+    assert run_reporting_status(tmp_path / "cancelled", wait_for_cancel) == EXIT_CANCELLED
+    assert json.loads((tmp_path / "cancelled" / "status.json").read_text())["state"] == "cancelled"
