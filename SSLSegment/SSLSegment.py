@@ -6,10 +6,10 @@ widget that wires the panel (``Resources/UI/SSLSegment.ui``) to
 ``SSLSegmentLib`` package (as in SlicerNNUnet), which also runs outside Slicer.
 """
 
-import importlib.util
 import logging
 import os
 import pathlib
+import shutil
 import sys
 from typing import Annotated
 
@@ -17,6 +17,7 @@ import qt
 import slicer
 import vtk  # noqa: F401  (Slicer modules conventionally import it; used by the test)
 from slicer.i18n import tr as _
+from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
@@ -27,14 +28,17 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 _MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
-# SSLSegmentLib sits beside this module's folder: the repository root in a source checkout,
-# lib/Slicer-X.Y/ in a build or an installed extension (see SSLSegment/CMakeLists.txt).
+# SSLSegmentLib/ and Resources/ sit beside this file in a build or an installed extension
+# (<qt-scripted-modules>/, see SSLSegment/CMakeLists.txt), beside its folder in a source
+# checkout (the repository root). SSLSegmentGui/ is always beside this file.
 _PACKAGE_PARENT = os.path.dirname(_MODULE_DIR)
-for _folder in (_MODULE_DIR, _PACKAGE_PARENT):
-    if os.path.isdir(os.path.join(_folder, "SSLSegmentLib")) and _folder not in sys.path:
+for _folder in (_PACKAGE_PARENT, _MODULE_DIR):
+    if (_folder == _MODULE_DIR or os.path.isdir(os.path.join(_folder, "SSLSegmentLib"))) and _folder not in sys.path:
         sys.path.insert(0, _folder)
 
-from SSLSegmentLib import jobs  # noqa: E402
+from SSLSegmentGui import install, settings  # noqa: E402
+from SSLSegmentGui.segmentPanel import SegmentPanel  # noqa: E402
+from SSLSegmentLib import dependencies, jobs  # noqa: E402
 from SSLSegmentLib.errors import InputError  # noqa: E402
 from SSLSegmentLib.logic import (  # noqa: E402
     DEVICE_CHOICES, DIM_CHOICES, EXCLUDED, EXPORT_FORMAT_CHOICES, LABELLED, METHOD_CHOICES, NETWORK_CHOICES,
@@ -62,7 +66,7 @@ class SSLSegment(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("SSLSegment")
-        self.parent.categories = [_("Segmentation")]
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = []  # the PyTorch extension is used when present, not required
         self.parent.contributors = ["SSLSegment developers"]
         self.parent.helpText = _(
@@ -117,8 +121,12 @@ class SSLSegmentLogic(ScriptedLoadableModuleLogic, _EngineLogic):
     """:class:`SSLSegmentLib.logic.SSLSegmentLogic` on ``slicer.mrmlScene``, with the parameter node."""
 
     def __init__(self):
+        # Slicer 5.8+: ScriptedLoadableModuleLogic.__init__ calls super().__init__(), which is
+        # the engine logic's (on slicer.mrmlScene). Older Slicer does not: initialise it here.
+        # Twice would leak a scene-close observer per widget set-up, reload and self-test.
         ScriptedLoadableModuleLogic.__init__(self)
-        _EngineLogic.__init__(self, slicer.mrmlScene)
+        if not hasattr(self, "scene"):
+            _EngineLogic.__init__(self, slicer.mrmlScene)
 
     def getParameterNode(self):
         return SSLSegmentParameterNode(super().getParameterNode())
@@ -130,8 +138,6 @@ class SSLSegmentLogic(ScriptedLoadableModuleLogic, _EngineLogic):
 
 IDLE, STARTING, TRAINING, LOADING, FAILED = "idle", "starting", "training", "loading", "failed"
 ROLE_NAMES = [LABELLED, UNLABELLED, EXCLUDED]
-# Import names of the packages listed in Resources/requirements.txt.
-IMPORT_NAMES = {"pynrrd": "nrrd"}
 
 
 class SSLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -146,6 +152,8 @@ class SSLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._roleChoices = {}  # volume node ID -> role chosen by the user
+        self._segmentationChoices = {}  # volume node ID -> segmentation node ID chosen by the user
+        self.segmentPanel = None
         self._shownLog = ""
 
     # -- set-up ------------------------------------------------------------------------------
@@ -163,13 +171,14 @@ class SSLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneEndImport)
 
         for table in (self.ui.volumesTable, self.ui.resultsTable, self.ui.historyTable):
             table.horizontalHeader().setStretchLastSection(True)
             table.verticalHeader().setVisible(False)
         self.ui.detectRolesButton.clicked.connect(self.onDetectRoles)
         self.ui.trainButton.clicked.connect(self.onTrainOrCancel)
-        self.ui.resultsTable.itemSelectionChanged.connect(self.updateButtons)
+        self.ui.resultsTable.itemSelectionChanged.connect(self.onResultSelected)
         self.ui.historyTable.itemSelectionChanged.connect(self.updateButtons)
         self.ui.openJobButton.clicked.connect(self.onOpenJob)
         self.ui.useRoundButton.clicked.connect(self.onUseRound)
@@ -177,14 +186,18 @@ class SSLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.markCorrectedButton.clicked.connect(self.onMarkCorrected)
         self.ui.retrainButton.clicked.connect(self.onRetrain)
         self.ui.exportButton.clicked.connect(self.onExport)
+        self.segmentPanel = SegmentPanel(self)
 
         self.initializeParameterNode()
         self.refreshVolumes()
         self.setState(IDLE)
 
     def cleanup(self):
-        """Module closed or application exit: no training process may outlive it."""
+        """Module closed, reloaded or application exit: no child process may outlive it."""
         self.timer.stop()
+        if self.segmentPanel is not None:
+            self.segmentPanel.stop()
+        settings.save(self._parameterNode)
         self.removeObservers()
         if self.logic is not None:
             self.logic.cleanup()
@@ -194,7 +207,15 @@ class SSLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.refreshVolumes()
 
     def exit(self):
+        settings.save(self._parameterNode)
         self.setParameterNode(None)
+
+    def onReload(self):
+        """Developer reload: the engine and the panel helpers too, not only this file."""
+        for name in sorted(sys.modules, reverse=True):
+            if name.split(".")[0] in ("SSLSegmentLib", "SSLSegmentGui"):
+                del sys.modules[name]
+        ScriptedLoadableModuleWidget.onReload(self)
 
     def onSceneStartClose(self, caller, event):
         # The logic kills the training process tree itself (it observes the scene too).
@@ -204,7 +225,9 @@ class SSLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.showLog()
             self.ui.trainingStatusLabel.text = _("Scene closed: training stopped.")
         self.timer.stop()
+        self.segmentPanel.stop()
         self.job = None
+        self._roleChoices, self._segmentationChoices = {}, {}
         self.setState(IDLE)
 
     def onSceneEndClose(self, caller, event):
@@ -212,13 +235,36 @@ class SSLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.initializeParameterNode()
             self.refreshVolumes()
 
+    def onSceneEndImport(self, caller, event):
+        """A scene was loaded: its parameter node names the job and round to show again."""
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+            self.refreshVolumes()
+
     def initializeParameterNode(self):
         parameterNode = self.logic.getParameterNode()
-        if parameterNode.jobsDirectory == pathlib.Path("."):
-            parameterNode.jobsDirectory = defaultJobsRoot()
+        if parameterNode.jobsDirectory == pathlib.Path("."):  # a new parameter node: the last values used
+            settings.restore(parameterNode)
+            if parameterNode.jobsDirectory == pathlib.Path("."):
+                parameterNode.jobsDirectory = defaultJobsRoot()
         if parameterNode.exportDirectory == pathlib.Path("."):
             parameterNode.exportDirectory = pathlib.Path(slicer.app.defaultScenePath) / "SSLSegment-export"
         self.setParameterNode(parameterNode)
+        self.restoreJob()
+
+    def restoreJob(self):
+        """Open the job and round the parameter node names (a saved scene reopened), once."""
+        p = self._parameterNode
+        if self.job is not None or p is None or not p.jobFolder:
+            return
+        try:
+            self.job = self.logic.openJob(p.jobFolder, p.jobRound or None)
+        except InputError as error:  # the folder moved or was deleted: say so, keep the scene usable
+            logging.warning("SSLSegment: could not reopen job %s: %s", p.jobFolder, error)
+            self.ui.trainingStatusLabel.text = _("Job {folder} not found.").format(folder=p.jobFolder)
+            return
+        self.ui.trainingStatusLabel.text = jobs.status_text(self.job)
+        self.updateResults()
 
     def setParameterNode(self, parameterNode):
         if self._parameterNode and self._parameterNodeGuiTag:
@@ -251,10 +297,12 @@ class SSLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.exportButton.enabled = hasModel and not busy and self.ui.resultsTable.rowCount > 0
         self.ui.useRoundButton.enabled = not busy and bool(self.ui.historyTable.selectedItems())
         self.ui.openJobButton.enabled = not busy
+        if self.segmentPanel is not None:
+            self.segmentPanel.update(trainingBusy=busy)
 
     # -- Data -------------------------------------------------------------------------------
     def onDetectRoles(self):
-        self._roleChoices = {}
+        self._roleChoices, self._segmentationChoices = {}, {}
         self.refreshVolumes()
 
     def refreshVolumes(self):
@@ -281,14 +329,21 @@ class SSLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             segmentationBox.addEnabled = False
             segmentationBox.removeEnabled = False
             segmentationBox.setMRMLScene(slicer.mrmlScene)
-            segmentationBox.setCurrentNode(row["segmentation"])
-            segmentationBox.currentNodeChanged.connect(lambda node: self.updateClasses())
+            chosen = slicer.mrmlScene.GetNodeByID(self._segmentationChoices.get(volume.GetID(), ""))
+            segmentationBox.setCurrentNode(chosen if chosen is not None else row["segmentation"])
+            segmentationBox.currentNodeChanged.connect(
+                lambda node, volumeID=volume.GetID(): self.onSegmentationChanged(volumeID, node))
             table.setCellWidget(index, 2, segmentationBox)
         table.resizeColumnsToContents()
         self.updateClasses()
 
     def onRoleChanged(self, volumeID, role):
         self._roleChoices[volumeID] = role
+        self.updateClasses()
+
+    def onSegmentationChanged(self, volumeID, segmentation):
+        """Kept when the module is entered again (the table is rebuilt from the scene)."""
+        self._segmentationChoices[volumeID] = segmentation.GetID() if segmentation is not None else ""
         self.updateClasses()
 
     def selectedCases(self):
@@ -328,6 +383,7 @@ class SSLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     return
                 labeled, unlabeled = self.selectedCases()
                 p = self._parameterNode
+                settings.save(p)  # the last method, network, preset, device and jobs folder
                 self.setState(STARTING)
                 slicer.app.processEvents()
                 self.logic.jobsRoot = pathlib.Path(p.jobsDirectory)
@@ -436,6 +492,21 @@ class SSLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 table.setItem(index, column, qt.QTableWidgetItem(value))
         self.updateButtons()
 
+    def onResultSelected(self):
+        segmentation = self.selectedPrediction()
+        self.ui.show3DButton.setSegmentationNode(segmentation)
+        if segmentation is not None:
+            self.showInSliceViews(segmentation)
+        self.updateButtons()
+
+    def showInSliceViews(self, segmentation):
+        """The segmentation's volume in the slice views (fitted), with the segmentation shown."""
+        volume = referenceVolume(segmentation)
+        if volume is not None:
+            slicer.util.setSliceViewerLayers(background=volume, fit=True)
+        segmentation.CreateDefaultDisplayNodes()
+        segmentation.GetDisplayNode().SetVisibility(True)
+
     def selectedPrediction(self):
         items = self.ui.resultsTable.selectedItems()
         if not items:
@@ -516,71 +587,87 @@ class SSLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # -- Dependencies ----------------------------------------------------------------------
     def ensureDependencies(self):
-        """Install PyTorch (PyTorch extension when present) and the requirements, with confirmation."""
-        if importlib.util.find_spec("torch") is None and not self.installTorch():
-            return False
-        missing = [r for r in readRequirements() if importlib.util.find_spec(importName(r)) is None]
-        if not missing:
-            return True
-        if not slicer.util.confirmOkCancelDisplay(
-                _("SSLSegment needs these Python packages: {packages}. Install them now?").format(
-                    packages=", ".join(missing))):
-            return False
-        with slicer.util.WaitCursor():
-            slicer.util.pip_install(missing)
-        return True
-
-    def installTorch(self):
-        try:
-            import PyTorchUtils
-        except ModuleNotFoundError:
-            PyTorchUtils = None
-        if PyTorchUtils is not None:
-            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-            if torchLogic.torchInstalled():
-                return True
-            torch = torchLogic.installTorch(askConfirmation=True, torchVersionRequirement=">=2.0")
-            return torch is not None
-        if not slicer.util.confirmOkCancelDisplay(
-                _("SSLSegment needs PyTorch. Install it now with pip? (Installing the PyTorch extension "
-                  "first picks the build that matches your GPU.)")):
-            return False
-        with slicer.util.WaitCursor():
-            slicer.util.pip_install("torch")
-        return True
-
-
-def readRequirements():
-    """Requirement lines of Resources/requirements.txt (comments skipped)."""
-    path = resourceFile("requirements.txt")
-    if not os.path.exists(path):
-        return []
-    lines = [line.split("#")[0].strip() for line in open(path, encoding="utf-8")]
-    return [line for line in lines if line]
-
-
-def importName(requirement):
-    """``pynrrd>=1.0`` -> ``nrrd``: the module a requirement provides."""
-    name = requirement
-    for separator in "<>=!~[; ":
-        name = name.split(separator)[0]
-    return IMPORT_NAMES.get(name, name)
+        """Install what Resources/requirements.txt asks for (torch via PyTorchUtils), with confirmation."""
+        return install.ensureDependencies(resourceFile("requirements.txt"))
 
 
 #
-# Test: the whole loop inside a real Slicer (the pytest suite runs it headless too)
+# Test: the panel and the whole loop inside a real Slicer (the pytest suite runs the loop headless too)
 #
 
 
 class SSLSegmentTest(ScriptedLoadableModuleTest):
-    """Train (tiny) on phantoms, load, correct, retrain, cancel, export, read back."""
+    """The panel without torch (set-up, parameter node, roles, refused input); then, when the
+    engine's dependencies are installed, train (tiny) on phantoms, load, correct, retrain,
+    cancel, segment new volumes, export and read back. Without them training is skipped,
+    with a message, as in Slicer's AI extensions: a fresh Slicer has no torch."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
         self.setUp()
+        self.test_SSLSegment_panel()
+        self.setUp()
+        unmet = dependencies.unmetRequirements(dependencies.readRequirements(resourceFile("requirements.txt")))
+        if unmet:
+            message = _("SSLSegment: training test skipped, the engine's Python packages are not installed: "
+                        "{packages}").format(packages=", ".join(item.describe() for item in unmet))
+            logging.warning(message)
+            self.delayDisplay(message)
+            return
         self.test_SSLSegment_loop()
+
+    def addSimpleCase(self, name, labelled):
+        """A 16x32x32 volume with an ellipsoid (numpy only: no engine dependency)."""
+        import types
+
+        import numpy as np
+
+        from SSLSegmentLib.mrml import segmentationFromLabelArray
+
+        z, y, x = np.indices((16, 32, 32))
+        label = (((z - 8) / 6.0) ** 2 + ((y - 16) / 10.0) ** 2 + ((x - 16) / 9.0) ** 2 < 1).astype(np.uint8)
+        volume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+        slicer.util.updateVolumeFromArray(volume, (100.0 * label + np.random.default_rng(1).normal(size=label.shape))
+                                          .astype(np.float32))
+        if not labelled:
+            return volume, None
+        organ = types.SimpleNamespace(name="organ", color=(0.9, 0.3, 0.2))
+        return volume, segmentationFromLabelArray(slicer.mrmlScene, volume, label, [organ], f"{name} labels")
+
+    def test_SSLSegment_panel(self):
+        self.delayDisplay("SSLSegment panel")
+        slicer.util.selectModule("SSLSegment")
+        widget = slicer.modules.sslsegment.widgetRepresentation().self()
+        parameterNode = widget.logic.getParameterNode()
+        userMethod = parameterNode.method  # put back below: leaving the module saves it to the settings
+        parameterNode.method = "cps"  # parameter node -> panel
+        self.assertEqual(widget.ui.methodComboBox.currentText, "cps")
+        widget.ui.iterationsSpinBox.value = 77  # panel -> parameter node
+        self.assertEqual(parameterNode.iterations, 77)
+        parameterNode.method = userMethod
+
+        labelledVolume, labels = self.addSimpleCase("L", labelled=True)
+        unlabelledVolume, _unused = self.addSimpleCase("U", labelled=False)
+        widget.onDetectRoles()
+        table = widget.ui.volumesTable
+        rows = {table.item(i, 0).text(): i for i in range(table.rowCount)}
+        self.assertEqual({name: table.cellWidget(i, 1).currentText for name, i in rows.items()},
+                         {"L": LABELLED, "U": UNLABELLED})
+        self.assertEqual(widget.selectedCases(), ([(labelledVolume, labels)], [unlabelledVolume]))
+
+        _unused, otherLabels = self.addSimpleCase("L2", labelled=True)
+        table.cellWidget(rows["L"], 2).setCurrentNode(otherLabels)
+        widget.exit()
+        widget.enter()  # the table is rebuilt: the user's choice stays
+        rows = {table.item(i, 0).text(): i for i in range(table.rowCount)}
+        self.assertIs(table.cellWidget(rows["L"], 2).currentNode(), otherLabels)
+
+        with self.assertRaises(InputError):  # refused before any process starts
+            widget.logic.startTraining(labeled=[], unlabeled=[unlabelledVolume])
+        self.assertEqual(widget.logic.jobs, [])
+        self.delayDisplay("Panel test passed")
 
     def addPhantom(self, name, seed, labelled):
         from SSLSegmentLib.mrml import segmentationFromLabelArray
@@ -597,13 +684,21 @@ class SSLSegmentTest(ScriptedLoadableModuleTest):
     def test_SSLSegment_loop(self):
         import tempfile
 
-        import numpy as np
-        import slicerio
-
         self.delayDisplay("Starting the SSLSegment loop test")
         workFolder = pathlib.Path(tempfile.mkdtemp(prefix="SSLSegmentTest-"))
         logic = SSLSegmentLogic()
-        logic.jobsRoot = workFolder / "jobs"
+        try:
+            logic.jobsRoot = workFolder / "jobs"
+            self.runLoop(logic, workFolder)
+        finally:  # on failure too: no process left running, no folder left behind
+            logic.cleanup()
+            shutil.rmtree(workFolder, ignore_errors=True)
+        self.delayDisplay("Test passed")
+
+    def runLoop(self, logic, workFolder):
+        import numpy as np
+        import slicerio
+
         labelled = [self.addPhantom(f"L{i}", 10 + i, True) for i in range(2)]
         unlabelled = [self.addPhantom(f"U{i}", 20 + i, False) for i in range(2)]
         tiny = dict(dim=3, iterations=20, device="cpu", size="tiny", extraArgs=["--patch-size", "16,32,32"])
@@ -625,6 +720,12 @@ class SSLSegmentTest(ScriptedLoadableModuleTest):
             prediction = predictions[volume.GetID()]
             self.assertEqual(shNode.GetItemParent(shNode.GetItemByDataNode(prediction)),
                              shNode.GetItemByDataNode(volume))
+
+        newVolume, _truth = self.addPhantom("New", 30, False)
+        run = logic.startSegmenting(job, [newVolume], device="cpu", waitForCompletion=True)
+        self.assertEqual(run.state, jobs.DONE, f"{run.error}\n{run.log_tail()}")
+        self.assertEqual(set(logic.loadSegmentingResults(run)), {newVolume.GetID()})
+        self.delayDisplay("Segmented a new volume with round 1's model")
 
         volumeID = logic.suggestVolumeToCorrect(job)
         volume, truth = next((v, t) for v, t in unlabelled if v.GetID() == volumeID)
@@ -653,6 +754,4 @@ class SSLSegmentTest(ScriptedLoadableModuleTest):
         loaded = slicer.util.loadSegmentation(str(path))
         self.assertEqual(loaded.GetSegmentation().GetNumberOfSegments(), 2)
         self.assertTrue(manifest.exists())
-        logging.info("SSLSegment loop test: job folder %s", job.folder.root)
-        logic.cleanup()
-        self.delayDisplay("Test passed")
+        logging.info("SSLSegment loop test passed in %s", workFolder)

@@ -84,6 +84,7 @@ def installedVersion(name: str) -> str | None:
 
 def unmetRequirements(requirements: list[str]) -> list[Unmet]:
     """The requirements whose package is missing or whose installed version is outside the range."""
+    importlib.invalidate_caches()  # pip may have just installed something
     unmet = []
     for requirement in requirements:
         name = requirementName(requirement)

@@ -32,6 +32,12 @@ def module_source() -> str:
     return MODULE_FILE.read_text(encoding="utf-8")
 
 
+def gui_source() -> str:
+    """The module file and its Qt helper package (SSLSegment/SSLSegmentGui)."""
+    helpers = sorted((ROOT / "SSLSegment" / "SSLSegmentGui").glob("*.py"))
+    return "\n".join([module_source()] + [p.read_text(encoding="utf-8") for p in helpers])
+
+
 def parameter_fields() -> dict[str, str]:
     """``{name: annotation source}`` of the @parameterNodeWrapper class."""
     tree = ast.parse(module_source())
@@ -40,11 +46,12 @@ def parameter_fields() -> dict[str, str]:
 
 
 def test_module_file_compiles(tmp_path):
-    py_compile.compile(str(MODULE_FILE), cfile=str(tmp_path / "SSLSegment.pyc"), doraise=True)
+    for path in [MODULE_FILE, *(ROOT / "SSLSegment" / "SSLSegmentGui").glob("*.py")]:
+        py_compile.compile(str(path), cfile=str(tmp_path / f"{path.stem}.pyc"), doraise=True)
 
 
 def test_every_widget_the_code_uses_exists_in_the_ui():
-    used = set(re.findall(r"self\.ui\.([A-Za-z_][A-Za-z0-9_]*)", module_source()))
+    used = set(re.findall(r"(?:self|widget)\.ui\.([A-Za-z_][A-Za-z0-9_]*)", gui_source()))
     assert used, "the widget uses no .ui widget?"
     missing = sorted(used - set(ui_widgets()))
     assert not missing, f"widgets used in SSLSegment.py but absent from the .ui: {missing}"
@@ -83,8 +90,10 @@ def test_module_follows_the_slicer_conventions():
     assert "VTKObservationMixin" in classes["SSLSegmentWidget"]
     assert "ScriptedLoadableModuleTest" in classes["SSLSegmentTest"]
     for needed in ("@parameterNodeWrapper", "tryWithErrorDisplay", "qt.QTimer", "StartCloseEvent",
-                   "PyTorchUtils", "pip_install", "parent.helpText", "parent.acknowledgementText"):
+                   "parent.helpText", "parent.acknowledgementText"):
         assert needed in source, needed
+    for needed in ("PyTorchUtils", "pip_install", "pip_ensure", "createProgressDialog", "restart", "qt.QSettings"):
+        assert needed in gui_source(), needed
 
 
 def test_lib_never_imports_the_gui():
@@ -131,7 +140,7 @@ def test_requirements_are_installable_names():
     assert requirements and all(re.match(r"^[A-Za-z0-9_.-]+([<>=!~].*)?$", r) for r in requirements)
     # torch is listed (pyproject is the one source) but installed by PyTorchUtils, not pip.
     assert any(r.startswith("torch") for r in requirements)
-    assert "isTorch" in module_source() and "PyTorchUtils" in module_source()
+    assert "isTorch" in gui_source() and "PyTorchUtils" in gui_source()
 
 
 def test_panel_choices_match_the_engine():
@@ -146,3 +155,55 @@ def test_panel_choices_match_the_engine():
     assert set(METHOD_CHOICES) == set(available_methods())
     assert set(NETWORK_CHOICES) == set(available_networks())
     assert set(PRESET_CHOICES) == set(PRESET_NAMES)
+
+
+def _class_source(name: str) -> str:
+    tree = ast.parse(module_source())
+    [cls] = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name]
+    return ast.get_source_segment(module_source(), cls)
+
+
+def test_category_uses_slicer_translation_context():
+    assert 'translate("qSlicerAbstractCoreModule", "Segmentation")' in _class_source("SSLSegment")
+
+
+def test_engine_logic_is_initialised_once():
+    """Slicer 5.8+ runs the engine logic's __init__ through super(): a second call would
+    add a second scene-close observer and leak the first."""
+    init = _class_source("SSLSegmentLogic")
+    assert init.count("_EngineLogic.__init__") == 1 and 'if not hasattr(self, "scene")' in init
+
+
+def test_self_test_cleans_up_and_skips_training_without_the_engine():
+    test = _class_source("SSLSegmentTest")
+    assert "finally:" in test and "shutil.rmtree(workFolder" in test and "logic.cleanup()" in test
+    assert "unmetRequirements" in test and "skipped" in test
+    assert "test_SSLSegment_panel" in test.split("if unmet:")[0]  # runs without torch
+
+
+def test_reload_reloads_the_engine():
+    widget = _class_source("SSLSegmentWidget")
+    assert "def onReload" in widget and '"SSLSegmentLib"' in widget and "del sys.modules[name]" in widget
+
+
+def test_results_and_segment_widgets():
+    widgets = ui_widgets()
+    assert widgets["show3DButton"].get("class") == "qMRMLSegmentationShow3DButton"
+    assert widgets["segmentVolumesSelector"].get("class") == "qMRMLCheckableNodeComboBox"
+    custom = {c.find("class").text for c in ET.parse(UI_FILE).getroot().iter("customwidget")}
+    used = {w.get("class") for w in widgets.values()}
+    assert used - custom <= {"QLabel", "QPushButton", "QTableWidget", "QComboBox", "QSpinBox", "QProgressBar",
+                             "QPlainTextEdit", "QWidget"}, used - custom
+
+
+def test_settings_keep_what_the_issue_names():
+    source = (ROOT / "SSLSegment" / "SSLSegmentGui" / "settings.py").read_text(encoding="utf-8")
+    assert 'KEPT = ("method", "network", "preset", "device", "jobsDirectory")' in source
+    fields = parameter_fields()
+    assert {"method", "network", "preset", "device", "jobsDirectory"} <= set(fields)
+
+
+def test_panel_helpers_never_reach_into_the_engine_internals():
+    """The Qt helpers talk to the logic's public methods only (the engine stays GUI-free)."""
+    for path in (ROOT / "SSLSegment" / "SSLSegmentGui").glob("*.py"):
+        assert "logic._" not in path.read_text(encoding="utf-8"), path

@@ -67,23 +67,26 @@ def installed(tmp_path_factory) -> dict[str, Path]:
     return {"build": build / SCRIPTED_MODULES, "install": prefix / SCRIPTED_MODULES}
 
 
-def _expected_files() -> list[str]:
+def _expected_files() -> dict[str, Path]:
+    """``{path in the scripted-modules folder: source file}``."""
     engine = [p for p in (ROOT / "SSLSegmentLib").rglob("*.py") if "__pycache__" not in p.parts]
     resources = [p for p in (ROOT / "Resources").rglob("*") if p.is_file()]
-    return sorted(p.relative_to(ROOT).as_posix() for p in engine + resources)
+    module = [ROOT / "SSLSegment" / "SSLSegment.py", *(ROOT / "SSLSegment" / "SSLSegmentGui").glob("*.py")]
+    files = {p.relative_to(ROOT).as_posix(): p for p in engine + resources}
+    files.update({p.relative_to(ROOT / "SSLSegment").as_posix(): p for p in module})
+    return files
 
 
 @pytest.mark.parametrize("tree", ["build", "install"])
 def test_every_engine_and_resource_file_is_shipped(installed, tree):
     folder = installed[tree]
-    expected = _expected_files() + ["SSLSegment.py"]
+    expected = _expected_files()
     assert {"SSLSegmentLib/logic.py", "SSLSegmentLib/methods/bcp.py", "Resources/UI/SSLSegment.ui",
-            "Resources/Icons/SSLSegment.png"} <= set(expected)
+            "Resources/Icons/SSLSegment.png", "SSLSegment.py", "SSLSegmentGui/install.py"} <= set(expected)
     missing = [name for name in expected if not (folder / name).is_file()]
     assert not missing, f"the {tree} tree lacks {missing}"
-    for name in expected:  # copies, not stale or empty files
-        assert (folder / name).read_bytes() == (ROOT / ("SSLSegment" if name == "SSLSegment.py" else "")
-                                                / name).read_bytes(), name
+    for name, source in expected.items():  # copies, not stale or empty files
+        assert (folder / name).read_bytes() == source.read_bytes(), name
     strays = [p for p in folder.parent.rglob("*") if p.is_file() and folder not in p.parents]
     assert not strays, f"files outside the scripted-modules folder are never installed: {strays}"
 
