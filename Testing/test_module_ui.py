@@ -207,3 +207,18 @@ def test_panel_helpers_never_reach_into_the_engine_internals():
     """The Qt helpers talk to the logic's public methods only (the engine stays GUI-free)."""
     for path in (ROOT / "SSLSegment" / "SSLSegmentGui").glob("*.py"):
         assert "logic._" not in path.read_text(encoding="utf-8"), path
+
+
+def test_extension_metadata():
+    root = (ROOT / "CMakeLists.txt").read_text()
+    description = re.search(r'EXTENSION_DESCRIPTION\s+"([^"]+)"', root).group(1)
+    assert 1 <= len(re.findall(r"[.!?](\s|$)", description)) <= 2, description
+    license_text = (ROOT / "LICENSE.txt").read_text(encoding="utf-8")
+    assert "Apache License" in license_text and "Version 2.0" in license_text
+    assert 'license = "Apache-2.0"' in (ROOT / "pyproject.toml").read_text()
+    prefix = "https://raw.githubusercontent.com/SSLSegment/SlicerSSLSegment/main/"
+    for key in ("EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+        for url in re.search(rf'{key}\s+"([^"]+)"', root).group(1).split():
+            assert url.startswith(prefix), url
+            image = ROOT / url[len(prefix):]
+            assert image.is_file() and image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", url

@@ -18,7 +18,7 @@ from SSLSegmentLib import jobs, segmenting  # noqa: E402
 from SSLSegmentLib.errors import InputError  # noqa: E402
 from SSLSegmentLib.headless import slicer_scene  # noqa: E402
 from SSLSegmentLib.logic import SSLSegmentLogic, geometryMismatch, readVolume, referenceVolume  # noqa: E402
-from SSLSegmentLib.mrml import segmentationFromLabelArray  # noqa: E402
+from SSLSegmentLib.mrml import nodesByClass, segmentationFromLabelArray  # noqa: E402
 from SSLSegmentLib.phantoms import PHANTOM_CLASSES, make_phantom  # noqa: E402
 from SSLSegmentLib.predict_status import EXIT_CANCELLED, run_reporting_status  # noqa: E402
 
@@ -47,7 +47,8 @@ def trained(tmp_path_factory):
     for i in range(2):
         volume, label = add_volume(scene, f"L{i}", SHAPE, SPACING, (0.0, 0.0, 0.0), seed=10 + i)
         labelled.append((volume, segmentationFromLabelArray(scene, volume, label, PHANTOM_CLASSES)))
-    job = logic.startTraining(labeled=labelled, waitForCompletion=True, **TINY)
+    unlabelled, _ = add_volume(scene, "U0", SHAPE, SPACING, (0.0, 0.0, 0.0), seed=20)
+    job = logic.startTraining(labeled=labelled, unlabeled=[unlabelled], waitForCompletion=True, **TINY)
     assert job.state == jobs.DONE, f"{job.error}\n{job.log_tail()}"
     yield scene, logic, job
     logic.cleanup()
@@ -158,3 +159,45 @@ def test_predict_status_tells_how_it_ended(tmp_path):
 
     assert run_reporting_status(tmp_path / "cancelled", wait_for_cancel) == EXIT_CANCELLED
     assert json.loads((tmp_path / "cancelled" / "status.json").read_text())["state"] == "cancelled"
+
+
+def save_scene(scene, folder: Path) -> Path:
+    """What File > Save does: each storable node writes its file, then the scene its .mrml."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for node in nodesByClass(scene, "vtkMRMLStorableNode"):
+        if node.GetHideFromEditors() and not node.IsA("vtkMRMLVolumeNode"):
+            continue
+        node.AddDefaultStorageNode()
+        storage = node.GetStorageNode()
+        storage.SetFileName(str(folder / f"{node.GetID()}.{storage.GetDefaultWriteFileExtension()}"))
+        assert storage.WriteData(node), node.GetID()
+    scene.SetURL(str(folder / "scene.mrml"))
+    assert scene.Commit()
+    return folder / "scene.mrml"
+
+
+def test_a_reopened_scene_shows_its_job_again(trained, tmp_path):
+    """The panel stores the job folder and round in its parameter node; reopened, the logic
+    must find that round's predictions and the new scans' segmentations in the scene."""
+    scene, logic, job = trained
+    predictions = logic.loadPredictions(job)
+    new_scan, _ = add_volume(scene, "reopened scan", SHAPE, SPACING, (0.0, 0.0, 0.0), seed=51)
+    run = logic.startSegmenting(job, [new_scan], device="cpu", waitForCompletion=True)
+    assert run.state == jobs.DONE, run.error
+    segmented = logic.loadSegmentingResults(run)
+
+    reopened = slicer_scene(set_globals=False)
+    reopened.SetURL(str(save_scene(scene, tmp_path / "saved")))
+    assert reopened.Connect()
+    other = SSLSegmentLogic(reopened, jobsRoot=tmp_path / "jobs", pythonCommand=[sys.executable])
+    try:
+        rows = other.resultRows(other.openJob(job.folder.root, job.round))
+        assert {row["volume"].GetName(): row["segmentation"].GetName() for row in rows} == \
+            {scene.GetNodeByID(v).GetName(): p.GetName() for v, p in predictions.items()}
+        assert all(row["segmentation"].GetSegmentation().GetNumberOfSegments() for row in rows)
+        again = other.loadSegmentingResults(segmenting.SegmentingRun.from_folder(run.root))
+        assert [n.GetName() for n in again.values()] == [n.GetName() for n in segmented.values()]
+        assert reopened.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == \
+            scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")  # found, not loaded twice
+    finally:
+        other.cleanup()
