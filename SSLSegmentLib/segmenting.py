@@ -8,9 +8,10 @@ with progress and cancel while the panel stays responsive. A run is one folder::
       request.json              written by the parent before the start: model, cases, command
       images/<case>.nrrd        the volumes, exported with Slicer's storage node
       console.txt               the child's stdout and stderr
-      status.json               written by ``predict`` (:mod:`SSLSegmentLib.predict_status`)
-      <case>.seg.nrrd  labelmaps/<case>.nrrd  confidence.json      (``predict``)
-      cancel                    written by the parent to ask the child to stop
+      predictions/              ``predict --out``, written by the child only:
+        status.json             (:mod:`SSLSegmentLib.predict_status`)
+        <case>.seg.nrrd  labelmaps/<case>.nrrd  confidence.json
+        cancel                  written by the parent to ask the child to stop
 
 :class:`SegmentingMixin` adds ``startSegmenting`` and ``loadSegmentingResults`` to
 :class:`SSLSegmentLib.logic.SSLSegmentLogic`. Imports ``slicer`` (MRML), never ``qt``.
@@ -62,10 +63,15 @@ class SegmentingRun(jobs.Job):
 
     @property
     def run_dir(self) -> Path:
-        return self.root
+        """``predict --out``: status, predictions, cancel."""
+        return self.root / "predictions"
+
+    @property
+    def console_path(self) -> Path:
+        return self.root / "console.txt"
 
     def segmentation_path(self, case: str) -> Path:
-        return self.root / f"{case}.seg.nrrd"
+        return self.run_dir / f"{case}.seg.nrrd"
 
     def finished_cases(self) -> list[str]:
         return [case for case in self.cases if self.segmentation_path(case).exists()]
@@ -147,7 +153,7 @@ class SegmentingMixin:
                 cases[name] = {"volumeNodeID": volume.GetID(), "volumeName": volume.GetName(),
                                "image": image.relative_to(root).as_posix()}
             command = [*self.pythonCommand, "-m", "SSLSegmentLib", "predict", "--model", str(model_path),
-                       "--images", str(root / "images"), "--out", str(root), "--device", device,
+                       "--images", str(root / "images"), "--out", str(root / "predictions"), "--device", device,
                        "--threads", str(jobs.child_threads())]
             if largestComponent:
                 command.append("--largest-component")

@@ -75,7 +75,7 @@ def test_segment_two_new_volumes_with_round_1(trained):
     assert run.state == jobs.DONE, f"{run.error}\n{run.log_tail()}"
     assert run.fraction_done() == 1.0
     assert run.root.parent == job.folder.root / "segmenting"
-    assert json.loads((run.root / "status.json").read_text())["state"] == "done"
+    assert json.loads((run.run_dir / "status.json").read_text())["state"] == "done"
 
     results = logic.loadSegmentingResults(run)
     assert set(results) == {first.GetID(), second.GetID()}
@@ -91,7 +91,7 @@ def test_segment_two_new_volumes_with_round_1(trained):
         assert sh.GetItemParent(sh.GetItemByDataNode(segmentation)) == sh.GetItemByDataNode(volume)
         # The segmentation, exported in the volume's grid, is voxel for voxel what the child wrote.
         case = next(c for c, e in run.cases.items() if e["volumeNodeID"] == volume.GetID())
-        written = slicer.util.arrayFromVolume(readVolume(scene, run.root / "labelmaps" / f"{case}.nrrd", True))
+        written = slicer.util.arrayFromVolume(readVolume(scene, run.run_dir / "labelmaps" / f"{case}.nrrd", True))
         exported = logic.exportSegmentation(segmentation, run.root.parent / f"check-{case}.nrrd",
                                             classNames=[c.name for c in PHANTOM_CLASSES])
         mine = slicer.util.arrayFromVolume(readVolume(scene, exported, labelmap=True))
@@ -117,7 +117,7 @@ def test_a_failure_in_the_child_names_the_volume(trained, tmp_path):
         logic.processRunner = jobs.start_process
     assert run.state == jobs.FAILED
     assert run.error.startswith("segmenting volume 'broken scan' failed:"), run.error
-    assert json.loads((run.root / "status.json").read_text())["state"] == "failed"
+    assert json.loads((run.run_dir / "status.json").read_text())["state"] == "failed"
     loaded = logic.loadSegmentingResults(run)  # what did get segmented still loads
     assert broken.GetID() not in loaded and set(loaded) <= {good.GetID()}
     assert "'broken scan'" in segmenting.SegmentingRun.from_folder(run.root).error  # reopened: same truth
