@@ -41,7 +41,8 @@ class Unmet:
     installed: str | None
 
     def describe(self) -> str:
-        return f"{self.requirement} (installed: {self.installed})" if self.installed else f"{self.requirement} (missing)"
+        state = f"installed: {self.installed}" if self.installed else "missing"
+        return f"{self.requirement} ({state})"
 
 
 def readRequirements(path: str | Path = REQUIREMENTS) -> list[str]:

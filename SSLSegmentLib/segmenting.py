@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -87,9 +88,10 @@ class SegmentingRun(jobs.Job):
         missing = [case for case in self.cases if case not in self.finished_cases()]
         if not missing:
             return state, error
-        reason = (error or "the segmenting process wrote no segmentation for it").replace("the training process", "the segmenting process")
+        reason = error or "the segmenting process wrote no segmentation for it"
+        reason = reason.replace("the training process", "the segmenting process")  # jobs.Job's wording
         # The case whose file the error names is the culprit; the others were not reached.
-        culprits = [case for case in missing if f"{case}." in reason] or missing
+        culprits = [case for case in missing if re.search(rf"(?<![\w-]){re.escape(case)}(?![\w-])", reason)] or missing
         others = [case for case in missing if case not in culprits]
         message = f"segmenting volume {self._volumeNames(culprits)} failed: {reason}"
         if others:
@@ -175,11 +177,11 @@ class SegmentingMixin:
         hierarchy. Loading twice gives the same nodes. After a partial failure the volumes
         that were segmented are loaded (``run.error`` names the others).
         """
-        from .logic import ATTR_JOB, ATTR_ROLE, ATTR_ROUND, nodesByClass  # noqa: PLC0415
+        from .logic import ATTR_CASE, ATTR_JOB, ATTR_ROLE, ATTR_ROUND, nodesByClass  # noqa: PLC0415
 
         if not run.finished:
             raise InputError("segmenting is still running: wait for it or cancel it")
-        already = {node.GetAttribute("SSLSegment.Case"): node for node in nodesByClass(self.scene, "vtkMRMLSegmentationNode")
+        already = {node.GetAttribute(ATTR_CASE): node for node in nodesByClass(self.scene, "vtkMRMLSegmentationNode")
                    if node.GetAttribute(ATTR_RUN) == str(run.root)}
         job_root = (jobs.read_json(run.root / "request.json", default={}) or {}).get("job")
         classes = jobs.JobFolder(job_root).read_job()["classes"] if job_root else []
@@ -195,7 +197,7 @@ class SegmentingMixin:
             segmentation = self._readPrediction(run.segmentation_path(case), volume, classes)
             suffix = f"r{run.round}" if run.round else "model"
             segmentation.SetName(self.scene.GenerateUniqueName(f"{volume.GetName()} segmentation {suffix}"))
-            for key, value in ((ATTR_RUN, str(run.root)), ("SSLSegment.Case", case), (ATTR_ROLE, ROLE_SEGMENTATION),
+            for key, value in ((ATTR_RUN, str(run.root)), (ATTR_CASE, case), (ATTR_ROLE, ROLE_SEGMENTATION),
                                (ATTR_ROUND, str(run.round)), (ATTR_JOB, str(job_root or ""))):
                 segmentation.SetAttribute(key, value)
             placeUnder(segmentation, volume)
