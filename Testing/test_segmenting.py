@@ -201,3 +201,15 @@ def test_a_reopened_scene_shows_its_job_again(trained, tmp_path):
             scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")  # found, not loaded twice
     finally:
         other.cleanup()
+
+
+def test_the_command_line_predict_writes_its_status(tmp_path):
+    """`sslsegment predict` itself (a real child): bad input is exit 2 and a failed status."""
+    from helpers import run_cli
+
+    (tmp_path / "images").mkdir()
+    result = run_cli("predict", "--model", tmp_path / "no-model", "--images", tmp_path / "images",
+                     "--out", tmp_path / "out", "--device", "cpu", timeout=120)
+    assert result.returncode == 2, result.stderr
+    status = json.loads((tmp_path / "out" / "status.json").read_text())
+    assert status["state"] == "failed" and "no-model" in status["error"]
