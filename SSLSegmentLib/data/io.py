@@ -14,7 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
-from ..fileio import atomic_path
+from ..fileio import atomic_path, check_written
 from .geometry import Geometry
 
 IMAGE_EXTENSIONS = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
@@ -36,6 +36,8 @@ def read_sitk(path: str | os.PathLike) -> sitk.Image:
         raise InputError(f"{path}: file not found")
     if not has_image_extension(path):
         raise InputError(f"{path}: unsupported format (use one of {', '.join(IMAGE_EXTENSIONS)})")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: the file is empty (0 bytes); copy or export it again")
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as error:
@@ -91,8 +93,14 @@ def write_sitk(image: sitk.Image, path: str | os.PathLike) -> None:
     if str(path).lower().endswith(DETACHED_EXTENSIONS):
         _write_detached(image, path)
         return
-    with atomic_path(path) as tmp:
+    with atomic_path(path, verify=verify_image_file) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=True)
+
+
+def verify_image_file(path: str | os.PathLike) -> None:
+    """Read a just-written image back in full (raises when the bytes are truncated or empty):
+    SimpleITK's writer does not report a full disk."""
+    sitk.ReadImage(str(path))
 
 
 def _write_detached(image: sitk.Image, path: Path) -> None:
@@ -100,6 +108,9 @@ def _write_detached(image: sitk.Image, path: Path) -> None:
     staging = Path(tempfile.mkdtemp(prefix=".staging.", dir=path.parent))
     try:
         sitk.WriteImage(image, str(staging / path.name), useCompression=True)
+        for written in staging.iterdir():
+            check_written(written, path.parent / written.name)
+        check_written(staging / path.name, path, verify_image_file)
         data_files = [f for f in staging.iterdir() if f.name != path.name]
         for data_file in data_files:
             os.replace(data_file, path.parent / data_file.name)
