@@ -80,8 +80,8 @@ def built(path: Path, what: str, build):
     """``build()``, with an error from it turned into an InputError that names the model file."""
     try:
         return build()
-    except InputError:
-        raise
+    except InputError as error:
+        raise InputError(f"{path}: the model file's {what} cannot be built: {error}") from None
     except Exception as error:  # KeyError, ValueError, RuntimeError (size mismatch) ...
         first = str(error).strip().splitlines()[0][:300] if str(error).strip() else error.__class__.__name__
         raise InputError(f"{path}: the model file's {what} does not fit ({first}); the metadata was edited or "

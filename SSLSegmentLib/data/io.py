@@ -41,6 +41,9 @@ def read_sitk(path: str | os.PathLike) -> sitk.Image:
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as error:
+        if "Unable to determine ImageIO reader" in str(error):  # ITK's words for "no reader knows these bytes"
+            raise InputError(f"{path}: not a readable image: its content is not {_format_name(path)} (a damaged "
+                             "file, or another kind of file with an image extension)") from None
         raise InputError(f"{path}: unreadable image ({_first_line(error)})") from error
     return _as_3d_scalar(image, path)
 
@@ -117,6 +120,11 @@ def _write_detached(image: sitk.Image, path: Path) -> None:
         os.replace(staging / path.name, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _format_name(path: Path) -> str:
+    extension = next(e for e in sorted(IMAGE_EXTENSIONS, key=len, reverse=True) if path.name.lower().endswith(e))
+    return f"a valid {extension} image"
 
 
 def _first_line(error: Exception) -> str:
