@@ -48,14 +48,28 @@ def atomic_path(path: str | os.PathLike, verify: Callable[[Path], None] | None =
         yield tmp_path
         check_written(tmp_path, path, verify, allow_empty)
         os.replace(tmp_path, path)
+    except OutputError:
+        raise
     except OSError as error:
         if error.errno not in _OUTPUT_ERRNOS:
             raise
         raise OutputError(f"{path}: could not write it ({_OUTPUT_ERRNOS[error.errno]}: {error.strerror}); "
                           "free space or choose a writable location") from error
+    except Exception as error:  # writers that wrap ENOSPC in their own errors (torch.save, ITK)
+        if not _disk_full(path.parent):
+            raise
+        raise OutputError(f"{path}: could not write it (the disk is full: {error.__class__.__name__}); free space "
+                          "and run again") from error
     finally:
         if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
+
+
+def _disk_full(folder: Path) -> bool:
+    try:
+        return os.statvfs(folder).f_bavail == 0
+    except OSError:
+        return False
 
 
 def check_written(tmp_path: Path, path: Path, verify: Callable[[Path], None] | None = None,

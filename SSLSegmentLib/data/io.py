@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import InputError
+from ..errors import InputError, OutputError
 from ..fileio import atomic_path, check_written
 from .geometry import Geometry
 
@@ -96,24 +96,37 @@ def write_sitk(image: sitk.Image, path: str | os.PathLike) -> None:
     if str(path).lower().endswith(DETACHED_EXTENSIONS):
         _write_detached(image, path)
         return
-    with atomic_path(path, verify=verify_image_file) as tmp:
-        sitk.WriteImage(image, str(tmp), useCompression=True)
+    with atomic_path(path, verify=lambda written: verify_image_file(written, image)) as tmp:
+        _sitk_write(image, tmp, path)
 
 
-def verify_image_file(path: str | os.PathLike) -> None:
-    """Read a just-written image back in full (raises when the bytes are truncated or empty):
-    SimpleITK's writer does not report a full disk."""
-    sitk.ReadImage(str(path))
+def _sitk_write(image: sitk.Image, where: Path, path: Path) -> None:
+    """SimpleITK's write; its error (a full disk raises for some formats) names ``path``."""
+    try:
+        sitk.WriteImage(image, str(where), useCompression=True)
+    except RuntimeError as error:
+        raise OutputError(f"{path}: could not write it ({_first_line(error)}); is the disk full? Nothing was "
+                          "replaced. Free space and run again") from None
+
+
+def verify_image_file(path: str | os.PathLike, expected: sitk.Image | None = None) -> None:
+    """Read a just-written image back in full; raise when it is unreadable or (given
+    ``expected``) its voxels differ. SimpleITK's NIfTI writer does not report a full disk, and
+    its reader fills a truncated ``.nii.gz`` without an error: only the voxels tell."""
+    written = sitk.ReadImage(str(path))
+    if expected is not None and not np.array_equal(sitk.GetArrayViewFromImage(written),
+                                                   sitk.GetArrayViewFromImage(expected), equal_nan=True):
+        raise OSError("the voxels read back differ from those written (truncated file)")
 
 
 def _write_detached(image: sitk.Image, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging.", dir=path.parent))
     try:
-        sitk.WriteImage(image, str(staging / path.name), useCompression=True)
+        _sitk_write(image, staging / path.name, path)
         for written in staging.iterdir():
             check_written(written, path.parent / written.name)
-        check_written(staging / path.name, path, verify_image_file)
+        check_written(staging / path.name, path, lambda written: verify_image_file(written, image))
         data_files = [f for f in staging.iterdir() if f.name != path.name]
         for data_file in data_files:
             os.replace(data_file, path.parent / data_file.name)
