@@ -67,19 +67,23 @@ def test_an_empty_segmentation_or_labelmap_is_never_published(tmp_path, monkeypa
     assert list(tmp_path.iterdir()) == []
 
 
-def _in_tiny_filesystem(script: str, tmp_path, options: str = "size=64k") -> subprocess.CompletedProcess:
-    """Run ``script`` (Python) with a fresh tmpfs mounted at ``tmp_path / 'disk'``."""
+def _in_tiny_filesystem(script: str, tmp_path, options: str = "size=64k",
+                        more: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``script`` (Python) with a fresh tmpfs mounted at ``tmp_path / 'disk'`` (and one at
+    ``tmp_path / name`` for each ``name: options`` of ``more``), in a private mount namespace."""
     if shutil.which("unshare") is None:
         pytest.skip("unshare is not available")
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=64k tmpfs {disk}"],
+    mounts = {"disk": options, **(more or {})}
+    for name in mounts:
+        (tmp_path / name).mkdir()
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=64k tmpfs {tmp_path / 'disk'}"],
                            capture_output=True)
     if probe.returncode != 0:
         pytest.skip(f"no private mount namespace here: {probe.stderr.decode().strip()}")
+    mount = " && ".join(f"mount -t tmpfs -o {opts} tmpfs '{tmp_path / name}'" for name, opts in mounts.items())
     code = f"import sys; sys.path.insert(0, {str(__import__('helpers').ROOT)!r})\n" + textwrap.dedent(script)
-    return subprocess.run(["unshare", "-rm", "sh", "-c", f'mount -t tmpfs -o {options} tmpfs "$0" && exec "$1" -c "$2"',
-                           str(disk), sys.executable, code], capture_output=True, text=True, timeout=120)
+    return subprocess.run(["unshare", "-rm", "sh", "-c", f'{mount} && exec "$0" -c "$1"', sys.executable, code],
+                          capture_output=True, text=True, timeout=300)
 
 
 def test_a_really_full_disk_names_the_file_and_publishes_nothing(tmp_path):

@@ -229,3 +229,24 @@ def test_an_error_is_printed_once(tmp_path):
                      tmp_path / "run", "--iterations", "1", "--size", "tiny", "--device", "cpu")
     assert result.returncode == 2
     assert result.stderr.count("0 bytes") == 1, result.stderr
+
+
+# --- 9, 15: predict into a full or read-only file system (a private tmpfs) ---------------------
+
+def test_predict_into_a_read_only_or_full_disk(model_run, test_images, tmp_path):
+    from test_full_disk import _in_tiny_filesystem
+
+    result = _in_tiny_filesystem(f"""
+        from SSLSegmentLib.cli import main
+        for out in ({str(tmp_path / 'read_only')!r}, {str(tmp_path / 'disk' / 'out')!r}):
+            code = main(["predict", "--model", {str(model_run)!r}, "--images", {str(test_images)!r},
+                         "--out", out, "--device", "cpu"])
+            print("exit", code, file=sys.stderr)
+    """, tmp_path, options="size=12k", more={"read_only": "ro,size=64k"})
+    errors = result.stderr.split("exit ")
+    assert result.returncode == 0 and len(errors) == 3, result.stderr
+    read_only, full = errors[0], errors[1]
+    assert full.startswith("2") and errors[2].startswith("2"), result.stderr
+    assert str(tmp_path / "read_only") in read_only and "read-only" in read_only.lower(), read_only
+    assert str(tmp_path / "disk" / "out") in full and "full" in full, full
+    assert "Traceback" not in result.stderr and result.stderr.count("error:") == 2
