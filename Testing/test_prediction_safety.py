@@ -250,3 +250,50 @@ def test_predict_into_a_read_only_or_full_disk(model_run, test_images, tmp_path)
     assert str(tmp_path / "read_only") in read_only and "read-only" in read_only.lower(), read_only
     assert str(tmp_path / "disk" / "out") in full and "full" in full, full
     assert "Traceback" not in result.stderr and result.stderr.count("error:") == 2
+
+
+# --- 11: predictions never become training data by accident -----------------------------------
+
+def test_predictions_in_the_image_folder_are_not_labels_or_images(model_run, phantom_data, tmp_path, caplog):
+    from SSLSegmentLib.data.cases import discover_dataset, list_image_cases
+
+    images = tmp_path / "images"
+    shutil.copytree(phantom_data["images"], images)
+    for label in phantom_data["labels"].iterdir():  # labels beside the images, as Slicer saves them
+        shutil.copy(label, images / label.name)
+    before = discover_dataset(images, images)
+    unlabelled = tmp_path / "unlabelled"
+    unlabelled.mkdir()
+    for case in before.unlabelled:
+        shutil.copy(case.image, unlabelled / case.image.name)
+    assert main(["predict", "--model", str(model_run), "--images", str(unlabelled), "--out", str(images),
+                 "--device", "cpu"]) == 0
+    predicted = sorted(p.name for p in images.glob("*.seg.nrrd"))
+    assert len(predicted) == 5  # the 2 unlabelled cases now have a .seg.nrrd beside their image
+    after = discover_dataset(images, images)
+    assert [c.name for c in after.labelled] == [c.name for c in before.labelled]
+    assert [c.label for c in after.labelled] == [c.label for c in before.labelled]
+    assert len(after.unlabelled) == len(before.unlabelled) == 2
+    assert "prediction written by `sslsegment predict`" in caplog.text
+    # a copy elsewhere (no manifest) is still recognised by the marker in its header
+    copied = tmp_path / "copied"
+    copied.mkdir()
+    shutil.copy(images / "labelmaps" / f"{after.unlabelled[0].name}.nrrd", copied / "x.nrrd")
+    shutil.copy(phantom_data["test_images"] / "test_000.nrrd", copied / "y.nrrd")
+    assert [c.name for c in list_image_cases(copied)] == ["y"]
+
+
+def test_training_on_a_predictions_folder_as_labels_is_refused(model_run, phantom_data, tmp_path, caplog):
+    out = tmp_path / "pred"
+    assert main(["predict", "--model", str(model_run), "--images", str(phantom_data["test_images"]),
+                 "--out", str(out), "--device", "cpu"]) == 0
+    code = main(["train", "--images", str(phantom_data["test_images"]), "--labels", str(out), "--out",
+                 str(tmp_path / "run"), "--iterations", "1", "--size", "tiny", "--device", "cpu"])
+    assert code == 2 and "No labelled case" in caplog.text and "skipped as a label" in caplog.text
+
+
+def test_slicer_labelmaps_are_not_predicted_as_images(model_run, test_images, tmp_path, capsys, caplog):
+    shutil.copy(test_images / "test_000.nrrd", test_images / "test_000-label.nrrd")
+    code, text = _predict(model_run, test_images, tmp_path / "out", capsys)
+    assert code == 0 and "test_000-label.nrrd" in caplog.text
+    assert sorted(json.loads((tmp_path / "out" / "confidence.json").read_text())) == ["test_000", "test_001"]
