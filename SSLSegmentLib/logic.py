@@ -44,6 +44,7 @@ from .mrml import (  # noqa: F401  (re-exported for the module and scripts)
     resampleToVolume,
     referenceVolume,
     geometryMismatch,
+    unplaceableWithoutReference,
     placeUnder,
     segments,
     segmentNames,
@@ -271,6 +272,11 @@ class SSLSegmentLogic:
                              f"{', '.join(duplicates)}: segment names are the class names and must be unique.")
         if segmentation.GetParentTransformNode() is not None:
             raise InputError(f"Segmentation '{segmentation.GetName()}' is under a transform: harden it first.")
+        unplaceable = unplaceableWithoutReference(segmentation, volume)
+        if unplaceable:
+            raise InputError(f"Segmentation '{segmentation.GetName()}' of volume '{name}' has no reference geometry "
+                             f"and {unplaceable}. In the Segment Editor, select '{name}' as the source volume "
+                             "(or Specify geometry: use the volume), then start again.")
         problem = geometryMismatch(segmentation, volume)
         if problem:
             raise InputError(f"Segmentation '{segmentation.GetName()}' was drawn on another geometry than volume "
