@@ -180,8 +180,12 @@ def run_train(args) -> int:
         run.set_status("cancelled")
         return EXIT_CANCELLED
     except InputError as error:
-        log.error("error: %s", error)  # to log.txt and, once, to the console
+        log.propagate = False  # log.txt only: the console gets the one line printed below
+        log.error("error: %s", error)
+        log.propagate = True
         run.set_status("failed", error=str(error))
+        if context.is_main:
+            print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as error:  # a crash must reach the watcher, with its traceback in the log
         log.error("%s", traceback.format_exc())  # to log.txt and, once, to the console
