@@ -84,7 +84,7 @@ def test_predict_goes_on_past_bad_cases_and_names_each(model_run, test_images, t
     code, text = _predict(model_run, test_images, out, capsys)
     assert code == 2
     assert "empty: " in text and "0 bytes" in text and "junk: " in text and "2 of 4" in text
-    assert "ImageIO" not in text and "not a readable image" in text
+    assert "ImageIO" not in text and "unreadable image: its content is not" in text
     assert sorted(json.loads((out / "confidence.json").read_text())) == ["test_000", "test_001"]
     assert (out / "test_000.seg.nrrd").is_file() and not (out / "junk.seg.nrrd").exists()
 

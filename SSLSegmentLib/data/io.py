@@ -42,7 +42,7 @@ def read_sitk(path: str | os.PathLike) -> sitk.Image:
         image = sitk.ReadImage(str(path))
     except RuntimeError as error:
         if "Unable to determine ImageIO reader" in str(error):  # ITK's words for "no reader knows these bytes"
-            raise InputError(f"{path}: not a readable image: its content is not {_format_name(path)} (a damaged "
+            raise InputError(f"{path}: unreadable image: its content is not {_format_name(path)} (a damaged "
                              "file, or another kind of file with an image extension)") from None
         raise InputError(f"{path}: unreadable image ({_first_line(error)})") from error
     return _as_3d_scalar(image, path)
