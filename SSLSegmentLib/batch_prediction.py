@@ -71,6 +71,8 @@ def predict_to_folder(model: Model, cases: list[Case], out_dir: str | os.PathLik
         try:
             label, raw, geometry, statistics = predict_image_with_statistics(model, case.image, device,
                                                                              largest_component)
+            if not np.isfinite(raw):
+                raise RuntimeError("the network's probabilities are not finite (a diverged model?); nothing written")
         except OutputError:
             raise
         except Exception as error:  # a bad case must not stop the others; each is reported at the end
@@ -86,7 +88,7 @@ def predict_to_folder(model: Model, cases: list[Case], out_dir: str | os.PathLik
         write_labelmap(manifest.folder / labelmap_file, label, geometry, header_fields=marker)
         manifest.record(labelmap_file, fingerprint)
         problems = domain_problems(statistics, model.info.get("domain"))
-        report.scores[case.name] = OUT_OF_DOMAIN_CONFIDENCE if problems or not np.isfinite(raw) else raw
+        report.scores[case.name] = OUT_OF_DOMAIN_CONFIDENCE if problems else raw
         if problems:
             report.out_of_domain[case.name] = {"confidence_before": raw, "problems": problems}
         if on_case:

@@ -98,7 +98,8 @@ def _read_manifest(path: Path) -> dict[str, dict]:
 def refuse_conflicts(manifest: OutputManifest, relatives: list[str], model: str) -> None:
     conflicts = manifest.conflicts(relatives, model)
     if conflicts:
-        shown = ", ".join(str(p) for p in conflicts[:10]) + (f" and {len(conflicts) - 10} more" if len(conflicts) > 10 else "")
+        shown = ", ".join(str(p) for p in conflicts[:10])
+        shown += f" and {len(conflicts) - 10} more" if len(conflicts) > 10 else ""
         raise OutputError(f"{manifest.folder}: {len(conflicts)} file(s) there were not written by this model's "
                           f"predictions (a person's segmentation, an edited prediction, or another model's): {shown}. "
                           "Nothing was written. Choose another --out, or give --overwrite to replace them")

@@ -296,3 +296,16 @@ def test_slicer_labelmaps_are_not_predicted_as_images(model_run, test_images, tm
     code, text = _predict(model_run, test_images, tmp_path / "out", capsys)
     assert code == 0 and "test_000-label.nrrd" in caplog.text
     assert sorted(json.loads((tmp_path / "out" / "confidence.json").read_text())) == ["test_000", "test_001"]
+
+
+def test_non_finite_probabilities_are_a_failure_not_a_score(model_run, test_images, tmp_path, capsys):
+    payload = torch.load(model_run / "model.pt", weights_only=True)
+    for value in payload["state_dict"].values():
+        if value.is_floating_point():
+            value.fill_(float("nan"))
+    broken = tmp_path / "nan.pt"
+    torch.save(payload, broken)
+    code, text = _predict(broken, test_images, tmp_path / "out", capsys)
+    # exit 1 here; exit 2 once the model loader itself refuses non-finite weights (the training side)
+    assert code in (1, 2) and ("test_000" in text or "finite" in text), text
+    assert not (tmp_path / "out" / "test_000.seg.nrrd").exists()
