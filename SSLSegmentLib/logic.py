@@ -61,6 +61,7 @@ ATTR_CASE = "SSLSegment.Case"
 ATTR_ROLE = "SSLSegment.Role"  # "prediction"
 ATTR_CORRECTED = "SSLSegment.Corrected"  # "true" once a person approved/edited it
 ATTR_CONFIDENCE = "SSLSegment.Confidence"
+ATTR_OUT_OF_DOMAIN = "SSLSegment.OutOfDomain"  # why the image lies far outside the training images (confidence 0)
 
 LABELMAP_SUFFIXES = (".nrrd", ".nii.gz", ".nii", ".mha", ".nhdr")
 
@@ -363,6 +364,7 @@ class SSLSegmentLogic:
             raise InputError(f"round {job.round} is {job.state}: there are no predictions to load")
         job_info = job.folder.read_job()
         confidence = self._caseConfidence(job)
+        out_of_domain = jobs.read_json(job.predictions_dir / "out_of_domain.json", default={}) or {}
         already = self._loadedPredictions(job)
         loaded = {}
         for name in job.folder.read_round(job.round).get("unlabelled", []):
@@ -381,6 +383,8 @@ class SSLSegmentLogic:
                 segmentation.SetAttribute(key, value)
             if name in confidence:
                 segmentation.SetAttribute(ATTR_CONFIDENCE, f"{confidence[name]:.6f}")
+            if name in out_of_domain:
+                segmentation.SetAttribute(ATTR_OUT_OF_DOMAIN, "; ".join(out_of_domain[name].get("problems", [])))
             placeUnder(segmentation, volume)
             loaded[volume.GetID()] = segmentation
         return loaded
@@ -458,6 +462,7 @@ class SSLSegmentLogic:
             rows.append({"case": case, "volume": self._volumeOfCase(job_info, case), "segmentation": segmentation,
                          "round": int(segmentation.GetAttribute(ATTR_ROUND)),
                          "confidence": _floatOrNone(segmentation.GetAttribute(ATTR_CONFIDENCE)),
+                         "outOfDomain": segmentation.GetAttribute(ATTR_OUT_OF_DOMAIN),
                          "corrected": self.isCorrected(segmentation)})
         return rows
 

@@ -76,6 +76,7 @@ def test_an_out_of_domain_prediction_is_suggested_first(scene, tmp_path):
         cases.append(Case(name, tmp_path / f"{name}.nrrd"))
     folder.write_job({"version": 1, "classes": [], "cases": {
         name: {"volumeNodeID": v.GetID(), "volumeName": name} for name, v in volumes.items()}})
+    folder.write_round(1, {"round": 1, "command": [], "unlabelled": list(volumes)})
     job = jobs.Job(folder, 1, [])
     torch.manual_seed(0)
     network = build_network("unet", 3, 1, len(PHANTOM_CLASSES) + 1, "tiny")
@@ -87,3 +88,9 @@ def test_an_out_of_domain_prediction_is_suggested_first(scene, tmp_path):
     assert confidence[volumes["in_metres"].GetID()] < confidence[volumes["in_domain"].GetID()]
     assert logic.suggestVolumeToCorrect(job) == volumes["in_metres"].GetID()
     assert np.isfinite(report.out_of_domain["in_metres"]["confidence_before"])
+    # loaded into the scene, the reason stands next to the confidence in the Results rows
+    (job.run_dir / "status.json").write_text('{"state": "done"}')
+    logic.loadPredictions(jobs.Job.from_past_round(folder, 1))
+    rows = {row["case"]: row for row in logic.resultRows(job)}
+    assert rows["in_metres"]["confidence"] == 0.0 and "wrong units" in rows["in_metres"]["outOfDomain"]
+    assert rows["in_domain"]["outOfDomain"] is None
