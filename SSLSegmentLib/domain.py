@@ -88,3 +88,24 @@ def domain_problems(statistics: dict, domain: dict | None) -> list[str]:
         problems.append(f"median intensity {statistics['p50']:.4g} is far outside the training images' "
                         f"{domain['p50_min']:.4g}-{domain['p50_max']:.4g} (another modality or offset?)")
     return problems
+
+
+OUTLIER_SPACING_FACTOR = 10.0
+"""A training case whose spacing is this factor off the median of the cases is almost surely in other units."""
+
+
+def spacing_outliers(spacings: dict[str, Sequence[float]]) -> list[str]:
+    """Warnings naming each training case whose spacing (x, y, z) lies more than
+    :data:`OUTLIER_SPACING_FACTOR` from the cases' median on some axis: a case in metres
+    among cases in millimetres is otherwise resampled to a few voxels and trains as noise."""
+    if len(spacings) < 2:
+        return []
+    median = np.median(np.array(list(spacings.values()), dtype=float), axis=0)
+    warnings = []
+    for name, spacing in spacings.items():
+        ratio = np.asarray(spacing, dtype=float) / median
+        if np.any(ratio > OUTLIER_SPACING_FACTOR) or np.any(ratio < 1 / OUTLIER_SPACING_FACTOR):
+            warnings.append(f"case {name!r}: spacing {tuple(round(float(s), 6) for s in spacing)} mm is far from the "
+                            f"other cases' median {tuple(round(float(m), 4) for m in median)} mm (spacing in metres or "
+                            "micrometres?); check the image header")
+    return warnings

@@ -309,3 +309,18 @@ def test_non_finite_probabilities_are_a_failure_not_a_score(model_run, test_imag
     # exit 1 here; exit 2 once the model loader itself refuses non-finite weights (the training side)
     assert code in (1, 2) and ("test_000" in text or "finite" in text), text
     assert not (tmp_path / "out" / "test_000.seg.nrrd").exists()
+
+
+def test_a_training_case_in_metres_is_named(phantom_data, tmp_path, caplog):
+    from SSLSegmentLib.domain import spacing_outliers
+
+    images = tmp_path / "images"
+    shutil.copytree(phantom_data["images"], images)
+    image = sitk.ReadImage(str(images / "case_001.nrrd"))
+    image.SetSpacing([s / 1000 for s in image.GetSpacing()])
+    sitk.WriteImage(image, str(images / "case_001.nrrd"))
+    main(["train", "--images", str(images), "--labels", str(phantom_data["labels"]), "--out", str(tmp_path / "run"),
+          "--iterations", "1", "--size", "tiny", "--device", "cpu", "--patch-size", "16,32,32", "--dim", "3",
+          "--method", "supervised", "--val-cases", "0"])
+    assert "case 'case_001': spacing (0.001, 0.001, 0.0015) mm is far from" in caplog.text
+    assert spacing_outliers({"a": (1, 1, 1), "b": (0.5, 0.5, 5)}) == []  # ordinary variation
