@@ -82,6 +82,8 @@ def _add_others(sub) -> None:
     p.add_argument("--model", type=Path, required=True, help="run folder or model.pt")
     p.add_argument("--images", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace files in --out that this model's predictions did not write (by default refused)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--largest-component", action="store_true",
                    help="keep only each class's largest connected component")
@@ -90,6 +92,8 @@ def _add_others(sub) -> None:
     p.add_argument("--pred", type=Path, required=True)
     p.add_argument("--labels", type=Path, required=True)
     p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="exit 0 even when labelled cases have no prediction (they are still listed)")
     sub.add_parser("methods", help="list the methods")
     sub.add_parser("networks", help="list the networks")
     p = sub.add_parser("demo", help="train supervised and mean_teacher on synthetic phantoms")
@@ -176,15 +180,17 @@ def run_train(args) -> int:
         run.set_status("cancelled")
         return EXIT_CANCELLED
     except InputError as error:
-        log.error("%s", error)
+        log.propagate = False  # log.txt only: the console gets the one line printed below
+        log.error("error: %s", error)
+        log.propagate = True
         run.set_status("failed", error=str(error))
         if context.is_main:
             print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as error:  # a crash must reach the watcher, with its traceback in the log
-        log.error("%s", traceback.format_exc())
+        log.error("%s", traceback.format_exc())  # to log.txt and, once, to the console
         run.set_status("failed", error=f"{error.__class__.__name__}: {error}")
-        raise
+        return EXIT_FAILED
     finally:
         # The DDP wrappers hold the process group: free them now, or gloo's threads would be
         # torn down at interpreter exit (std::terminate, SIGABRT) after a successful run.
@@ -211,29 +217,46 @@ def _leave_if_distributed(code: int) -> int:
     os._exit(code)
 
 
-def run_predict(args) -> int:
+def run_predict(args, report_failure=None) -> int:
+    from .batch_prediction import describe_case, predict_to_folder  # noqa: PLC0415
     from .data.cases import list_image_cases  # noqa: PLC0415
-    from .inference import predict_cases  # noqa: PLC0415
     from .model_file import load_model  # noqa: PLC0415
     from .training.trainer import resolve_device  # noqa: PLC0415
 
     device = resolve_device(args.device)
     model = load_model(args.model, device)
     cases = list_image_cases(args.images)
-    scores = predict_cases(model, cases, args.out, device, largest_component=args.largest_component,
-                           on_case=lambda done, total, name: print(f"[{done}/{total}] {name}", file=sys.stderr))
-    print(f"wrote {len(scores)} predictions to {args.out}")
+    report = predict_to_folder(model, cases, args.out, device, largest_component=args.largest_component,
+                               overwrite=args.overwrite, on_case=lambda *a: print(describe_case(*a), file=sys.stderr))
+    print(f"wrote {len(report.scores)} predictions to {args.out}")
+    if report.out_of_domain:
+        print(f"warning: {report.domain_message()}", file=sys.stderr)
+    if report.failures:
+        print(f"error: {report.failure_message()}", file=sys.stderr)
+        if report_failure is not None:
+            report_failure(report.failure_message())
+        return EXIT_BAD_INPUT if report.bad_input_only else EXIT_FAILED
     return 0
 
 
 def run_evaluate(args) -> int:
-    from .evaluation import evaluate_folders, format_table  # noqa: PLC0415
+    from .evaluation import evaluate_folders, format_table, missing_message  # noqa: PLC0415
     from .fileio import atomic_write_json  # noqa: PLC0415
 
+    if args.json:  # before the work: an unwritable report path is found now, not after it
+        from .prediction_outputs import prepare_output_folder  # noqa: PLC0415
+
+        if args.json.is_dir():
+            raise InputError(f"--json {args.json}: is a folder; give a file name such as {args.json / 'metrics.json'}")
+        prepare_output_folder(args.json.parent, option="--json")
     results = evaluate_folders(args.pred, args.labels)
     print(format_table(results))
     if args.json:
         atomic_write_json(args.json, results)
+    if results["missing_predictions"]:
+        print(f"{'warning' if args.allow_missing else 'error'}: {missing_message(results, args.pred)}",
+              file=sys.stderr)
+        return 0 if args.allow_missing else EXIT_BAD_INPUT
     return 0
 
 

@@ -50,7 +50,8 @@ def run_demo(out: str | Path = "demo_output", iterations: int | None = None, see
         trainer.setup()
         trainer.train()
         predictions = out / "predictions" / method
-        predict_cases(load_model(run.model, trainer.device), test_cases, predictions, trainer.device)
+        predict_cases(load_model(run.model, trainer.device), test_cases, predictions, trainer.device,
+                      overwrite=True)  # the demo's own folder
         results[method] = evaluate_folders(predictions, folders["test_labels"])
         results[method]["seconds"] = round(time.monotonic() - started, 1)
     table = results_table(results)

@@ -3,3 +3,8 @@
 
 class InputError(ValueError):
     """Bad user input: the message names the case or file and the problem."""
+
+
+class OutputError(InputError):
+    """An output could not be written (read-only folder, full disk, a file in the way): the
+    message names the path and what to do. Reported like bad input (exit code 2)."""

@@ -79,6 +79,14 @@ def evaluate_folders(pred_dir: str | os.PathLike, labels_dir: str | os.PathLike)
     return {"cases": cases, "mean": mean_per_class(cases), "missing_predictions": sorted(set(truths) - set(predictions))}
 
 
+def missing_message(results: dict, pred_dir: str | os.PathLike) -> str:
+    """Which labelled cases have no prediction (the means leave them out)."""
+    missing = results["missing_predictions"]
+    evaluated = len(results["cases"])
+    return (f"{len(missing)} labelled case(s) have no prediction in {pred_dir} and are not in the means "
+            f"({evaluated} evaluated): {', '.join(missing)}. Predict them, or give --allow-missing")
+
+
 def mean_per_class(cases: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
     classes = list(dict.fromkeys(c for per_case in cases.values() for c in per_case))
     mean = {}

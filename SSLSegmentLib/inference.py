@@ -4,7 +4,6 @@ results written in each input image's own geometry."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -14,8 +13,8 @@ from torch import nn
 
 from .data.cases import Case
 from .data.io import read_image
-from .data.labels import write_labelmap, write_segmentation
-from .fileio import atomic_write_json
+from .domain import image_statistics
+from .errors import InputError
 from .model_file import Model
 from .postprocessing import keep_largest_component
 from .preprocessing import preprocess, resample_to_geometry
@@ -73,7 +72,15 @@ def predict_image(model: Model, image_path: str | os.PathLike, device: torch.dev
                   largest_component: bool = False):
     """Predict one image file: ``(label zyx uint8, confidence, geometry)`` in its own geometry.
     ``largest_component`` keeps only each class's largest connected component."""
+    return predict_image_with_statistics(model, image_path, device, largest_component)[:3]
+
+
+def predict_image_with_statistics(model: Model, image_path: str | os.PathLike, device: torch.device,
+                                  largest_component: bool = False):
+    """As :func:`predict_image`, plus the image's spacing and intensity statistics (for the
+    training-domain check)."""
     image, geometry = read_image(image_path)
+    statistics = image_statistics(image, geometry)
     prepared, _, prepared_geometry = preprocess(image, geometry, model.plan)
     probabilities = predict_probabilities(model.network, prepared, model.dim, model.patch_size, device)
     if prepared_geometry != geometry:
@@ -81,21 +88,20 @@ def predict_image(model: Model, image_path: str | os.PathLike, device: torch.dev
     label = probabilities.argmax(axis=0).astype(np.uint8)
     if largest_component:
         label = keep_largest_component(label)
-    return label, confidence(probabilities, label), geometry
+    return label, confidence(probabilities, label), geometry, statistics
 
 
 def predict_cases(model: Model, cases: list[Case], out_dir: str | os.PathLike, device: torch.device,
                   on_case: Callable[[int, int, str], None] | None = None,
-                  largest_component: bool = False) -> dict[str, float]:
-    """Write ``<case>.seg.nrrd``, ``labelmaps/<case>.nrrd`` and ``confidence.json``."""
-    out_dir = Path(out_dir)
-    scores: dict[str, float] = {}
-    for index, case in enumerate(cases):
-        label, score, geometry = predict_image(model, case.image, device, largest_component)
-        write_segmentation(out_dir / f"{case.name}.seg.nrrd", label, geometry, model.classes)
-        write_labelmap(out_dir / "labelmaps" / f"{case.name}.nrrd", label, geometry)
-        scores[case.name] = score
-        if on_case:
-            on_case(index + 1, len(cases), case.name)
-    atomic_write_json(out_dir / "confidence.json", scores)
-    return scores
+                  largest_component: bool = False, overwrite: bool = False) -> dict[str, float]:
+    """Write ``<case>.seg.nrrd``, ``labelmaps/<case>.nrrd`` and ``confidence.json`` (see
+    ``batch_prediction.predict_to_folder``); every case is tried, then InputError names each
+    case that failed."""
+    from .batch_prediction import predict_to_folder  # noqa: PLC0415
+
+    report = predict_to_folder(model, cases, out_dir, device, largest_component=largest_component,
+                               overwrite=overwrite,
+                               on_case=(lambda done, total, name, *_: on_case(done, total, name)) if on_case else None)
+    if report.failures:
+        raise InputError(report.failure_message())
+    return report.scores

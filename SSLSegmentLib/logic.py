@@ -45,6 +45,7 @@ from .mrml import (  # noqa: F401  (re-exported for the module and scripts)
     resampleToVolume,
     referenceVolume,
     geometryMismatch,
+    unplaceableWithoutReference,
     placeUnder,
     segments,
     segmentNames,
@@ -61,6 +62,7 @@ ATTR_CASE = "SSLSegment.Case"
 ATTR_ROLE = "SSLSegment.Role"  # "prediction"
 ATTR_CORRECTED = "SSLSegment.Corrected"  # "true" once a person approved/edited it
 ATTR_CONFIDENCE = "SSLSegment.Confidence"
+ATTR_OUT_OF_DOMAIN = "SSLSegment.OutOfDomain"  # why the image lies far outside the training images (confidence 0)
 
 LABELMAP_SUFFIXES = (".nrrd", ".nii.gz", ".nii", ".mha", ".nhdr")
 
@@ -273,6 +275,11 @@ class SSLSegmentLogic(SegmentingMixin):
                              f"{', '.join(duplicates)}: segment names are the class names and must be unique.")
         if segmentation.GetParentTransformNode() is not None:
             raise InputError(f"Segmentation '{segmentation.GetName()}' is under a transform: harden it first.")
+        unplaceable = unplaceableWithoutReference(segmentation, volume)
+        if unplaceable:
+            raise InputError(f"Segmentation '{segmentation.GetName()}' of volume '{name}' has no reference geometry "
+                             f"and {unplaceable}. In the Segment Editor, select '{name}' as the source volume "
+                             "(or Specify geometry: use the volume), then start again.")
         problem = geometryMismatch(segmentation, volume)
         if problem:
             raise InputError(f"Segmentation '{segmentation.GetName()}' was drawn on another geometry than volume "
@@ -359,6 +366,7 @@ class SSLSegmentLogic(SegmentingMixin):
             raise InputError(f"round {job.round} is {job.state}: there are no predictions to load")
         job_info = job.folder.read_job()
         confidence = self._caseConfidence(job)
+        out_of_domain = jobs.read_json(job.predictions_dir / "out_of_domain.json", default={}) or {}
         already = self._loadedPredictions(job)
         loaded = {}
         for name in job.folder.read_round(job.round).get("unlabelled", []):
@@ -377,6 +385,8 @@ class SSLSegmentLogic(SegmentingMixin):
                 segmentation.SetAttribute(key, value)
             if name in confidence:
                 segmentation.SetAttribute(ATTR_CONFIDENCE, f"{confidence[name]:.6f}")
+            if name in out_of_domain:
+                segmentation.SetAttribute(ATTR_OUT_OF_DOMAIN, "; ".join(out_of_domain[name].get("problems", [])))
             placeUnder(segmentation, volume)
             loaded[volume.GetID()] = segmentation
         return loaded
@@ -454,6 +464,7 @@ class SSLSegmentLogic(SegmentingMixin):
             rows.append({"case": case, "volume": self._volumeOfCase(job_info, case), "segmentation": segmentation,
                          "round": int(segmentation.GetAttribute(ATTR_ROUND)),
                          "confidence": _floatOrNone(segmentation.GetAttribute(ATTR_CONFIDENCE)),
+                         "outOfDomain": segmentation.GetAttribute(ATTR_OUT_OF_DOMAIN),
                          "corrected": self.isCorrected(segmentation)})
         return rows
 

@@ -18,6 +18,7 @@ from torch import nn
 from .data.labels import ClassInfo
 from .errors import InputError
 from .fileio import atomic_path
+from .model_validation import built, check_payload, unloadable_message
 from .networks import build_network
 from .preprocessing import Plan
 
@@ -41,7 +42,10 @@ class Model:
 
 
 def save_model(path: str | os.PathLike, network: nn.Module, *, network_name: str, size: str,
-               classes: list[ClassInfo], plan: Plan, patch_size, method: str, extra: dict | None = None) -> None:
+               classes: list[ClassInfo], plan: Plan, patch_size, method: str, extra: dict | None = None,
+               domain: dict | None = None) -> None:
+    """``domain``: the training images' spacing range and intensity statistics
+    (``domain.describe_training_domain``); optional, so older files still load."""
     payload = {
         "format": FORMAT,
         "version": VERSION,
@@ -52,6 +56,7 @@ def save_model(path: str | os.PathLike, network: nn.Module, *, network_name: str
         "patch_size": [int(p) for p in patch_size],
         "method": method,
         "extra": extra or {},
+        **({"domain": domain} if domain else {}),
         "state_dict": {k: v.detach().cpu() for k, v in network.state_dict().items()},
     }
     with atomic_path(path) as tmp:
@@ -72,19 +77,24 @@ def read_model_payload(path: str | os.PathLike) -> dict[str, Any]:
     path = resolve_model_path(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle refused, truncated file...
-        raise InputError(f"{path}: not a loadable SSLSegment model file ({error.__class__.__name__}: {error})") from error
+    except Exception as error:  # pickle refused, truncated file... (never repeat torch's advice)
+        raise InputError(unloadable_message(path, error)) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise InputError(f"{path}: not an SSLSegment model file")
+        raise InputError(f"{path}: a PyTorch file, but not an SSLSegment model file (no 'format': '{FORMAT}'); "
+                         "give the model.pt of a run folder")
+    check_payload(payload, path, VERSION)
     return payload
 
 
 def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> Model:
     payload = read_model_payload(path)
     spec = payload["network"]
-    network = build_network(spec["name"], spec["dim"], spec["in_channels"], spec["out_channels"], spec["size"])
-    network.load_state_dict(payload["state_dict"])
+    path = resolve_model_path(path)
+    network = built(path, "network", lambda: build_network(spec["name"], spec["dim"], spec["in_channels"],
+                                                           spec["out_channels"], spec["size"]))
+    built(path, "weights", lambda: network.load_state_dict(payload["state_dict"]))
     network.to(device).eval()
-    classes = [ClassInfo(c["name"], tuple(c["color"])) for c in payload["classes"]]
+    classes = built(path, "class list", lambda: [ClassInfo(c["name"], tuple(c["color"])) for c in payload["classes"]])
+    plan = built(path, "preprocessing plan", lambda: Plan.from_dict(payload["plan"]))
     info = {k: v for k, v in payload.items() if k != "state_dict"}
-    return Model(network, classes, Plan.from_dict(payload["plan"]), tuple(payload["patch_size"]), info)
+    return Model(network, classes, plan, tuple(payload["patch_size"]), info)

@@ -154,3 +154,39 @@ def segmentationFromLabelArray(scene, volumeNode, label: np.ndarray, classes, na
         slicer.util.updateSegmentBinaryLabelmapFromArray((label == value).astype(np.uint8), segmentation,
                                                         segmentId, volumeNode)
     return segmentation
+
+
+def hasReferenceGeometry(segmentationNode) -> bool:
+    parameter = slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
+    return bool(segmentationNode.GetSegmentation().GetConversionParameter(parameter))
+
+
+def unplaceableWithoutReference(segmentationNode, volumeNode) -> str | None:
+    """Why a segmentation WITHOUT reference geometry cannot be exported onto ``volumeNode``
+    (None when it has one, or when its labelmaps lie on the volume's grid, as a ``.seg.nrrd``
+    written for that volume does). Resampling such a segmentation makes up a grid (e.g. a
+    0.04 mm one for a closed surface) that comes out one voxel off the volume."""
+    if hasReferenceGeometry(segmentationNode):
+        return None
+    segmentation = segmentationNode.GetSegmentation()
+    labelmapName = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+    if segmentation.GetSourceRepresentationName() != labelmapName:
+        return f"its segments are stored as {segmentation.GetSourceRepresentationName()}, not drawn on a volume"
+    volumeMatrix = _matrixArray(volumeNode.GetIJKToRASMatrix)
+    for segment in segments(segmentationNode):
+        labelmap = segment.GetRepresentation(labelmapName)
+        if labelmap is None or labelmap.IsEmpty():
+            continue
+        labelmapMatrix = _matrixArray(labelmap.GetImageToWorldMatrix)
+        scale = max(np.abs(volumeMatrix[:3, :3]).max(), 1e-6)
+        offset = np.linalg.solve(volumeMatrix[:3, :3], labelmapMatrix[:3, 3] - volumeMatrix[:3, 3])
+        if (np.abs(labelmapMatrix[:3, :3] - volumeMatrix[:3, :3]).max() > GEOMETRY_TOLERANCE * scale
+                or np.abs(offset - np.round(offset)).max() > 1e-2):
+            return f"segment '{segment.GetName()}' is not on the voxel grid of the volume"
+    return None
+
+
+def _matrixArray(getter) -> np.ndarray:
+    matrix = vtk.vtkMatrix4x4()
+    getter(matrix)
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])

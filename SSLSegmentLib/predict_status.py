@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import InputError
+from .prediction_outputs import prepare_output_folder
 from .training.run_folder import RunFolder
 
 CANCEL_POLL_S = 0.5
@@ -40,18 +41,20 @@ class _CancelWatcher(threading.Thread):
 def run_reporting_status(out_dir: str | os.PathLike, predict: Callable[..., int], *args) -> int:
     """Run ``predict(*args)`` and keep ``out_dir/status.json`` true to how it goes.
 
-    Exceptions are recorded (``failed`` with the message) and raised again, so the command
+    ``predict`` receives ``report_failure(message)``, to record why it ends with a non-zero
+    code (e.g. the cases that failed). Exceptions are recorded (``failed`` with the message) and raised again, so the command
     line keeps its exit codes (2 for bad input, 1 for a crash); a non-zero return is
     ``failed`` too.
     """
-    run = RunFolder(Path(out_dir))
+    # A file in the way or a read-only folder is bad input (exit 2), named before anything runs.
+    run = RunFolder(prepare_output_folder(out_dir))
     run.prepare()
     run.set_status("running")
     watcher = _CancelWatcher(run)
     previous_handler = _on_sigterm(_interrupt)
     watcher.start()
     try:
-        code = predict(*args)
+        code = predict(*args, report_failure=lambda message: run.set_status("failed", error=message))
     except KeyboardInterrupt:
         run.set_status("cancelled")
         return EXIT_CANCELLED

@@ -10,6 +10,7 @@ nnU-Net's channel suffix is understood: image ``a_0000.nii.gz`` goes with label 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..prediction_outputs import without_prediction_outputs
 from .geometry import Geometry
 from .io import IMAGE_EXTENSIONS, has_image_extension, read_image
 from .labels import (SEGMENTATION_SUFFIX, ClassInfo, LabelFile, default_color, is_segmentation_file,
@@ -26,6 +28,8 @@ _KNOWN_SUFFIXES = (SEGMENTATION_SUFFIX,) + tuple(sorted(IMAGE_EXTENSIONS, key=le
 _CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 _LABEL_BESIDE_IMAGE = re.compile(r"^(?P<case>.+)-label$")
 _GENERATED_NAME = re.compile(r"^label_(\d+)$")
+
+log = logging.getLogger("sslsegment.data")
 
 
 @dataclass
@@ -73,10 +77,15 @@ def list_image_files(folder: str | Path) -> list[Path]:
 
 def list_image_cases(folder: str | Path) -> list[Case]:
     """Every image of ``folder`` as an unlabelled case (for prediction); InputError when the
-    folder is missing, holds no image, or two images share a case name."""
-    files = list_image_files(folder)
+    folder is missing, holds no image, or two images share a case name. Slicer labelmaps
+    (``<case>-label.nrrd``) and this project's own predictions are not images: they are
+    skipped, with a warning."""
+    files = without_prediction_outputs(list_image_files(folder), "an image")
+    for path in [p for p in files if _LABEL_BESIDE_IMAGE.match(case_name(p))]:
+        log.warning("%s: skipped: a <case>-label file is a labelmap, not an image", path)
+        files.remove(path)
     if not files:
-        raise InputError(f"{folder}: no image ({', '.join(IMAGE_EXTENSIONS)}) in the folder")
+        raise InputError(f"{folder}: no image ({', '.join(IMAGE_EXTENSIONS)}) in the folder{_other_files(folder)}")
     images = _index_by_case(files, case_name, "image")
     return [Case(_strip_channel(name), path) for name, path in images.items()]
 
@@ -102,11 +111,25 @@ def discover_dataset(images_dir: str | Path, labels_dir: str | Path | None = Non
         image_files, label_files = _split_labels_beside_images(image_files, Path(images_dir))
     else:
         label_files = list_label_files(labels_dir)
+    # Predictions written into an image or label folder must never train as images or labels.
+    image_files = without_prediction_outputs(image_files, "an image")
+    label_files = without_prediction_outputs(label_files, "a label")
+    if not image_files:
+        raise InputError(f"{images_dir}: no image ({', '.join(IMAGE_EXTENSIONS)}) in the folder"
+                         f"{_other_files(Path(images_dir))}; give the folder of the images with --images")
     labelled, unlabelled = _pair_cases(image_files, label_files, Path(images_dir))
     if require_labelled and not labelled:
         where = labels_dir if labels_dir is not None else f"{images_dir} (<case>.seg.nrrd or <case>-label.nrrd)"
         raise InputError(f"No labelled case: no label in {where} matches an image of {images_dir}")
     return Dataset(labelled, unlabelled, resolve_classes(labelled))
+
+
+def _other_files(folder: str | Path) -> str:
+    """`` (it holds: a.txt, b.jpg)`` naming what the folder holds instead of images."""
+    others = sorted(p.name for p in Path(folder).iterdir() if not p.name.startswith("."))
+    if not others:
+        return " (the folder is empty)"
+    return f" (it holds {len(others)} other entries: {', '.join(others[:5])}{', ...' if len(others) > 5 else ''})"
 
 
 def _existing_folder(folder: str | Path, what: str) -> Path:

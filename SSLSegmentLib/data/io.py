@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import InputError
-from ..fileio import atomic_path
+from ..errors import InputError, OutputError
+from ..fileio import atomic_path, check_written
 from .geometry import Geometry
 
 IMAGE_EXTENSIONS = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
@@ -36,9 +36,14 @@ def read_sitk(path: str | os.PathLike) -> sitk.Image:
         raise InputError(f"{path}: file not found")
     if not has_image_extension(path):
         raise InputError(f"{path}: unsupported format (use one of {', '.join(IMAGE_EXTENSIONS)})")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: the file is empty (0 bytes); copy or export it again")
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as error:
+        if "Unable to determine ImageIO reader" in str(error):  # ITK's words for "no reader knows these bytes"
+            raise InputError(f"{path}: unreadable image: its content is not {_format_name(path)} (a damaged "
+                             "file, or another kind of file with an image extension)") from None
         raise InputError(f"{path}: unreadable image ({_first_line(error)})") from error
     return _as_3d_scalar(image, path)
 
@@ -91,21 +96,48 @@ def write_sitk(image: sitk.Image, path: str | os.PathLike) -> None:
     if str(path).lower().endswith(DETACHED_EXTENSIONS):
         _write_detached(image, path)
         return
-    with atomic_path(path) as tmp:
-        sitk.WriteImage(image, str(tmp), useCompression=True)
+    with atomic_path(path, verify=lambda written: verify_image_file(written, image)) as tmp:
+        _sitk_write(image, tmp, path)
+
+
+def _sitk_write(image: sitk.Image, where: Path, path: Path) -> None:
+    """SimpleITK's write; its error (a full disk raises for some formats) names ``path``."""
+    try:
+        sitk.WriteImage(image, str(where), useCompression=True)
+    except RuntimeError as error:
+        raise OutputError(f"{path}: could not write it ({_first_line(error)}); is the disk full? Nothing was "
+                          "replaced. Free space and run again") from None
+
+
+def verify_image_file(path: str | os.PathLike, expected: sitk.Image | None = None) -> None:
+    """Read a just-written image back in full; raise when it is unreadable or (given
+    ``expected``) its voxels differ. SimpleITK's NIfTI writer does not report a full disk, and
+    its reader fills a truncated ``.nii.gz`` without an error: only the voxels tell."""
+    written = sitk.ReadImage(str(path))
+    if expected is not None and not np.array_equal(sitk.GetArrayViewFromImage(written),
+                                                   sitk.GetArrayViewFromImage(expected), equal_nan=True):
+        raise OSError("the voxels read back differ from those written (truncated file)")
 
 
 def _write_detached(image: sitk.Image, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging.", dir=path.parent))
     try:
-        sitk.WriteImage(image, str(staging / path.name), useCompression=True)
+        _sitk_write(image, staging / path.name, path)
+        for written in staging.iterdir():
+            check_written(written, path.parent / written.name)
+        check_written(staging / path.name, path, lambda written: verify_image_file(written, image))
         data_files = [f for f in staging.iterdir() if f.name != path.name]
         for data_file in data_files:
             os.replace(data_file, path.parent / data_file.name)
         os.replace(staging / path.name, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _format_name(path: Path) -> str:
+    extension = next(e for e in sorted(IMAGE_EXTENSIONS, key=len, reverse=True) if path.name.lower().endswith(e))
+    return f"a valid {extension} image"
 
 
 def _first_line(error: Exception) -> str:

@@ -23,7 +23,7 @@ from slicerio.segmentation import terminology_entry_from_string, terminology_ent
 from ..errors import InputError
 from ..fileio import atomic_path
 from .geometry import Geometry
-from .io import array_to_sitk, read_sitk, write_sitk
+from .io import array_to_sitk, read_sitk, verify_image_file, write_sitk
 
 SEGMENTATION_SUFFIX = ".seg.nrrd"
 
@@ -113,6 +113,8 @@ def read_label_names(path: str | os.PathLike, value_names: dict[int, str] | None
 def _read_slicerio(path: Path, skip_voxels: bool = False) -> dict:
     if not path.is_file():
         raise InputError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: the file is empty (0 bytes); export or copy it again")
     try:
         return slicerio.read_segmentation(str(path), skip_voxels=skip_voxels)
     except Exception as error:  # slicerio/pynrrd raise many types for a damaged file
@@ -195,17 +197,23 @@ def _label_dtype(max_value: int) -> type:
 
 # --- writing --------------------------------------------------------------------------------
 
-def write_labelmap(path: str | os.PathLike, array: np.ndarray, geometry: Geometry) -> None:
-    """Write a plain labelmap (any image format), atomically."""
+def write_labelmap(path: str | os.PathLike, array: np.ndarray, geometry: Geometry,
+                   header_fields: dict[str, str] | None = None) -> None:
+    """Write a plain labelmap (any image format), atomically; ``header_fields`` become
+    metadata (NRRD key:=value fields)."""
     array = np.asarray(array)
     compact = array.astype(_label_dtype(int(array.max()) if array.size else 0))
-    write_sitk(array_to_sitk(compact, geometry), path)
+    image = array_to_sitk(compact, geometry)
+    for key, value in (header_fields or {}).items():
+        image.SetMetaData(key, value)
+    write_sitk(image, path)
 
 
 def write_segmentation(path: str | os.PathLike, array: np.ndarray, geometry: Geometry,
-                       classes: list[ClassInfo]) -> None:
+                       classes: list[ClassInfo], header_fields: dict[str, str] | None = None) -> None:
     """Write a Slicer ``.seg.nrrd``: label value i+1 is ``classes[i]`` (name, colour,
-    terminology), all in one layer; readable by Slicer and slicerio. Atomic."""
+    terminology), all in one layer; readable by Slicer and slicerio. Atomic, read back before
+    it is published. ``header_fields``: extra NRRD key:=value fields (e.g. a prediction marker)."""
     array = np.asarray(array)
     if array.shape != geometry.shape_zyx:
         raise ValueError(f"Array shape {array.shape} differs from geometry shape {geometry.shape_zyx}")
@@ -219,7 +227,8 @@ def write_segmentation(path: str | os.PathLike, array: np.ndarray, geometry: Geo
         "referenceImageExtentOffset": [0, 0, 0],
         "segments": [_segment_dict(value, info) for value, info in enumerate(classes, start=1)],
     }
-    with atomic_path(path) as tmp:
+    segmentation.update(header_fields or {})
+    with atomic_path(path, verify=verify_image_file) as tmp:
         slicerio.write_segmentation(str(tmp), segmentation, compression_level=6)
 
 

@@ -22,6 +22,7 @@ from ..data.cases import Case, Dataset
 from ..data.geometry import Geometry
 from ..data.io import read_image
 from ..data.labels import ClassInfo
+from ..domain import spacing_outliers
 from ..methods import method_class
 from ..networks import network_divisor
 from ..preprocessing import Plan, make_plan
@@ -111,6 +112,9 @@ def prepare_training_data(dataset: Dataset, config: TrainConfig, log: logging.Lo
     if plan is None:
         plan = make_plan([read_geometry(case.image) for case in dataset.labelled], dim=config.dim,
                          normalisation=config.normalisation, ct_window=config.ct_window)
+    every_case = dataset.labelled + dataset.unlabelled
+    for warning in spacing_outliers({c.name: read_geometry(c.image).spacing for c in every_case}):
+        log.warning("%s", warning)
     log.info("plan: %dD, target spacing %s, %s normalisation", plan.dim, tuple(round(s, 3) for s in plan.target_spacing),
              plan.normalisation)
     held_out = validation_split(dataset.labelled, config.val_cases, config.seed)

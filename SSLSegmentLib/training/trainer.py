@@ -33,6 +33,7 @@ from ..inference import autocast, predict_probabilities
 from ..methods import Method, MethodSettings, StepInfo, method_class
 from ..methods.base import consistency_weight
 from ..metrics import dice_per_class
+from ..domain import describe_training_domain
 from ..model_file import load_model, read_model_payload, save_model
 from ..networks import build_network
 from ..preprocessing import Plan
@@ -453,7 +454,8 @@ class Trainer:
         save_model(self.run.model, self.method.inference_network(), network_name=self.config.network,
                    size=self.config.size, classes=self.data.classes, plan=self.data.plan, patch_size=self.data.patch,
                    method=self.method.name, extra={"checkpoint": source, "best_val_dice": best_dice,
-                                                   "iterations": self.config.iterations})
+                                                   "iterations": self.config.iterations},
+                   domain=describe_training_domain([c.image for c in self.dataset.labelled + self.dataset.unlabelled]))
 
     def predict_unlabelled(self) -> dict[str, float]:
         from ..inference import predict_cases  # noqa: PLC0415
@@ -466,4 +468,4 @@ class Trainer:
             self.log.info("predicted %s (%d/%d)", name, done, total)
 
         return predict_cases(model, cases, self.run.predictions, self.device, on_case=report,
-                             largest_component=self.config.largest_component)
+                             largest_component=self.config.largest_component, overwrite=True)  # the run's own folder
