@@ -209,6 +209,8 @@ def _train_in(args, context, run) -> int:
     except Diverged as error:  # a failed run, told plainly: no traceback, no model
         log.error("%s", error)
         run.set_status("failed", error=str(error))
+        if context.is_main:
+            print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILED
     except Exception as error:  # a crash must reach the watcher, with its traceback in the log
         log.error("%s", traceback.format_exc())

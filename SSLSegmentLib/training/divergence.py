@@ -23,7 +23,7 @@ def _advice(config) -> str:
     tips.append("a smaller --consistency")
     if config.amp:
         tips.append("--no-amp (on CUDA)")
-    return "try " + ", ".join(tips)
+    return "Try " + ", ".join(tips) + "."
 
 
 def check_losses(losses: dict, iteration: int, config) -> None:
