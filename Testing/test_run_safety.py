@@ -9,10 +9,12 @@ process group ended as running/failed, and a killed run could not be resumed.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -253,53 +255,63 @@ def _long_run(phantom_data, out, *extra, iterations=100000, **kwargs):
                   "--iterations", iterations, *TINY_TRAIN, "--threads", "1", *extra, **kwargs)
 
 
-def test_ctrl_c_ends_as_cancelled(phantom_data, tmp_path):
-    out = tmp_path / "run"
-    process = _long_run(phantom_data, out)
-    run = RunFolder(out)
-    _wait_for(lambda: _iteration(run) >= 1)
-    process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=60)
-    assert process.returncode == 3, err
+def _signal_when(run: RunFolder, iteration: int, send) -> threading.Thread:
+    """A thread that calls ``send()`` once the run has done ``iteration`` steps."""
+    def watch():
+        _wait_for(lambda: _iteration(run) >= iteration)
+        send()
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_ctrl_c_ends_as_cancelled(data, capsys):
+    run = RunFolder(data / "run")
+    _signal_when(run, 1, lambda: os.kill(os.getpid(), signal.SIGINT))
+    code, err, _ = _train(data, capsys, "--iterations", "100000")
+    assert code == 3, err
     assert "Traceback" not in err
     assert run.read_status()["state"] == "cancelled"
 
 
-def test_sigterm_to_the_process_group_with_workers_ends_as_cancelled(phantom_data, tmp_path):
-    out = tmp_path / "run"
-    process = _long_run(phantom_data, out, "--num-workers", "2", start_new_session=True)
-    run = RunFolder(out)
-    _wait_for(lambda: _iteration(run) >= 2)
-    os.killpg(process.pid, signal.SIGTERM)  # what `timeout`, batch schedulers and Slicer's scene close do
-    _, err = process.communicate(timeout=60)
-    assert process.returncode == 3, err
+def test_sigterm_to_the_process_group_with_workers_ends_as_cancelled(data, capsys):
+    """``timeout``, batch schedulers and Slicer's scene close signal the whole group: the
+    loader workers get SIGTERM first here, as they did when the run ended as failed."""
+    run = RunFolder(data / "run")
+
+    def terminate_group():
+        for worker in multiprocessing.active_children():
+            os.kill(worker.pid, signal.SIGTERM)
+        time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    _signal_when(run, 2, terminate_group)
+    code, err, _ = _train(data, capsys, "--iterations", "100000", "--num-workers", "2")
+    assert code == 3, err
     assert run.read_status()["state"] == "cancelled"
 
 
 def test_a_killed_run_is_locked_while_alive_then_interrupted_then_resumed_to_the_same_model(phantom_data, tmp_path):
-    common = ("--method", "mean_teacher", "--checkpoint-interval", "5", "--seed", "3")
-    straight = _long_run(phantom_data, tmp_path / "straight", *common, iterations=60)
-    _, err = straight.communicate(timeout=300)
-    assert straight.returncode == 0, err
+    common = ("--method", "mean_teacher", "--checkpoint-interval", "5", "--seed", "3", "--threads", "1")
 
+    def train_here(out, *extra):
+        return main(["train", "--images", str(phantom_data["images"]), "--labels", str(phantom_data["labels"]),
+                     "--out", str(out), "--iterations", "30", *TINY_TRAIN, *common, *extra])
+
+    assert train_here(tmp_path / "straight") == 0
     out = tmp_path / "killed"
-    process = _long_run(phantom_data, out, *common, iterations=60)
+    process = _long_run(phantom_data, out, *common, iterations=30)
     run = RunFolder(out)
     _wait_for(lambda: _iteration(run) >= 12 or process.poll() is not None)
-    assert process.poll() is None
-    # item 2: a second run into the folder is refused while the first is alive (in-process: fast)
-    second = main(["train", "--images", str(phantom_data["images"]), "--labels", str(phantom_data["labels"]),
-                   "--out", str(out), "--iterations", "60", *TINY_TRAIN, *common, "--overwrite"])
-    assert second == 2
+    # item 2: a second run into the folder is refused while the first is alive, even with --overwrite
+    assert train_here(out, "--overwrite") == 2
     assert process.poll() is None, "the run ended before it could be killed"
     process.kill()
     process.communicate(timeout=60)
     assert run.read_status()["state"] == "interrupted"  # item 14: not "running" forever
     assert (out / "checkpoint_resume.pt").exists() and not (out / "model.pt").exists()
 
-    resumed = _child("train", "--resume", out, "--threads", "1")
-    _, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err
+    assert main(["train", "--resume", str(out), "--threads", "1"]) == 0
     assert run.read_status()["state"] == "done"
     assert any(r.get("event") == "resumed" and r["iteration"] >= 10 for r in run.read_progress())
     expected = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)["state_dict"]
