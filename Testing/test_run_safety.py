@@ -318,3 +318,26 @@ def test_a_killed_run_is_locked_while_alive_then_interrupted_then_resumed_to_the
     actual = torch.load(out / "model.pt", weights_only=True)["state_dict"]
     for name, tensor in expected.items():
         assert torch.allclose(tensor.float(), actual[name].float(), atol=1e-5), name
+
+
+def test_a_status_left_running_by_a_dead_process_reads_interrupted(tmp_path):
+    from SSLSegmentLib import jobs
+    from SSLSegmentLib.fileio import atomic_write_json
+    from SSLSegmentLib.training.run_lock import RunLock
+
+    folder = jobs.JobFolder(tmp_path / "job")
+    run_dir = folder.round_dir(1)
+    run_dir.mkdir(parents=True)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    atomic_write_json(run_dir / "status.json", {"state": "running", "pid": gone.pid})
+    assert RunFolder(run_dir).read_status()["state"] == "interrupted"  # old run folders: no lock file
+    lock = RunLock(run_dir)
+    lock.acquire()  # a live process holds the run: running, whatever the pid says
+    assert RunFolder(run_dir).read_status()["state"] == "running"
+    assert folder.history()[0]["state"] == "running"
+    lock.release()
+    assert RunFolder(run_dir).read_status()["state"] == "interrupted"
+    assert folder.history()[0]["state"] == "interrupted"
+    job = jobs.Job.from_past_round(folder, 1)
+    assert job.state == jobs.FAILED and "--resume" in job.error
