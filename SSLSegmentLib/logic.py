@@ -150,6 +150,7 @@ class SSLSegmentLogic:
         settings = jobs.TrainSettings(method=method, network=network, dim=str(dim), iterations=int(iterations),
                                       device=device, seed=int(seed), size=size, preset=preset,
                                       extra_args=list(extraArgs))
+        _checkSettings(folder, settings)
         names = uniqueCaseNames([volume for volume, _ in labeled] + unlabeled)
         round_number = 1
         cases = {}
@@ -182,6 +183,7 @@ class SSLSegmentLogic:
         self._checkNoNewClasses(corrected, classes)
         previous = folder.read_round(job.round)
         settings = jobs.TrainSettings(**{**_settingsFrom(previous), **_settingsChanges(iterations, settingsChanges)})
+        _checkSettings(folder, settings)
         round_number = folder.next_round()
         with _removedOnError(folder.labels_dir(round_number)):
             cases = self._carryOverCases(folder, previous, round_number)
@@ -678,6 +680,13 @@ def _removedOnError(path: Path):
 
 def _nodeIDs(scene) -> set[str]:
     return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+
+
+def _checkSettings(folder: jobs.JobFolder, settings: jobs.TrainSettings) -> None:
+    """The engine's own checks of the round's command line (``--lr``, ``--patch-size``...)."""
+    from .training.cli_train import check_train_arguments  # noqa: PLC0415
+
+    check_train_arguments(jobs.train_command([], folder, 1, settings)[2:])
 
 
 def _segmentNamesPerVolume(labeled: Sequence[tuple]) -> dict[str, list[str]]:

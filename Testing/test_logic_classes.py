@@ -72,3 +72,15 @@ def test_a_class_drawn_in_no_case_is_refused_naming_it(tmp_path):
     with pytest.raises(InputError, match="'tumour' have no voxel"):
         logic.startTraining(labeled=cases)
     assert runner.calls == [] and not any((tmp_path / "jobs").glob("*"))
+
+
+@pytest.mark.parametrize("extra, message", [(["--lr", "-1"], "--lr"), (["--labelled-batch", "0"], "--labelled-batch"),
+                                            (["--patch-size", "0,0"], "--patch-size"),
+                                            (["--no-such-flag"], "not understood")])
+def test_bad_settings_are_refused_before_start(tmp_path, extra, message):
+    scene = slicer_scene()
+    runner = NoStart()
+    logic = _logic(scene, tmp_path, runner)
+    with pytest.raises(InputError, match=message):
+        logic.startTraining(labeled=[_case(scene, "A", ["RV"])], extraArgs=extra)
+    assert runner.calls == [] and not any((tmp_path / "jobs").glob("*"))

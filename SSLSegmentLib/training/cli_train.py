@@ -98,3 +98,23 @@ def run_folder_claimed(args: argparse.Namespace):
     finally:
         if lock is not None:
             lock.release()
+
+
+def check_train_arguments(argv: list[str]) -> None:
+    """The checks of ``sslsegment train`` on a command line, without running it (torch-free):
+    the Slicer logic refuses bad settings before it starts a child process."""
+    import io  # noqa: PLC0415
+    from contextlib import redirect_stderr  # noqa: PLC0415
+
+    from ..cli import build_parser  # noqa: PLC0415
+
+    messages = io.StringIO()
+    try:
+        with redirect_stderr(messages):
+            args = build_parser().parse_args(argv)
+    except SystemExit:
+        problem = messages.getvalue().strip().splitlines()
+        raise InputError(f"training settings not understood: {problem[-1] if problem else ' '.join(argv)}") from None
+    if getattr(args, "resume", None):
+        args = arguments_to_resume(args)
+    _check_settings(args)
