@@ -108,6 +108,8 @@ def test_predict_refuses_a_model_with_nan_weights(data, capsys, tmp_path):
     code = main(["predict", "--model", str(tmp_path / "nan.pt"), "--images", str(data / "images"),
                  "--out", str(tmp_path / "pred"), "--device", "cpu"])
     assert code == 2 and not any((tmp_path / "pred").glob("*"))
+    code, err, _ = _train(data, capsys, "--init-model", str(tmp_path / "nan.pt"), out=tmp_path / "retrain")
+    _refused(code, err, "nan.pt", "NaN or infinite")
 
 
 # --- 3. one run per folder ---------------------------------------------------------------------

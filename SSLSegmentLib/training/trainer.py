@@ -34,7 +34,7 @@ from ..inference import autocast, predict_probabilities
 from ..methods import Method, MethodSettings, StepInfo, method_class
 from ..methods.base import consistency_weight
 from ..metrics import dice_per_class
-from ..model_file import load_model, read_model_payload, save_model
+from ..model_file import load_model, read_model_payload, refuse_non_finite_weights, save_model
 from ..networks import build_network
 from ..preprocessing import Plan
 from ..sampling import BatchStream, PatchSampler, to_tensors
@@ -150,6 +150,8 @@ class Trainer:
         for warning in getattr(self.dataset, "warnings", []) if context.is_main else []:
             self.log.warning("%s", warning)
         initial = read_model_payload(config.init_model) if config.init_model else None
+        if initial:
+            refuse_non_finite_weights(config.init_model, initial["state_dict"])
         plan = Plan.from_dict(initial["plan"]) if initial else None
         cache_dir = config.cache_dir or default_cache_dir(self.run.path)
         self.data, cases = prepare_training_data(self.dataset, config, self.log, plan, cache_dir, context)
