@@ -71,6 +71,10 @@ class RunFolder:
         logger = logging.getLogger(f"sslsegment.run.{self.path.resolve()}")
         logger.setLevel(logging.INFO)
         logger.propagate = True
+        for handler in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
+            if not self.log.exists():  # an earlier run's log, deleted by --overwrite: start the new one
+                logger.removeHandler(handler)
+                handler.close()
         if self.writer and not any(isinstance(h, logging.FileHandler) for h in logger.handlers):
             handler = logging.FileHandler(self.log, encoding="utf-8")
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))

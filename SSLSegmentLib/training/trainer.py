@@ -435,7 +435,8 @@ class Trainer:
         elapsed = time.monotonic() - started
         record = {"iteration": done, "total": total,
                   "losses": {k: round(float(v) / steps, 6) for k, v in losses_sum.items()},
-                  "lr": lr, "elapsed_s": round(elapsed, 2), "eta_s": round(elapsed / done * (total - done), 1)}
+                  "lr": lr, "elapsed_s": round(elapsed, 2),
+                  "eta_s": round(elapsed / max(1, done - self.start_iteration) * (total - done), 1)}
         if self.method.uses_unlabelled:
             record["consistency_weight"] = round(weight, 6)
         if val_dice is not None:
