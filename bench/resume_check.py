@@ -52,8 +52,7 @@ def last_iteration(run: RunFolder) -> int:
 def mean_dice(model: Path, test_images: Path, test_labels: Path, out: Path) -> float:
     finish(cli("predict", "--model", model, "--images", test_images, "--out", out, "--device", "cpu",
                "--threads", "1"))
-    figures = evaluate_folders(out, test_labels)["mean"]
-    return sum(v["dice"] for v in figures.values()) / len(figures)
+    return evaluate_folders(out, test_labels)["mean"]["all"]["dice"]
 
 
 def main() -> None:
