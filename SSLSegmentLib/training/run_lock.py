@@ -56,8 +56,11 @@ class RunLock:
     def acquire(self) -> None:
         handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held open for the life of the run
         if not _try_lock(handle):
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
+            try:
+                handle.seek(0)
+                holder = handle.read().strip() or "unknown"
+            except OSError:  # Windows: the locked byte cannot be read
+                holder = "unknown"
             handle.close()
             raise RunFolderBusy(f"{self.path.parent}: another training run (process {holder}) is writing into this "
                                 "run folder; wait for it to end, cancel it, or give another --out")
