@@ -13,7 +13,7 @@ this case lacks.
 from __future__ import annotations
 
 import re
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from ..errors import InputError
 
@@ -70,14 +70,6 @@ def check_classes_in_every_case(names_per_case: Mapping[str, Sequence[str]]) -> 
         return [f"label value(s) present in only some labelled cases: {describe_missing(generated, total)}; "
                 "check that these cases are labelled alike (a stray value makes a class of its own)"]
     return []
-
-
-def unique_names(names: Iterable[str]) -> list[str]:
-    """Names in order of first appearance, one per class key, trimmed."""
-    seen: dict[str, str] = {}
-    for name in names:
-        seen.setdefault(class_key(name), display_name(name))
-    return list(seen.values())
 
 
 def check_every_class_drawn(classes: Sequence[str], label_files: Sequence) -> None:

@@ -26,7 +26,6 @@ import torch
 
 from ..cache import default_cache_dir
 from ..config import TrainConfig
-from ..settings_check import check_method_options
 from ..data.cases import Dataset
 from ..errors import InputError
 from ..fileio import atomic_path, atomic_write_json
@@ -38,11 +37,12 @@ from ..model_file import load_model, read_model_payload, refuse_non_finite_weigh
 from ..networks import build_network
 from ..preprocessing import Plan
 from ..sampling import BatchStream, PatchSampler, to_tensors
+from ..settings_check import check_method_options
 from . import memory, resume
 from .data_setup import TrainingData, prepare_training_data
-from .divergence import check_losses, check_weights
 from .distributed import (DataParallelNetworks, DistributedContext, broadcast_state, convert_batchnorm, shard,
                           state_checksum)
+from .divergence import check_losses, check_weights
 from .run_folder import RunFolder
 from .schedules import poly_lr
 
