@@ -8,6 +8,7 @@ the largest weight difference, and each run's mean foreground Dice. Target (issu
 Dice within 0.01.
 
     .venv/bin/python bench/resume_check.py [--iterations 200] [--kill-at 100] [--method mean_teacher]
+                                           [--size small] [--checkpoint-interval 20]
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--kill-at", type=int, default=100)
     parser.add_argument("--method", default="mean_teacher")
+    parser.add_argument("--size", default="small", choices=["tiny", "small", "base"])
     parser.add_argument("--checkpoint-interval", type=int, default=20)
     for name in ("images", "labels", "test-images", "test-labels"):
         parser.add_argument(f"--{name}", type=Path)
@@ -70,7 +72,7 @@ def main() -> None:
         args.images, args.labels = data["images"], data["labels"]
         args.test_images, args.test_labels = data["test_images"], data["test_labels"]
     common = ["train", "--images", args.images, "--labels", args.labels, "--iterations", args.iterations,
-              "--method", args.method, "--device", "cpu", "--threads", "1", "--seed", "5",
+              "--method", args.method, "--size", args.size, "--device", "cpu", "--threads", "1", "--seed", "5",
               "--checkpoint-interval", args.checkpoint_interval]
     started = time.monotonic()
     finish(cli(*common, "--out", work / "straight"))
