@@ -343,3 +343,31 @@ def test_a_status_left_running_by_a_dead_process_reads_interrupted(tmp_path):
     assert folder.history()[0]["state"] == "interrupted"
     job = jobs.Job.from_past_round(folder, 1)
     assert job.state == jobs.FAILED and "--resume" in job.error
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_resumed_batch_stream_goes_on_with_the_same_batches(num_workers):
+    """The resumed stream skips the batches already used: with a thread, and with loader
+    workers (taken in turn, so worker w of the resumed run plays worker (w + skip) % n)."""
+    from SSLSegmentLib.sampling import BatchStream, PatchSampler
+
+    rng = np.random.default_rng(0)
+    images = [rng.normal(size=(12, 20, 20)).astype(np.float32) for _ in range(2)]
+    labels = [(image > 1).astype(np.uint8) for image in images]
+
+    def stream(skip):
+        sampler = PatchSampler(images, labels, (8, 8, 8), dim=3)
+        unlabelled = PatchSampler(images, None, (8, 8, 8), dim=3)
+        batches = BatchStream(sampler, unlabelled, (2, 1), seed=4, num_workers=num_workers)
+        batches.skip = skip
+        taken = []
+        for item in batches:
+            taken.append(np.asarray(item[0]["image"]).copy())
+            if len(taken) == 7 - skip:
+                break
+        batches.close()
+        return taken
+
+    straight, resumed = stream(0), stream(3)
+    for expected, actual in zip(straight[3:], resumed):
+        assert np.array_equal(expected, actual)
