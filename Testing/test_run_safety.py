@@ -267,6 +267,7 @@ def _signal_when(run: RunFolder, iteration: int, send) -> threading.Thread:
     return thread
 
 
+@pytest.mark.slow
 def test_ctrl_c_ends_as_cancelled(data, capsys):
     run = RunFolder(data / "run")
     _signal_when(run, 1, lambda: os.kill(os.getpid(), signal.SIGINT))
@@ -276,6 +277,7 @@ def test_ctrl_c_ends_as_cancelled(data, capsys):
     assert run.read_status()["state"] == "cancelled"
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_process_group_with_workers_ends_as_cancelled(data, capsys):
     """``timeout``, batch schedulers and Slicer's scene close signal the whole group: the
     loader workers get SIGTERM first here, as they did when the run ended as failed."""
@@ -293,6 +295,7 @@ def test_sigterm_to_the_process_group_with_workers_ends_as_cancelled(data, capsy
     assert run.read_status()["state"] == "cancelled"
 
 
+@pytest.mark.slow
 def test_a_killed_run_is_locked_while_alive_then_interrupted_then_resumed_to_the_same_model(phantom_data, tmp_path):
     common = ("--method", "mean_teacher", "--checkpoint-interval", "5", "--seed", "3", "--threads", "1")
 
