@@ -5,7 +5,10 @@ it twice with the same seed through the real command line: once straight through
 killed with SIGKILL after ``--kill-at`` iterations and then continued with ``--resume``.
 Both models predict the test cases; prints JSON with the iteration the run was killed at,
 the largest weight difference, and each run's mean foreground Dice. Target (issue 13): the
-Dice within 0.01.
+Dice within 0.01. Measured on this project's 2-core CPU machine (phantoms 32x48x48,
+``--iterations 100 --kill-at 50 --size tiny --checkpoint-interval 10``): killed at
+iteration 50, status read back as ``interrupted``, resumed weights bit-identical to the
+straight run (largest difference 0.0), Dice 0.4639 both, 262 s in all.
 
     .venv/bin/python bench/resume_check.py [--iterations 200] [--kill-at 100] [--method mean_teacher]
                                            [--size small] [--checkpoint-interval 20]
