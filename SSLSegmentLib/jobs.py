@@ -450,7 +450,7 @@ class Job:
         """Final state from the child's status.json and exit code."""
         # The last records may have been written between the read above and the exit.
         self._take(self._reader.read_new())
-        status = read_json(self.run_dir / "status.json", default={}) or {}
+        status = read_run_status(self.run_dir) or {}  # a killed child: interrupted, with how to resume
         if status.get("state") == DONE and returncode == 0:
             return DONE, None
         if self.cancel_requested:
