@@ -374,3 +374,18 @@ def test_a_resumed_batch_stream_goes_on_with_the_same_batches(num_workers):
     straight, resumed = stream(0), stream(3)
     for expected, actual in zip(straight[3:], resumed):
         assert np.array_equal(expected, actual)
+
+
+def test_every_method_option_a_method_reads_is_declared():
+    """``--method-option`` refuses keys a method does not declare in ``options``: a key read
+    with ``extra(settings, "key", ...)`` but not declared could never be set."""
+    import inspect
+    import re
+
+    from SSLSegmentLib.methods import available_methods
+
+    for name, cls in available_methods().items():
+        source = "".join(inspect.getsource(klass) for klass in cls.__mro__
+                         if klass.__module__.startswith("SSLSegmentLib.methods"))
+        read = set(re.findall(r"""extra\(\s*[\w.]+\s*,\s*["'](\w+)["']""", source))
+        assert read <= set(cls.options), (name, sorted(read - set(cls.options)))
