@@ -389,3 +389,22 @@ def test_every_method_option_a_method_reads_is_declared():
                          if klass.__module__.startswith("SSLSegmentLib.methods"))
         read = set(re.findall(r"""extra\(\s*[\w.]+\s*,\s*["'](\w+)["']""", source))
         assert read <= set(cls.options), (name, sorted(read - set(cls.options)))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork only")
+def test_the_lock_is_not_kept_by_forked_workers(tmp_path):
+    """Loader workers are forked with the lock file open: the lock must still end with the
+    training process, not with its last worker."""
+    from SSLSegmentLib.training.run_lock import RunLock, folder_in_use
+
+    lock = RunLock(tmp_path)
+    lock.acquire()
+    worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(30,), daemon=True)
+    worker.start()
+    try:
+        assert folder_in_use(tmp_path)
+        lock.release()
+        assert not folder_in_use(tmp_path)
+    finally:
+        worker.kill()
+        worker.join()

@@ -29,6 +29,27 @@ except ImportError:  # Windows
     import msvcrt
 
 
+_HELD: list = []
+"""Lock files this process holds open."""
+
+
+def _forget_inherited_locks() -> None:
+    """In a forked child (a DataLoader worker): close the inherited lock files, so that the
+    lock lives exactly as long as the training process (a worker outliving a SIGKILLed
+    parent by a few seconds must not keep the folder locked). Closing without unlocking
+    leaves the parent's lock in place."""
+    for handle in _HELD:
+        try:
+            handle.close()
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_inherited_locks)
+
+
 class RunFolderBusy(InputError):
     """Another live process trains into this folder."""
 
@@ -69,9 +90,11 @@ class RunLock:
         handle.write(f"{os.getpid()}\n")
         handle.flush()
         self._handle = handle
+        _HELD.append(handle)
 
     def release(self) -> None:
         if self._handle is not None:
+            _HELD.remove(self._handle)
             self._handle.close()  # closing the file releases the lock
             self._handle = None
 
