@@ -399,9 +399,17 @@ def test_the_lock_is_not_kept_by_forked_workers(tmp_path):
 
     lock = RunLock(tmp_path)
     lock.acquire()
-    worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(30,), daemon=True)
+    context = multiprocessing.get_context("fork")
+    started = context.Event()
+
+    def work():  # the fork hooks have run once the target runs
+        started.set()
+        time.sleep(30)
+
+    worker = context.Process(target=work, daemon=True)
     worker.start()
     try:
+        assert started.wait(30)
         assert folder_in_use(tmp_path)
         lock.release()
         assert not folder_in_use(tmp_path)
