@@ -120,9 +120,13 @@ def test_a_finished_run_folder_is_not_reused_silently(data, capsys):
     code, err, _ = _train(data, capsys, "--method", "mean_teacher")
     _refused(code, err, "already holds a training run", "--overwrite", "--resume")
     assert json.loads((out / "config.json").read_text())["config"]["method"] == "supervised"
-    # --overwrite: the old model goes first, so a failing new run leaves no model behind
+    # settings refused up front leave the folder as it was
     code, err, _ = _train(data, capsys, "--overwrite", "--method-option", "no_such_key=1")
     _refused(code, err, "no_such_key")
+    assert RunFolder(out).read_status()["state"] == "done" and (out / "model.pt").exists()
+    # --overwrite: the old model goes first, so a new run failing later leaves no model behind
+    code, err, _ = _train(data, capsys, "--overwrite", "--patch-size", "8,64,64", "--dim", "2")
+    _refused(code, err, "--patch-size")
     assert not (out / "model.pt").exists() and not list(out.glob("checkpoint_*.pt"))
     assert RunFolder(out).read_status()["state"] == "failed"
 

@@ -65,6 +65,16 @@ def _check_settings(args: argparse.Namespace) -> None:
     check_train_settings(config_from_args(args))
 
 
+def _check_method(args: argparse.Namespace) -> None:
+    """The method and its options (needs the method registry, hence torch: not in Slicer)."""
+    from ..cli import config_from_args  # noqa: PLC0415
+    from ..methods import method_class  # noqa: PLC0415
+    from ..settings_check import check_method_options  # noqa: PLC0415
+
+    config = config_from_args(args)
+    check_method_options(config.method, config.method_options, method_class(config.method).options)
+
+
 @contextlib.contextmanager
 def run_folder_claimed(args: argparse.Namespace):
     """Yield ``(args, context, run)`` with the run folder created and locked by rank 0.
@@ -79,6 +89,7 @@ def run_folder_claimed(args: argparse.Namespace):
     if getattr(args, "resume", None):
         args = arguments_to_resume(args)
     _check_settings(args)
+    _check_method(args)
     wants_cuda = args.device == "cuda" or (args.device == "auto" and distributed.cuda_available())
     context = distributed.init_from_env("cuda" if wants_cuda else "cpu")
     lock, refusal = None, None
