@@ -1,7 +1,8 @@
 """``sslsegment``: train, predict, evaluate, list methods and networks, run the demo.
 
-Exit codes: 0 success, 1 unexpected failure, 2 bad input (the message names the case and
-the problem), 3 cancelled.
+Exit codes: 0 success, 1 failure (a crash, or training that diverged), 2 bad input (the
+message names the case, file or setting and the problem; also a run folder in use or
+holding another run), 3 cancelled (cancel file, SIGTERM, Ctrl+C).
 """
 
 from __future__ import annotations
