@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +33,8 @@ from .data.io import read_image
 from .data.labels import ClassInfo
 from .fileio import atomic_path, atomic_write_json
 from .preprocessing import Plan, preprocess
+
+log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 """Bump when preprocessing or the entry layout changes: every key changes with it."""
@@ -125,12 +129,20 @@ class PreprocessCache:
         return self.root / key[:2] / key
 
     def get(self, case: Case, key: str) -> CachedCase | None:
+        """The entry, or None when it is missing or damaged (then it is built again)."""
         folder = self.folder(key)
+        if not (folder / "meta.json").exists():
+            return None
         try:
             meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-        except (FileNotFoundError, json.JSONDecodeError):
+            cached = CachedCase(case.name, folder, tuple(meta["shape"]), bool(meta["labelled"]))
+            _check_entry(cached)
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as error:
+            log.warning("preprocessed-case cache entry %s of case %r is damaged (%s): building it again", folder,
+                        case.name, error.__class__.__name__)
+            (folder / "meta.json").unlink(missing_ok=True)
             return None
-        return CachedCase(case.name, folder, tuple(meta["shape"]), bool(meta["labelled"]))
+        return cached
 
     def get_or_build(self, case: Case, key: str, plan: Plan, classes: list[ClassInfo],
                      labelled: bool) -> CachedCase:
@@ -164,6 +176,21 @@ class PreprocessCache:
             "case": case.name, "source_image": str(case.image), "source_label": str(case.label) if labelled else None,
             "shape": list(image.shape), "labelled": label is not None, "geometry": resampled.to_dict(),
             "plan": plan.to_dict(), "version": CACHE_VERSION})
+
+
+def _check_entry(cached: CachedCase) -> None:
+    """Open every array of an entry (headers and sizes only: cheap) and compare the shapes;
+    ValueError/OSError for a truncated or overwritten file."""
+    image = np.load(cached.folder / "image.npy", mmap_mode="r")
+    if tuple(image.shape) != cached.shape:
+        raise ValueError(f"image.npy has shape {image.shape}, meta.json says {cached.shape}")
+    if cached.labelled:
+        label = np.load(cached.folder / "label.npy", mmap_mode="r")
+        if tuple(label.shape) != cached.shape:
+            raise ValueError(f"label.npy has shape {label.shape}, meta.json says {cached.shape}")
+        with np.load(cached.folder / "foreground.npz") as stored:
+            for name in stored.files:
+                stored[name]
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:

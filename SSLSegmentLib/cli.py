@@ -1,7 +1,8 @@
 """``sslsegment``: train, predict, evaluate, list methods and networks, run the demo.
 
-Exit codes: 0 success, 1 unexpected failure, 2 bad input (the message names the case and
-the problem), 3 cancelled.
+Exit codes: 0 success, 1 failure (a crash, or training that diverged), 2 bad input (the
+message names the case, file or setting and the problem; also a run folder in use or
+holding another run), 3 cancelled (cancel file, SIGTERM, Ctrl+C).
 """
 
 from __future__ import annotations
@@ -40,7 +41,14 @@ def _add_train(sub) -> None:
     data.add_argument("--images", type=Path, help="folder of images (labelled and unlabelled)")
     data.add_argument("--labels", type=Path, help="folder of labels (labelmaps or .seg.nrrd), matched by case name")
     data.add_argument("--dataset", type=Path, help="dataset.json (nnU-Net/MSD style) instead of --images/--labels")
-    p.add_argument("--out", type=Path, required=True, help="run folder to create")
+    p.add_argument("--out", type=Path, help="run folder to create (required unless --resume)")
+    p.add_argument("--resume", type=Path, metavar="RUN",
+                   help="go on with the interrupted run in folder RUN, from its last resumable checkpoint, with its "
+                        "own settings and data")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (its model, checkpoints, logs are deleted first)")
+    p.add_argument("--checkpoint-interval", type=int, metavar="N",
+                   help="write a resumable checkpoint every N iterations (default: a tenth of the run, at most 200)")
     p.add_argument("--method", default="mean_teacher", help="see `sslsegment methods`")
     p.add_argument("--network", default="unet", help="see `sslsegment networks`")
     p.add_argument("--preset", choices=["auto", "fast-cpu", "balanced", "quality-gpu"],
@@ -129,7 +137,7 @@ def config_from_args(args):
         ct_window=tuple(args.ct_window) if args.ct_window else None, val_cases=args.val_cases,
         val_interval=args.val_interval, seed=args.seed, device=args.device, amp=not args.no_amp,
         init_model=str(args.init_model) if args.init_model else None, predict_unlabelled=args.predict_unlabelled,
-        largest_component=args.largest_component,
+        largest_component=args.largest_component, checkpoint_interval=getattr(args, "checkpoint_interval", None),
         cache_dir=str(args.cache_dir) if args.cache_dir else None, num_workers=args.num_workers,
         channels_last={"auto": None, "on": True, "off": False}[args.channels_last])
 
@@ -149,28 +157,46 @@ def load_dataset(args):
 def _raise_cancel(signum, frame):
     from .training.trainer import Cancelled  # noqa: PLC0415
 
+    for stop in (signal.SIGTERM, signal.SIGINT):  # one stop is enough: no second exception while cleaning up
+        signal.signal(stop, signal.SIG_IGN)
     raise Cancelled()
 
 
 def run_train(args) -> int:
-    """Train into ``--out``. Under ``torchrun`` every rank runs this; rank 0 alone writes the
-    run folder (status, progress, log, checkpoints, model, predictions)."""
-    from .training import distributed  # noqa: PLC0415
-    from .training.run_folder import RunFolder  # noqa: PLC0415
+    """Train into ``--out`` (one run per folder, locked while it runs). Under ``torchrun``
+    every rank runs this; rank 0 alone writes the run folder (status, progress, log,
+    checkpoints, model, predictions)."""
+    from .training.cli_train import run_folder_claimed  # noqa: PLC0415
+    from .training.trainer import Cancelled  # noqa: PLC0415
+
+    previous = {stop: signal.signal(stop, _raise_cancel) for stop in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with run_folder_claimed(args) as (args, context, run):
+            return _train_in(args, context, run)
+    except Cancelled:  # stopped before the run began
+        print("cancelled", file=sys.stderr)
+        return EXIT_CANCELLED
+    finally:
+        for stop, handler in previous.items():
+            signal.signal(stop, handler)
+
+
+def _train_in(args, context, run) -> int:
+    from .training import distributed, resume  # noqa: PLC0415
+    from .training.divergence import Diverged  # noqa: PLC0415
     from .training.trainer import Cancelled, Trainer  # noqa: PLC0415
 
-    wants_cuda = args.device == "cuda" or (args.device == "auto" and distributed.cuda_available())
-    context = distributed.init_from_env("cuda" if wants_cuda else "cpu")
-    run = RunFolder(args.out, writer=context.is_main)
-    run.prepare()
-    run.set_status("running", **({"world_size": context.world_size} if context.enabled else {}))
     log = run.logger()
     if not context.is_main:
         log.setLevel(logging.WARNING)
-    signal.signal(signal.SIGTERM, _raise_cancel)
+    trainer = None
     try:
+        run.prepare()
+        run.set_status("running", **({"world_size": context.world_size} if context.enabled else {}))
         trainer = Trainer(config_from_args(args), load_dataset(args), run, log, context)
         trainer.setup()
+        if args.resume:
+            resume.restore(trainer, resume.load(run.checkpoint(resume.KIND)))
         result = trainer.train()
         if args.predict_unlabelled and context.is_main:
             trainer.predict_unlabelled()
@@ -187,6 +213,12 @@ def run_train(args) -> int:
         if context.is_main:
             print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Diverged as error:  # a failed run, told plainly: no traceback, no model
+        log.error("%s", error)
+        run.set_status("failed", error=str(error))
+        if context.is_main:
+            print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
     except Exception as error:  # a crash must reach the watcher, with its traceback in the log
         log.error("%s", traceback.format_exc())  # to log.txt and, once, to the console
         run.set_status("failed", error=f"{error.__class__.__name__}: {error}")
@@ -299,4 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:  # Ctrl+C outside a training run (a run ends as cancelled itself)
+        print("cancelled", file=sys.stderr)
+        return EXIT_CANCELLED
     return EXIT_FAILED

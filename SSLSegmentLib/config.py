@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import InputError
+from .settings_check import check_train_settings
 
 PRESETS: dict[str, dict[str, Any]] = {
     "fast-cpu": {
@@ -99,6 +100,8 @@ class TrainConfig:
     """Processes preparing batches; None: 0 on CPU (a background thread), 4 on CUDA."""
     cache_dir: str | None = None
     """Preprocessed-case cache; None: ``$SSLSEGMENT_CACHE`` or ``.sslsegment-cache`` beside the run."""
+    checkpoint_interval: int | None = None
+    """Iterations between resumable checkpoints; None: a tenth of the run, at most 200."""
     init_model: str | None = None
     predict_unlabelled: bool = False
     largest_component: bool = False
@@ -106,6 +109,7 @@ class TrainConfig:
 
     def resolved(self, device_type: str) -> "TrainConfig":
         """A copy with the preset's choices filled into every unset field."""
+        check_train_settings(self)
         preset_name = self.preset or default_preset(device_type)
         if preset_name == AUTO_PRESET and device_type != "cuda":
             preset_name = "fast-cpu"

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 from .fileio import atomic_write_json, file_sha256
+from .training.run_folder import read_run_status
 
 RUNNING, DONE, FAILED, CANCELLED = "running", "done", "failed", "cancelled"
 TERMINAL_STATES = (DONE, FAILED, CANCELLED)
@@ -125,7 +126,7 @@ def case_manifest(folder: JobFolder, cases: dict[str, dict]) -> dict[str, dict]:
 
 def round_summary(run_dir: Path, info: dict) -> dict:
     """What the history view shows for one round."""
-    status = read_json(run_dir / "status.json", default={}) or {}
+    status = read_run_status(run_dir) or {}  # "interrupted" when its process is gone
     records = ProgressReader(run_dir / "progress.jsonl").read_new()
     dice = [r["val_dice"] for r in records if r.get("val_dice") is not None]
     steps = [r for r in records if "iteration" in r]
@@ -369,12 +370,13 @@ class Job:
         """
         job = cls(folder, round_number, folder.read_round(round_number).get("command", []))
         job._take(job._reader.read_new())
-        status = read_json(job.run_dir / "status.json", default={}) or {}
+        status = read_run_status(job.run_dir) or {}
         state = status.get("state")
         if state in TERMINAL_STATES:
             job._finish(state, status.get("error") if state == FAILED else None)
-        else:
-            job._finish(FAILED, "the training process of this round ended without a final status")
+        else:  # interrupted (killed), or never started
+            job._finish(FAILED, status.get("error") or "the training process of this round ended without a final "
+                                                       "status")
         return job
 
     # -- paths ---------------------------------------------------------------------------
@@ -448,7 +450,7 @@ class Job:
         """Final state from the child's status.json and exit code."""
         # The last records may have been written between the read above and the exit.
         self._take(self._reader.read_new())
-        status = read_json(self.run_dir / "status.json", default={}) or {}
+        status = read_run_status(self.run_dir) or {}  # a killed child: interrupted, with how to resume
         if status.get("state") == DONE and returncode == 0:
             return DONE, None
         if self.cancel_requested:

@@ -35,6 +35,7 @@ import slicer
 import vtk
 
 from . import jobs
+from .data.class_names import check_classes_in_every_case, check_every_class_drawn, class_key, display_name
 from .errors import InputError
 from .fileio import atomic_path, atomic_write_json
 from .segmenting import SegmentingMixin
@@ -146,12 +147,14 @@ class SSLSegmentLogic(SegmentingMixin):
         labeled, unlabeled = list(labeled), list(unlabeled)
         self.validateInputs(labeled, unlabeled)
         classes = self.classesFromSegmentations([seg for _, seg in labeled])
+        check_classes_in_every_case(_segmentNamesPerVolume(labeled))
         folder = jobs.JobFolder(jobFolder or self._newJobFolder(method))
         if folder.job_file.exists():
             raise InputError(f"job folder {folder.root} is already used by another job")
         settings = jobs.TrainSettings(method=method, network=network, dim=str(dim), iterations=int(iterations),
                                       device=device, seed=int(seed), size=size, preset=preset,
                                       extra_args=list(extraArgs))
+        _checkSettings(folder, settings)
         names = uniqueCaseNames([volume for volume, _ in labeled] + unlabeled)
         round_number = 1
         cases = {}
@@ -160,6 +163,8 @@ class SSLSegmentLogic(SegmentingMixin):
                 cases[name] = self._exportCase(folder, round_number, name, volume, segmentation, classes)
             for volume, name in zip(unlabeled, names[len(labeled):]):
                 cases[name] = self._exportCase(folder, round_number, name, volume, None, classes)
+            check_every_class_drawn([c["name"] for c in classes],
+                                    [folder.root / c["label"] for c in cases.values() if c.get("label")])
             folder.write_job({"version": 1, "created": jobs.now_iso(), "classes": classes,
                               "cases": {name: _jobCaseEntry(case) for name, case in cases.items()}})
         return self._startRound(folder, round_number, cases, settings, None, waitForCompletion)
@@ -182,6 +187,7 @@ class SSLSegmentLogic(SegmentingMixin):
         self._checkNoNewClasses(corrected, classes)
         previous = folder.read_round(job.round)
         settings = jobs.TrainSettings(**{**_settingsFrom(previous), **_settingsChanges(iterations, settingsChanges)})
+        _checkSettings(folder, settings)
         round_number = folder.next_round()
         with _removedOnError(folder.labels_dir(round_number)):
             cases = self._carryOverCases(folder, previous, round_number)
@@ -287,22 +293,24 @@ class SSLSegmentLogic(SegmentingMixin):
                              "the segmentation to the volume (Segment Editor: Specify geometry).")
 
     def _checkNoNewClasses(self, corrected: Sequence[tuple], classes: list[dict]) -> None:
-        known = {c["name"] for c in classes}
+        known = {class_key(c["name"]) for c in classes}
         for _, segmentation in corrected:
-            new = [n for n in segmentNames(segmentation) if n not in known]
+            new = [n for n in segmentNames(segmentation) if class_key(n) not in known]
             if new:
                 raise InputError(f"Segmentation '{segmentation.GetName()}' has segments that are not classes of "
                                  f"this job ({', '.join(new)}); known classes: {', '.join(sorted(known))}. "
                                  "Rename them, or start a new training to add classes.")
 
     def classesFromSegmentations(self, segmentations: Iterable) -> list[dict]:
-        """Classes from segment names: union in order of first appearance, first colour wins."""
+        """Classes from segment names (trimmed, case-folded: ``RV`` and ``rv `` are one class):
+        union in order of first appearance, first spelling and colour win."""
         classes: dict[str, dict] = {}
         for segmentation in segmentations:
             for segment in segments(segmentation):
                 name = segment.GetName()
-                if name not in classes:
-                    classes[name] = {"name": name, "color": [round(c, 4) for c in segment.GetColor()],
+                if class_key(name) not in classes:
+                    classes[class_key(name)] = {"name": display_name(name),
+                                                "color": [round(c, 4) for c in segment.GetColor()],
                                      "terminology": segment.GetTerminology() or None}
         return list(classes.values())
 
@@ -407,10 +415,11 @@ class SSLSegmentLogic(SegmentingMixin):
             raise InputError(f"could not read the prediction {path}")
         segmentation.CreateDefaultDisplayNodes()
         segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
-        by_name = {c["name"]: c for c in classes}
+        by_name = {class_key(c["name"]): c for c in classes}
         for segment in segments(segmentation):
-            known = by_name.get(segment.GetName())
+            known = by_name.get(class_key(segment.GetName()))
             if known:
+                segment.SetName(known["name"])  # the job's spelling of the class
                 segment.SetColor(*known["color"])
                 if known.get("terminology"):
                     segment.SetTerminology(known["terminology"])
@@ -684,6 +693,22 @@ def _removedOnError(path: Path):
 
 def _nodeIDs(scene) -> set[str]:
     return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+
+
+def _checkSettings(folder: jobs.JobFolder, settings: jobs.TrainSettings) -> None:
+    """The engine's own checks of the round's command line (``--lr``, ``--patch-size``...)."""
+    from .training.cli_train import check_train_arguments  # noqa: PLC0415
+
+    check_train_arguments(jobs.train_command([], folder, 1, settings)[2:])
+
+
+def _segmentNamesPerVolume(labeled: Sequence[tuple]) -> dict[str, list[str]]:
+    """Volume name (numbered when repeated) -> its segmentation's segment names."""
+    names: dict[str, list[str]] = {}
+    for number, (volume, segmentation) in enumerate(labeled, start=1):
+        key = f"volume '{volume.GetName()}'"
+        names[key if key not in names else f"{key} (#{number})"] = segmentNames(segmentation)
+    return names
 
 
 def _jobCaseEntry(case: dict) -> dict:

@@ -88,6 +88,7 @@ def read_model_payload(path: str | os.PathLike) -> dict[str, Any]:
 
 def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> Model:
     payload = read_model_payload(path)
+    refuse_non_finite_weights(path, payload["state_dict"])
     spec = payload["network"]
     path = resolve_model_path(path)
     network = built(path, "network", lambda: build_network(spec["name"], spec["dim"], spec["in_channels"],
@@ -98,3 +99,13 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> M
     plan = built(path, "preprocessing plan", lambda: Plan.from_dict(payload["plan"]))
     info = {k: v for k, v in payload.items() if k != "state_dict"}
     return Model(network, classes, plan, tuple(payload["patch_size"]), info)
+
+
+def refuse_non_finite_weights(path: str | os.PathLike, state_dict: dict) -> None:
+    """A model with NaN or infinite weights (a diverged run) would predict empty masks with
+    confidence NaN: refuse it, naming the file."""
+    bad = [name for name, tensor in state_dict.items()
+           if torch.is_tensor(tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if bad:
+        raise InputError(f"{path}: {len(bad)} weight tensor(s) of this model are NaN or infinite ({bad[0]}...): "
+                         "its training diverged. Train again with a lower --lr")

@@ -251,6 +251,8 @@ class BatchStream:
         self._queue: queue.Queue | None = None
         self._stop = threading.Event()
         self._loader_iter = None
+        self.skip = 0
+        """Batches to draw and discard before the first one (a resumed run: the ones it used)."""
 
     def draw(self) -> tuple[dict, dict | None]:
         labelled = self.labelled.sample(self.sizes[0], self.rng)
@@ -262,6 +264,9 @@ class BatchStream:
         if self.num_workers > 0:
             yield from self._from_workers()
             return
+        for _ in range(self.skip):
+            self.draw()
+        self.skip = 0
         if self.prefetch <= 0:
             while True:
                 yield self._pinned(self.draw())
@@ -287,11 +292,14 @@ class BatchStream:
             self._loader_iter = None
 
     def _from_workers(self):
+        dataset = BatchDataset(self.labelled, self.unlabelled, self.sizes, self.seed, self.skip, self.num_workers)
         loader = torch.utils.data.DataLoader(
-            BatchDataset(self.labelled, self.unlabelled, self.sizes, self.seed), batch_size=None,
-            num_workers=self.num_workers, pin_memory=self.pin_memory, prefetch_factor=max(1, self.prefetch),
-            persistent_workers=False)
+            dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
+            prefetch_factor=max(1, self.prefetch), persistent_workers=False, worker_init_fn=ignore_stop_signals)
+        self.skip = 0
+        rng_state = torch.get_rng_state()  # starting the workers draws a base seed: the run's RNG must not move
         self._loader_iter = iter(loader)
+        torch.set_rng_state(rng_state)
         try:
             while True:
                 labelled, unlabelled = next(self._loader_iter)
@@ -318,17 +326,37 @@ class BatchStream:
             self._queue.put(error)
 
 
+def ignore_stop_signals(_worker_id: int) -> None:
+    """In a loader worker: leave SIGTERM and SIGINT to the training process. Sent to the whole
+    process group (``timeout``, batch schedulers, Ctrl+C), they would otherwise kill the
+    workers first, and the run would end as failed instead of cancelled; the training
+    process stops its workers itself, and they exit when it dies."""
+    import signal  # noqa: PLC0415
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class BatchDataset(torch.utils.data.IterableDataset):
     """Endless batches for a ``DataLoader``: worker ``w`` draws with the seed sequence
     ``(seed, w)``, so workers never repeat each other and a run is reproducible."""
 
-    def __init__(self, labelled: PatchSampler, unlabelled: PatchSampler | None, sizes, seed: int):
+    def __init__(self, labelled: PatchSampler, unlabelled: PatchSampler | None, sizes, seed: int, skip: int = 0,
+                 num_workers: int = 1):
         super().__init__()
         self.labelled, self.unlabelled, self.sizes, self.seed = labelled, unlabelled, tuple(sizes), seed
+        self.skip, self.num_workers = skip, max(1, num_workers)
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
-        rng = np.random.default_rng([self.seed, info.id if info else 0])
+        # The loader takes batches from the workers in turn, from worker 0. After ``skip``
+        # batches, worker w plays the part that worker (w + skip) % n had in the full run.
+        role = ((info.id if info else 0) + self.skip) % self.num_workers
+        rng = np.random.default_rng([self.seed, role])
+        for _ in range(len(range(role, self.skip, self.num_workers))):
+            self.labelled.sample(self.sizes[0], rng)
+            if self.unlabelled:
+                self.unlabelled.sample(self.sizes[1], rng)
         while True:
             labelled = self.labelled.sample(self.sizes[0], rng)
             unlabelled = self.unlabelled.sample(self.sizes[1], rng) if self.unlabelled else {}

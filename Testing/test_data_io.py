@@ -225,8 +225,13 @@ def test_labels_beside_images_and_nnunet_channel_suffix(tmp_path):
     write_image(folder / "b.nrrd", np.zeros(geometry.shape_zyx, np.float32), geometry)
     write_labelmap(folder / "b-label.nrrd", two_box_label(), geometry)        # Slicer's labelmap naming
     write_image(folder / "u.nrrd", np.zeros(geometry.shape_zyx, np.float32), geometry)
+    # paired, but a's named segments and b's label values are different classes (issue 13.5)
+    with pytest.raises(InputError, match=r"'LV' is missing from 1 of 2 labelled cases \(b\)"):
+        discover_dataset(folder, folder)
+    (folder / "a.seg.nrrd").unlink()
+    write_labelmap(folder / "a-label.nrrd", two_box_label(), geometry)
     dataset = discover_dataset(folder, folder)
-    assert [(c.name, c.label.name) for c in dataset.labelled] == [("a", "a.seg.nrrd"), ("b", "b-label.nrrd")]
+    assert [(c.name, c.label.name) for c in dataset.labelled] == [("a", "a-label.nrrd"), ("b", "b-label.nrrd")]
     assert [c.name for c in dataset.unlabelled] == ["u"]
     images, labels = _folders(tmp_path)
     write_case(images, None, "x_0000", geometry)

@@ -39,8 +39,8 @@ def _check_single_set_of_outputs(out, iterations: int) -> list[dict]:
     assert len(checksums) == 2 and checksums[0] == checksums[1], checksums  # every network equal on every rank
     assert json.loads((out / "config.json").read_text())["world_size"] == 2
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["cases.json", "checkpoint_best.pt", "checkpoint_last.pt", "config.json", "log.txt", "model.pt",
-         "progress.jsonl", "status.json"])
+        ["cases.json", "checkpoint_best.pt", "checkpoint_last.pt", "command.json", "config.json", "log.txt",
+         "model.pt", "progress.jsonl", "run.lock", "status.json"])
     state = torch.load(out / "model.pt", weights_only=True)["state_dict"]
     assert not any(key.startswith("module.") or ".module." in key for key in state)
     load_model(out / "model.pt", torch.device("cpu"))  # a bare backbone takes the weights

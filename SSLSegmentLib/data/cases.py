@@ -9,6 +9,7 @@ nnU-Net's channel suffix is understood: image ``a_0000.nii.gz`` goes with label 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -19,6 +20,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..prediction_outputs import without_prediction_outputs
+from .class_names import check_classes_in_every_case, class_key, display_name
 from .geometry import Geometry
 from .io import IMAGE_EXTENSIONS, has_image_extension, read_image
 from .labels import (SEGMENTATION_SUFFIX, ClassInfo, LabelFile, default_color, is_segmentation_file,
@@ -50,6 +52,8 @@ class Dataset:
     labelled: list[Case]
     unlabelled: list[Case]
     classes: list[ClassInfo]
+    warnings: list[str] = field(default_factory=list)
+    """What the run should log about the labels (e.g. a label value present in only some cases)."""
 
     @property
     def class_names(self) -> list[str]:
@@ -121,7 +125,8 @@ def discover_dataset(images_dir: str | Path, labels_dir: str | Path | None = Non
     if require_labelled and not labelled:
         where = labels_dir if labels_dir is not None else f"{images_dir} (<case>.seg.nrrd or <case>-label.nrrd)"
         raise InputError(f"No labelled case: no label in {where} matches an image of {images_dir}")
-    return Dataset(labelled, unlabelled, resolve_classes(labelled))
+    warnings: list[str] = []
+    return Dataset(labelled, unlabelled, resolve_classes(labelled, warnings), warnings)
 
 
 def _other_files(folder: str | Path) -> str:
@@ -196,16 +201,24 @@ def _strip_channel(name: str) -> str:
     return match["case"] if match else name
 
 
-def resolve_classes(labelled: list[Case]) -> list[ClassInfo]:
-    """Union of the classes of all labels, by name, in order of first appearance.
+def resolve_classes(labelled: list[Case], warnings: list[str] | None = None) -> list[ClassInfo]:
+    """Union of the classes of all labels, by name (trimmed, case-folded: see
+    :mod:`.class_names`), in order of first appearance. A named class missing from some
+    cases raises InputError; a ``label_<v>`` missing from some adds to ``warnings``.
 
     When every name is a generated ``label_<v>`` (plain labelmaps without names), they are
     ordered by value instead, so ``label_1`` is class 1 whichever case shows it first.
     """
     classes: dict[str, ClassInfo] = {}
+    names_per_case: dict[str, list[str]] = {}
     for case in labelled:
-        for info in read_label_names(case.label, case.label_names):
-            classes.setdefault(info.name, info)
+        infos = read_label_names(case.label, case.label_names)
+        names_per_case[case.name] = [info.name for info in infos]
+        for info in infos:
+            classes.setdefault(class_key(info.name), dataclasses.replace(info, name=display_name(info.name)))
+    found = check_classes_in_every_case(names_per_case)
+    if warnings is not None:
+        warnings.extend(found)
     ordered = list(classes.values())
     if ordered and all(_GENERATED_NAME.match(c.name) for c in ordered):
         ordered.sort(key=lambda c: int(_GENERATED_NAME.match(c.name).group(1)))
@@ -327,13 +340,13 @@ def load_labelled_case(case: Case, classes: list[ClassInfo]) -> tuple[np.ndarray
 
 
 def _class_indices(array: np.ndarray, label_file: LabelFile, classes: list[ClassInfo], case: Case) -> np.ndarray:
-    index_of_name = {info.name: index for index, info in enumerate(classes, start=1)}
+    index_of_name = {class_key(info.name): index for index, info in enumerate(classes, start=1)}
     lookup = np.zeros(max([int(array.max()) if array.size else 0, *label_file.segments]) + 1, dtype=np.int64)
     for value, info in label_file.segments.items():
-        if info.name not in index_of_name:
+        if class_key(info.name) not in index_of_name:
             raise InputError(f"{case.label}: class {info.name!r} (label value {value}) is not among the "
-                             f"dataset classes {list(index_of_name)}")
-        lookup[value] = index_of_name[info.name]
+                             f"dataset classes {[c.name for c in classes]}")
+        lookup[value] = index_of_name[class_key(info.name)]
     unnamed = sorted(set(np.unique(array).tolist()) - set(label_file.segments) - {0})
     if unnamed:
         raise InputError(f"{case.label}: label value(s) {unnamed} are not among the known classes")

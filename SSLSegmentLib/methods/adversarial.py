@@ -28,6 +28,7 @@ class Adversarial(Method):
     name = "adversarial"
     description = "Segmentation net + discriminator on (softmax, image) pairs (DAN)"
     reference = "Zhang et al., MICCAI 2017"
+    options = ("discriminator_width",)
     optimiser_overrides = {"discriminator": {"name": "adam", "lr": 1e-4, "betas": (0.9, 0.99)}}
 
     def __init__(self, settings, network_factory, num_classes, dim):

@@ -100,6 +100,8 @@ class Method(nn.Module):
     reference: ClassVar[str] = ""
     uses_unlabelled: ClassVar[bool] = True
     """False for the supervised baseline: the trainer then draws no unlabelled batch."""
+    options: ClassVar[tuple[str, ...]] = ()
+    """The keys of ``settings.extra`` (``--method-option KEY=VALUE``) this method reads."""
     extra_networks: ClassVar[tuple[str, ...]] = ()
     """Backbones the method builds besides the run's network (CTCT's transformer): their
     size constraints apply to the patch too."""

@@ -72,6 +72,7 @@ class BCP(TeacherStudentMethod):
     name = "bcp"
     description = "Bidirectional copy-paste of labelled/unlabelled images, EMA pseudo-labels"
     reference = "Bai et al., CVPR 2023"
+    options = ("bcp_pretrain_fraction", "bcp_largest_component", "bcp_unlabelled_weight")
 
     def in_pretraining(self, step) -> bool:
         return step.iteration < float(extra(self.settings, "bcp_pretrain_fraction", 0.2)) * step.total

@@ -29,6 +29,7 @@ class CCT(Method):
     name = "cct"
     description = "Main decoder + auxiliary decoders on perturbed features, consistency"
     reference = "Ouali et al., CVPR 2020"
+    options = ("cct_aux_decoders",)
 
     def __init__(self, settings, network_factory, num_classes, dim):
         super().__init__(settings, network_factory, num_classes, dim)

@@ -28,6 +28,7 @@ class FixMatch(Method):
     name = "fixmatch"
     description = "Confident weak-view pseudo-labels supervise a strong view"
     reference = "Sohn et al., NeurIPS 2020"
+    options = ("fixmatch_threshold",)
     default_consistency = 1.0
 
     def __init__(self, settings, network_factory, num_classes, dim):

@@ -26,6 +26,7 @@ class RDrop(Method):
     name = "rdrop"
     description = "One network with dropout run twice, symmetric KL between the passes"
     reference = "Wu et al., NeurIPS 2021"
+    options = ("rdrop_dropout",)
     default_consistency = 4.0
 
     def __init__(self, settings, network_factory, num_classes, dim):

@@ -46,6 +46,7 @@ class UAMT(TeacherStudentMethod):
     name = "uamt"
     description = "Mean Teacher with an uncertainty-masked consistency (T noisy teacher passes)"
     reference = "Yu et al., MICCAI 2019"
+    options = ("uamt_passes",)
 
     def training_step(self, labelled, unlabelled, step):
         images, n_labelled = joined_images(labelled, unlabelled)

@@ -13,11 +13,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import SimpleITK as sitk
 
 from ..cache import CachedCase, PreprocessCache, case_key
 from ..fileio import file_sha256
 from ..config import TrainConfig
+from ..errors import InputError
 from ..data.cases import Case, Dataset
 from ..data.geometry import Geometry
 from ..data.io import read_image
@@ -25,7 +27,8 @@ from ..data.labels import ClassInfo
 from ..domain import spacing_outliers
 from ..methods import method_class
 from ..networks import network_divisor
-from ..preprocessing import Plan, make_plan
+from ..preprocessing import Plan, make_plan, target_spacing_for
+from ..settings_check import check_patch_rank, check_resampled_size
 from ..sampling import fit_patch
 from .distributed import DistributedContext
 
@@ -112,9 +115,12 @@ def prepare_training_data(dataset: Dataset, config: TrainConfig, log: logging.Lo
     if plan is None:
         plan = make_plan([read_geometry(case.image) for case in dataset.labelled], dim=config.dim,
                          normalisation=config.normalisation, ct_window=config.ct_window)
-    every_case = dataset.labelled + dataset.unlabelled
-    for warning in spacing_outliers({c.name: read_geometry(c.image).spacing for c in every_case}):
+    check_patch_rank(config.patch_size, plan.dim)
+    geometries = {case.name: read_geometry(case.image) for case in [*dataset.labelled, *dataset.unlabelled]}
+    for warning in spacing_outliers({name: geometry.spacing for name, geometry in geometries.items()}):
         log.warning("%s", warning)
+    for name, geometry in geometries.items():  # a wrong spacing unit: refused before any allocation
+        check_resampled_size(name, geometry.size, geometry.spacing, target_spacing_for(geometry, plan))
     log.info("plan: %dD, target spacing %s, %s normalisation", plan.dim, tuple(round(s, 3) for s in plan.target_spacing),
              plan.normalisation)
     held_out = validation_split(dataset.labelled, config.val_cases, config.seed)
@@ -136,12 +142,33 @@ def prepare_training_data(dataset: Dataset, config: TrainConfig, log: logging.Lo
     networks = (config.network, *method_class(config.method).extra_networks)
     divisor = max(map(network_divisor, networks))
     patch = fit_patch(config.preset_patch(plan.dim), shapes, divisor)
+    if config.patch_size is not None and tuple(patch) != tuple(config.patch_size):
+        log.warning("--patch-size %s became %s: each side is rounded down to a multiple of %d (what the networks "
+                    "need) and clipped to the largest case (%s after resampling)", tuple(config.patch_size), patch,
+                    divisor, tuple(int(v) for v in np.max(np.array(shapes), axis=0)))
+    check_every_class_has_voxels(dataset.classes, [cached[c.name] for c in dataset.labelled])
     stats = {"dir": str(cache.root), "reused": len(jobs) - len(missing), "built": len(missing)}
     log.info("%d labelled for training, %d for validation, %d unlabelled; patch %s", len(train), len(validation),
              len(unlabelled), patch)
     log.info("preprocessed-case cache %s: %d reused, %d built", cache.root, stats["reused"], stats["built"])
     data = TrainingData(plan, dataset.classes, patch, train, validation, unlabelled, divisor, shapes, stats)
     return data, cases_json
+
+
+def check_every_class_has_voxels(classes: list[ClassInfo], labelled: list[CachedCase]) -> None:
+    """Refuse a class that no labelled case shows (a model would learn nothing of it), or a
+    dataset without any class: InputError naming the classes."""
+    if not classes:
+        raise InputError("No class to learn: every label is empty (no voxel above 0). Draw the structures in at "
+                         "least one labelled case")
+    seen: set[int] = set()
+    for case in labelled:
+        seen.update(value for value, points in case.foreground().items() if len(points))
+    empty = [info.name for index, info in enumerate(classes, start=1) if index not in seen]
+    if empty:
+        raise InputError(f"Class(es) {', '.join(map(repr, empty))} have no voxel in any labelled case (after "
+                         "resampling to the training spacing): draw them in at least one case, or remove the empty "
+                         "segments / label values")
 
 
 def _key(case: Case, checksums: dict[str, str], plan: Plan, classes: list[ClassInfo]) -> str:

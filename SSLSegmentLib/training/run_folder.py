@@ -18,6 +18,9 @@ from typing import Any
 from ..fileio import append_jsonl, atomic_write_json
 
 STATES = ("running", "done", "failed", "cancelled")
+INTERRUPTED = "interrupted"
+"""What readers report for a status left at ``running`` by a process that is gone (SIGKILL,
+power loss, full disk): never written, only read. ``train --resume`` goes on from it."""
 
 
 class RunFolder:
@@ -68,6 +71,10 @@ class RunFolder:
         logger = logging.getLogger(f"sslsegment.run.{self.path.resolve()}")
         logger.setLevel(logging.INFO)
         logger.propagate = True
+        for handler in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
+            if not self.log.exists():  # an earlier run's log, deleted by --overwrite: start the new one
+                logger.removeHandler(handler)
+                handler.close()
         if self.writer and not any(isinstance(h, logging.FileHandler) for h in logger.handlers):
             handler = logging.FileHandler(self.log, encoding="utf-8")
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -76,10 +83,8 @@ class RunFolder:
 
     # --- reader side ----------------------------------------------------------------------
     def read_status(self) -> dict | None:
-        try:
-            return json.loads(self.status.read_text(encoding="utf-8"))
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
+        """The status; ``running`` becomes ``interrupted`` when no live process holds the run."""
+        return read_run_status(self.path)
 
     def read_progress(self) -> list[dict]:
         if not self.progress.exists():
@@ -94,3 +99,37 @@ class RunFolder:
 
     def request_cancel(self) -> None:
         self.cancel_file.write_text("cancel\n", encoding="utf-8")
+
+
+def read_run_status(folder: str | os.PathLike) -> dict | None:
+    """``status.json`` of a run folder, its state ``interrupted`` when it says ``running`` but
+    the process is gone (the folder's lock is free; without a lock file, the pid is dead)."""
+    from .run_lock import LOCK_NAME, folder_in_use  # noqa: PLC0415
+
+    folder = Path(folder)
+    try:
+        status = json.loads((folder / "status.json").read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if not isinstance(status, dict) or status.get("state") != "running":
+        return status
+    alive = folder_in_use(folder) if (folder / LOCK_NAME).exists() else _pid_alive(status.get("pid"))
+    if not alive:
+        status = {**status, "state": INTERRUPTED,
+                  "error": status.get("error") or "the training process ended without a final status (killed?); "
+                                                  f"go on with `sslsegment train --resume {folder}`"}
+    return status
+
+
+def _pid_alive(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    if os.name == "nt":  # os.kill would terminate it there; without a lock file, assume alive
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True

@@ -34,14 +34,16 @@ from ..methods import Method, MethodSettings, StepInfo, method_class
 from ..methods.base import consistency_weight
 from ..metrics import dice_per_class
 from ..domain import describe_training_domain
-from ..model_file import load_model, read_model_payload, save_model
+from ..model_file import load_model, read_model_payload, refuse_non_finite_weights, save_model
 from ..networks import build_network
 from ..preprocessing import Plan
 from ..sampling import BatchStream, PatchSampler, to_tensors
-from . import memory
+from ..settings_check import check_method_options
+from . import memory, resume
 from .data_setup import TrainingData, prepare_training_data
 from .distributed import (DataParallelNetworks, DistributedContext, broadcast_state, convert_batchnorm, shard,
                           state_checksum)
+from .divergence import check_losses, check_weights
 from .run_folder import RunFolder
 from .schedules import poly_lr
 
@@ -84,6 +86,7 @@ def seed_everything(seed: int) -> None:
 
 def build_method(config: TrainConfig, data: TrainingData) -> Method:
     cls = method_class(config.method)
+    check_method_options(config.method, config.method_options, cls.options)
     default = getattr(cls, "default_consistency", None)
     settings = MethodSettings(
         consistency=config.consistency if config.consistency is not None else (default if default is not None else 0.1),
@@ -138,12 +141,18 @@ class Trainer:
         self.progress_bar = sys.stderr.isatty() and self.context.is_main
         self.check_memory = memory.FaultInjector.from_env()
         """Called with (batch sizes, patch) before each step: a simulated device for tests."""
+        self.start_iteration, self.resumed_best_dice = 0, None
+        """Where the loop starts, and the best Dice so far: set by ``resume.restore``."""
 
     # --- set-up ---------------------------------------------------------------------------
     def setup(self) -> None:
         config, context = self.config, self.context
         seed_everything(config.seed)
+        for warning in getattr(self.dataset, "warnings", []) if context.is_main else []:
+            self.log.warning("%s", warning)
         initial = read_model_payload(config.init_model) if config.init_model else None
+        if initial:
+            refuse_non_finite_weights(config.init_model, initial["state_dict"])
         plan = Plan.from_dict(initial["plan"]) if initial else None
         cache_dir = config.cache_dir or default_cache_dir(self.run.path)
         self.data, cases = prepare_training_data(self.dataset, config, self.log, plan, cache_dir, context)
@@ -286,11 +295,12 @@ class Trainer:
         config, total, context = self.config, self.config.iterations, self.context
         val_interval = config.val_interval or max(1, total // 10)
         log_interval = max(1, min(50, total // 100))
-        best_dice: float | None = None
+        checkpoint_every = resume.checkpoint_interval(config, total)
+        best_dice: float | None = self.resumed_best_dice
         started, losses_sum, logged_steps = time.monotonic(), {}, 0
         self._batches = iter(self.stream)
         try:
-            for iteration in range(total):
+            for iteration in range(self.start_iteration, total):
                 if self._cancel_requested():
                     raise Cancelled()
                 losses, lr, weight = self._guarded_step(iteration)
@@ -299,6 +309,10 @@ class Trainer:
                 logged_steps += 1
                 done = iteration + 1
                 validating = bool(self.data.validation) and (done % val_interval == 0 or done == total)
+                recording = done % log_interval == 0 or done == total or validating
+                if recording:  # a diverged run stops here, before it validates or saves anything
+                    losses_sum = self._averaged_over_ranks(losses_sum)
+                    check_losses(losses_sum, done, config)
                 val_dice = None
                 if validating:
                     if context.is_main:
@@ -307,12 +321,13 @@ class Trainer:
                             best_dice = val_dice
                             self._save_checkpoint("best", done, best_dice)
                     context.barrier()
-                if done % log_interval == 0 or done == total or validating:
-                    losses_sum = self._averaged_over_ranks(losses_sum)
+                if recording:
                     record = self._progress_record(done, total, losses_sum, logged_steps, lr, weight, started, val_dice)
                     losses_sum, logged_steps = {}, 0
                     self.run.add_progress(record)
                     self._show(record)
+                if done % checkpoint_every == 0 and done < total and context.is_main:
+                    resume.save(self, done, best_dice)
         finally:
             self.stream.close()
         self._check_ranks_agree()
@@ -321,6 +336,7 @@ class Trainer:
         source = "best" if best_dice is not None else "last"
         if context.is_main:
             self._save_model(source, best_dice)
+            self.run.checkpoint(resume.KIND).unlink(missing_ok=True)  # a finished run is not resumed
         context.barrier()
         return TrainResult(total, best_dice, source)
 
@@ -420,7 +436,8 @@ class Trainer:
         elapsed = time.monotonic() - started
         record = {"iteration": done, "total": total,
                   "losses": {k: round(float(v) / steps, 6) for k, v in losses_sum.items()},
-                  "lr": lr, "elapsed_s": round(elapsed, 2), "eta_s": round(elapsed / done * (total - done), 1)}
+                  "lr": lr, "elapsed_s": round(elapsed, 2),
+                  "eta_s": round(elapsed / max(1, done - self.start_iteration) * (total - done), 1)}
         if self.method.uses_unlabelled:
             record["consistency_weight"] = round(weight, 6)
         if val_dice is not None:
@@ -441,6 +458,7 @@ class Trainer:
         sys.stderr.flush()
 
     def _save_checkpoint(self, kind: str, iteration: int, best_dice: float | None) -> None:
+        check_weights(self.method, iteration, self.config)
         payload = {"iteration": iteration, "best_dice": best_dice, "method": self.method.name,
                    "state": {k: v.detach().cpu() for k, v in self.method.state_dict().items()},
                    "optimisers": {name: opt.state_dict() for name, opt in self.optimisers.items()}}
