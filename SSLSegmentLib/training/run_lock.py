@@ -10,6 +10,7 @@ Under ``torchrun`` rank 0 takes the lock for all ranks (they share the folder).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -162,11 +163,24 @@ def claim_run_folder(folder: str | os.PathLike, resume: bool = False, overwrite:
     return lock
 
 
+def _nothing_to_keep(folder: Path, previous: list[Path]) -> bool:
+    """An earlier attempt that failed or was cancelled before it trained anything (no model,
+    checkpoint, progress or prediction): a rerun after fixing the input may replace it."""
+    trained = {"model.pt", "progress.jsonl", "predictions"}
+    if any(p.name in trained or p.name.startswith("checkpoint_") for p in previous):
+        return False
+    try:
+        state = json.loads((folder / "status.json").read_text(encoding="utf-8")).get("state")
+    except (OSError, ValueError, AttributeError):
+        state = None
+    return state in ("failed", "cancelled")
+
+
 def _check_previous_run(folder: Path, resume: bool, overwrite: bool) -> None:
     previous = run_files(folder)
     if resume:
         return
-    if previous and not overwrite:
+    if previous and not overwrite and not _nothing_to_keep(folder, previous):
         names = ", ".join(p.name for p in previous[:5]) + (", ..." if len(previous) > 5 else "")
         raise InputError(f"--out {folder} already holds a training run ({names}); give --resume {folder} to go on "
                          "with it, --overwrite to replace it, or another --out")
