@@ -47,7 +47,11 @@ def _add_train(sub) -> None:
                    help="default: auto (patch and batch from the free GPU memory) on CUDA, fast-cpu on CPU")
     p.add_argument("--size", choices=["tiny", "small", "base"], help="network size (default: the preset's)")
     p.add_argument("--dim", default="auto", choices=["auto", "2", "3"])
-    p.add_argument("--iterations", type=int, default=2000)
+    p.add_argument("--iterations", type=int,
+                   help="training iterations (default 2000); with --time-budget, the most it may choose")
+    p.add_argument("--time-budget", type=float, metavar="MINUTES",
+                   help="train for this many minutes, set-up and prediction of the unlabelled cases included: "
+                        "after a short warm-up the iteration count is fixed to fit (recorded in budget.json)")
     p.add_argument("--patch-size", type=_patch, help="z,y,x in 3D or y,x in 2D")
     p.add_argument("--labelled-batch", type=int)
     p.add_argument("--unlabelled-batch", type=int)
@@ -119,7 +123,8 @@ def config_from_args(args):
             options[key] = value
     return TrainConfig(
         method=args.method, network=args.network, preset=args.preset, size=args.size, dim=args.dim,
-        iterations=args.iterations, patch_size=args.patch_size, labelled_batch=args.labelled_batch,
+        iterations=_iterations(args), time_budget=args.time_budget,
+        patch_size=args.patch_size, labelled_batch=args.labelled_batch,
         unlabelled_batch=args.unlabelled_batch, optimiser=args.optimiser, lr=args.lr, consistency=args.consistency,
         method_options=options, normalisation=args.normalisation,
         ct_window=tuple(args.ct_window) if args.ct_window else None, val_cases=args.val_cases,
@@ -128,6 +133,15 @@ def config_from_args(args):
         largest_component=args.largest_component,
         cache_dir=str(args.cache_dir) if args.cache_dir else None, num_workers=args.num_workers,
         channels_last={"auto": None, "on": True, "off": False}[args.channels_last])
+
+
+def _iterations(args) -> int:
+    from .config import TrainConfig  # noqa: PLC0415
+    from .training.budget import DEFAULT_CAP  # noqa: PLC0415
+
+    if args.iterations is not None:
+        return args.iterations
+    return DEFAULT_CAP if args.time_budget else TrainConfig.iterations
 
 
 def load_dataset(args):

@@ -67,6 +67,10 @@ class TrainConfig:
     size: str | None = None
     dim: str = "auto"
     iterations: int = 2000
+    """With ``time_budget``: the most the budget may choose."""
+    time_budget: float | None = None
+    """Minutes for the whole run (set-up, training, validation, prediction of the unlabelled
+    cases); the iteration count is fixed after a warm-up (``training/budget.py``)."""
     patch_size: tuple[int, ...] | None = None
     """Patch in array order: (z, y, x) in 3D, (y, x) in 2D; None: the preset's."""
     labelled_batch: int | None = None
@@ -121,6 +125,8 @@ class TrainConfig:
             raise InputError(f"unknown optimiser {self.optimiser!r}; choose sgd or adamw")
         if self.iterations < 1:
             raise InputError(f"iterations must be at least 1, got {self.iterations}")
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise InputError(f"time budget must be a positive number of minutes, got {self.time_budget}")
         if self.num_workers is None:
             updates["num_workers"] = 4 if device_type == "cuda" else 0
         elif self.num_workers < 0:

@@ -38,6 +38,7 @@ from ..networks import build_network
 from ..preprocessing import Plan
 from ..sampling import BatchStream, PatchSampler, to_tensors
 from . import memory
+from .budget import TimeBudget
 from .data_setup import TrainingData, prepare_training_data
 from .distributed import (DataParallelNetworks, DistributedContext, broadcast_state, convert_batchnorm, shard,
                           state_checksum)
@@ -129,6 +130,8 @@ class Trainer:
     def __init__(self, config: TrainConfig, dataset: Dataset, run: RunFolder, log: logging.Logger | None = None,
                  context: DistributedContext | None = None):
         self.run = run
+        self.started = time.monotonic()
+        """The clock of ``--time-budget`` (set-up included)."""
         self.log = log or run.logger()
         self.context = context or DistributedContext()
         self.device = resolve_device(config.device, self.context)
@@ -282,14 +285,17 @@ class Trainer:
 
     # --- the loop -------------------------------------------------------------------------
     def train(self) -> TrainResult:
-        config, total, context = self.config, self.config.iterations, self.context
-        val_interval = config.val_interval or max(1, total // 10)
-        log_interval = max(1, min(50, total // 100))
+        config, context = self.config, self.context
+        budget = TimeBudget.for_trainer(self)  # may fix config.iterations after a warm-up
         best_dice: float | None = None
         started, losses_sum, logged_steps = time.monotonic(), {}, 0
         self._batches = iter(self.stream)
         try:
-            for iteration in range(total):
+            iteration = 0
+            while iteration < config.iterations:
+                total = config.iterations
+                val_interval = config.val_interval or max(1, total // 10)
+                log_interval = max(1, min(50, total // 100))
                 if self._cancel_requested():
                     raise Cancelled()
                 losses, lr, weight = self._guarded_step(iteration)
@@ -312,8 +318,12 @@ class Trainer:
                     losses_sum, logged_steps = {}, 0
                     self.run.add_progress(record)
                     self._show(record)
+                iteration = done
+                if budget is not None:
+                    budget.after_step(done)
         finally:
             self.stream.close()
+        total = config.iterations
         self._check_ranks_agree()
         if context.is_main:
             self._save_checkpoint("last", total, best_dice)

@@ -1,0 +1,89 @@
+"""``--time-budget``: the run, prediction included, ends within the budget, and the learning
+rate and the ramp-up run over the iteration count the budget fixed."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import pytest
+
+from SSLSegmentLib.cli import build_parser, config_from_args
+from SSLSegmentLib.config import TrainConfig
+from SSLSegmentLib.data.cases import discover_dataset
+from SSLSegmentLib.errors import InputError
+from SSLSegmentLib.methods.base import MethodSettings, consistency_weight
+from SSLSegmentLib.training.budget import DEFAULT_CAP
+from SSLSegmentLib.training.run_folder import RunFolder
+from SSLSegmentLib.training.schedules import poly_lr
+from SSLSegmentLib.training.trainer import Trainer
+
+BUDGET_MINUTES = 0.2  # 12 s: long enough for tens of tiny steps after set-up and warm-up
+
+
+def _budgeted_run(phantom_data, tmp_path, slow_down_after_plan: float = 0.0):
+    """A whole budgeted run in this process: set-up, training, prediction of the unlabelled
+    cases. Returns (seconds it took, run folder, trainer)."""
+    run = RunFolder(tmp_path / "run")
+    run.prepare()
+    dataset = discover_dataset(phantom_data["images"], phantom_data["labels"])
+    config = TrainConfig(method="mean_teacher", size="tiny", dim="3", patch_size=(16, 32, 32), iterations=DEFAULT_CAP,
+                         time_budget=BUDGET_MINUTES, val_cases=1, predict_unlabelled=True, device="cpu",
+                         cache_dir=str(tmp_path / "cache"), seed=5)
+    started = time.monotonic()
+    trainer = Trainer(config, dataset, run, logging.getLogger("test_budget"))
+    if slow_down_after_plan:
+        # the machine gets busy once the count is fixed: every step then takes longer
+        trainer.check_memory = lambda *_: time.sleep(slow_down_after_plan) if (run.path / "budget.json").exists() else None
+    trainer.setup()
+    trainer.train()
+    trainer.predict_unlabelled()
+    return time.monotonic() - started, run, trainer
+
+
+def test_budgeted_run_ends_within_the_budget_and_its_schedule_spans_the_fixed_count(phantom_data, tmp_path):
+    seconds, run, trainer = _budgeted_run(phantom_data, tmp_path)
+    assert seconds <= 60 * BUDGET_MINUTES, f"the run took {seconds:.1f} s for a {60 * BUDGET_MINUTES:.0f} s budget"
+    plan = json.loads((run.path / "budget.json").read_text())
+    fixed = plan["iterations"]
+    assert fixed == trainer.config.iterations and fixed > plan["warmup_iterations"] >= 4
+    assert plan["seconds_per_iteration"] > 0 and plan["seconds_per_predicted_case"] > 0
+    # most of the budget went into training, not left unused
+    assert seconds >= 0.5 * 60 * BUDGET_MINUTES
+    progress = run.read_progress()
+    events = [r for r in progress if r.get("event") == "budget"]  # a busy machine may cut the count again
+    assert events[0]["reason"] == "warm-up" and events[-1]["iterations"] == fixed
+    steps = [r for r in progress if "iteration" in r]
+    after = [r for r in steps if r["iteration"] > plan["warmup_iterations"]]
+    assert after and {r["total"] for r in after} <= {e["iterations"] for e in events}
+    last = steps[-1]
+    assert last["iteration"] == fixed
+    base_lr = trainer.config.lr
+    assert last["lr"] == pytest.approx(base_lr * poly_lr(1.0, fixed - 1, fixed))
+    settings = MethodSettings(consistency=trainer.method.settings.consistency,
+                              rampup_fraction=trainer.config.rampup_fraction)
+    assert last["consistency_weight"] == pytest.approx(consistency_weight(settings, fixed - 1, fixed), abs=1e-6)
+    assert sorted(p.name for p in run.predictions.glob("*.seg.nrrd")) == ["case_003.seg.nrrd", "case_004.seg.nrrd"]
+
+
+def test_a_machine_that_slows_down_cuts_the_count_and_still_ends_in_time(phantom_data, tmp_path):
+    seconds, run, trainer = _budgeted_run(phantom_data, tmp_path, slow_down_after_plan=0.15)
+    assert seconds <= 60 * BUDGET_MINUTES, f"the run took {seconds:.1f} s for a {60 * BUDGET_MINUTES:.0f} s budget"
+    events = [r for r in run.read_progress() if r.get("event") == "budget"]
+    assert [e["reason"] for e in events][:2] == ["warm-up", "slower"]
+    assert events[-1]["iterations"] < events[0]["iterations"]
+    steps = [r for r in run.read_progress() if "iteration" in r]
+    assert steps[-1]["iteration"] == steps[-1]["total"] == events[-1]["iterations"] == trainer.config.iterations
+
+
+def test_cli_time_budget_sets_minutes_and_lifts_the_iteration_default(tmp_path):
+    parse = build_parser().parse_args
+    budgeted = config_from_args(parse(["train", "--out", str(tmp_path), "--time-budget", "5"]))
+    assert budgeted.time_budget == 5.0 and budgeted.iterations == DEFAULT_CAP
+    capped = config_from_args(parse(["train", "--out", str(tmp_path), "--time-budget", "5", "--iterations", "300"]))
+    assert capped.iterations == 300
+    plain = config_from_args(parse(["train", "--out", str(tmp_path)]))
+    assert plain.time_budget is None and plain.iterations == TrainConfig.iterations
+    with pytest.raises(InputError, match="time budget"):
+        TrainConfig(time_budget=0).resolved("cpu")
