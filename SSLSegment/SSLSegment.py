@@ -96,6 +96,8 @@ class SSLSegmentParameterNode:
     network: Annotated[str, Choice(list(NETWORK_CHOICES))] = "unet"
     preset: Annotated[str, Choice(list(PRESET_CHOICES))] = "auto"
     iterations: Annotated[int, WithinRange(1, 1000000)] = 2000
+    trainMinutes: Annotated[int, WithinRange(0, 10000)] = 0
+    """0: train for ``iterations``; else for this many minutes (the time budget)."""
     dim: Annotated[str, Choice(list(DIM_CHOICES))] = "auto"
     device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"
     size: Annotated[str, Choice(list(SIZE_CHOICES))] = "preset"
@@ -334,7 +336,7 @@ class SSLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 job = self.logic.startTraining(
                     labeled=labeled, unlabeled=unlabeled, method=p.method, network=p.network, dim=p.dim,
                     iterations=p.iterations, device=p.device, seed=p.seed, preset=p.preset,
-                    size=None if p.size == "preset" else p.size)
+                    size=None if p.size == "preset" else p.size, timeBudget=p.trainMinutes or None)
         finally:
             if job is None:  # refused (message shown) or not confirmed: back to idle
                 self.setState(IDLE)

@@ -47,6 +47,9 @@ with the network size and fallback sizes of ``quality-gpu``; on CPU, ``fast-cpu`
 
 PRESET_NAMES = (AUTO_PRESET, *PRESETS)
 
+PROVISIONAL_ITERATIONS = 1_000_000
+"""The iteration count of a time-budgeted run's warm-up, before the budget fixes it."""
+
 
 def preset_table(name: str | None) -> dict[str, Any]:
     return PRESETS["quality-gpu" if name == AUTO_PRESET else name or "fast-cpu"]

@@ -20,6 +20,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 
+from ..config import PROVISIONAL_ITERATIONS
 from ..fileio import atomic_write_json
 from ..inference import predict_probabilities
 
@@ -37,10 +38,8 @@ AFTER_TRAINING_FACTOR = 1.5
 sliding-window time is multiplied by this."""
 FIXED_AFTER_S = 2.0
 """Saving the checkpoints and the model, closing the data stream."""
-PROVISIONAL_ITERATIONS = 1_000_000
 DEFAULT_CAP = 1_000_000
 """The most iterations a budget may choose when no ``--iterations`` caps it."""
-"""What the schedule assumes during the warm-up (the learning rate stays at its start)."""
 
 
 @dataclass
