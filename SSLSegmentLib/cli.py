@@ -53,6 +53,10 @@ def _add_train(sub) -> None:
                    help="train for this many minutes, set-up and prediction of the unlabelled cases included: "
                         "after a short warm-up the iteration count is fixed to fit (recorded in budget.json)")
     p.add_argument("--patch-size", type=_patch, help="z,y,x in 3D or y,x in 2D")
+    p.add_argument("--spacing", metavar="RULE_OR_MM",
+                   help="training spacing: 'data' (median of the labelled cases), 'fit' (coarser until a case "
+                        "fits the patch), one number in mm (isotropic in 3D, in-plane in 2D) or x,y,z; default: "
+                        "the preset's (fit on fast-cpu, data otherwise). Predictions keep each image's grid")
     p.add_argument("--labelled-batch", type=int)
     p.add_argument("--unlabelled-batch", type=int)
     p.add_argument("--optimiser", choices=["sgd", "adamw"], default="sgd")
@@ -113,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args):
     """The run's TrainConfig from the parsed `train` arguments."""
     from .config import TrainConfig  # noqa: PLC0415
+    from .spacing import parse_spacing  # noqa: PLC0415
 
     options = {}
     for item in args.method_option:
@@ -123,7 +128,7 @@ def config_from_args(args):
             options[key] = value
     return TrainConfig(
         method=args.method, network=args.network, preset=args.preset, size=args.size, dim=args.dim,
-        iterations=_iterations(args), time_budget=args.time_budget,
+        iterations=_iterations(args), time_budget=args.time_budget, spacing=parse_spacing(args.spacing),
         patch_size=args.patch_size, labelled_batch=args.labelled_batch,
         unlabelled_batch=args.unlabelled_batch, optimiser=args.optimiser, lr=args.lr, consistency=args.consistency,
         method_options=options, normalisation=args.normalisation,

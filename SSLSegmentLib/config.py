@@ -21,6 +21,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "unlabelled_batch": 2,
         "labelled_batch_2d": 4,
         "unlabelled_batch_2d": 4,
+        "spacing": "fit",  # coarser, so that a case fits the patch (spacing.py)
     },
     "balanced": {
         "size": "small",
@@ -30,6 +31,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "unlabelled_batch": 2,
         "labelled_batch_2d": 8,
         "unlabelled_batch_2d": 8,
+        "spacing": "data",
     },
     "quality-gpu": {
         "size": "base",
@@ -39,6 +41,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "unlabelled_batch": 2,
         "labelled_batch_2d": 12,
         "unlabelled_batch_2d": 12,
+        "spacing": "data",
     },
 }
 AUTO_PRESET = "auto"
@@ -74,6 +77,10 @@ class TrainConfig:
     time_budget: float | None = None
     """Minutes for the whole run (set-up, training, validation, prediction of the unlabelled
     cases); the iteration count is fixed after a warm-up (``training/budget.py``)."""
+    spacing: str | float | tuple[float, float, float] | None = None
+    """Training spacing: "data" (median), "fit" (coarser until a case fits the patch), or mm
+    (one number: isotropic in 3D, in-plane in 2D; or x, y, z); None: the preset's. See
+    ``spacing.py``. Predictions come back on each image's own grid."""
     patch_size: tuple[int, ...] | None = None
     """Patch in array order: (z, y, x) in 3D, (y, x) in 2D; None: the preset's."""
     labelled_batch: int | None = None
@@ -130,6 +137,10 @@ class TrainConfig:
             raise InputError(f"iterations must be at least 1, got {self.iterations}")
         if self.time_budget is not None and not self.time_budget > 0:
             raise InputError(f"time budget must be a positive number of minutes, got {self.time_budget}")
+        if self.spacing is not None:
+            from .spacing import parse_spacing  # noqa: PLC0415
+
+            updates["spacing"] = parse_spacing(self.spacing)
         if self.num_workers is None:
             updates["num_workers"] = 4 if device_type == "cuda" else 0
         elif self.num_workers < 0:
@@ -147,6 +158,10 @@ class TrainConfig:
         if self.patch_size is not None:
             return tuple(self.patch_size)
         return tuple(preset_table(self.preset)[f"patch_size_{dim}d"])
+
+    def spacing_rule(self):
+        """The training-spacing rule: the one given, else the preset's."""
+        return self.spacing if self.spacing is not None else preset_table(self.preset).get("spacing", "data")
 
     def sizes_from_free_memory(self) -> bool:
         """True when the preset picks patch and batch from the free GPU memory."""

@@ -165,6 +165,8 @@ class TrainSettings:
     preset: str | None = None
     time_budget: float | None = None
     """Minutes for the whole round (``--time-budget``); it then replaces ``iterations``."""
+    spacing: str | None = None
+    """Training spacing (``--spacing``: "data", "fit", mm); None: the preset's."""
     extra_args: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -186,6 +188,8 @@ def train_command(python: Sequence[str], folder: JobFolder, round_number: int,
         command += ["--preset", settings.preset]
     if settings.size:
         command += ["--size", settings.size]
+    if settings.spacing:
+        command += ["--spacing", str(settings.spacing)]
     if init_model is not None:
         command += ["--init-model", str(init_model)]
     command += ["--threads", str(child_threads())]

@@ -75,6 +75,7 @@ PRESET_CHOICES = ("auto", "fast-cpu", "balanced", "quality-gpu")
 DIM_CHOICES = ("auto", "2", "3")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 SIZE_CHOICES = ("preset", "tiny", "small", "base")
+SPACING_CHOICES = ("preset", "data", "fit")
 EXPORT_FORMAT_CHOICES = ("seg.nrrd", "nrrd", "nii.gz")
 
 
@@ -130,7 +131,7 @@ class SSLSegmentLogic:
                       network: str = "unet", dim: str | int = "auto", iterations: int = 2000,
                       device: str = "auto", seed: int = 1337, size: str | None = None,
                       preset: str | None = None, extraArgs: Sequence[str] = (),
-                      timeBudget: float | None = None,
+                      timeBudget: float | None = None, spacing: str | None = None,
                       jobFolder: str | os.PathLike | None = None,
                       waitForCompletion: bool = False) -> jobs.Job:
         """Export the cases to a new job folder and start round 1 in a child process.
@@ -139,7 +140,8 @@ class SSLSegmentLogic:
         Classes are the segment names (union, in order of first appearance). Bad input
         raises :class:`InputError` before any process starts. Returns the running job
         (finished when ``waitForCompletion``). ``timeBudget``: train for this many minutes
-        (prediction included) instead of ``iterations``.
+        (prediction included) instead of ``iterations``. ``spacing``: the training spacing
+        ("data", "fit" or mm, see ``SSLSegmentLib.spacing``); None: the preset's.
         """
         labeled, unlabeled = list(labeled), list(unlabeled)
         self.validateInputs(labeled, unlabeled)
@@ -149,7 +151,8 @@ class SSLSegmentLogic:
             raise InputError(f"job folder {folder.root} is already used by another job")
         settings = jobs.TrainSettings(method=method, network=network, dim=str(dim), iterations=int(iterations),
                                       device=device, seed=int(seed), size=size, preset=preset,
-                                      extra_args=list(extraArgs), time_budget=_positiveOrNone(timeBudget))
+                                      extra_args=list(extraArgs), time_budget=_positiveOrNone(timeBudget),
+                                      spacing=_spacingText(spacing))
         names = uniqueCaseNames([volume for volume, _ in labeled] + unlabeled)
         round_number = 1
         cases = {}
@@ -695,6 +698,16 @@ def _settingsChanges(iterations: int | None, changes: dict) -> dict:
         result["iterations"] = int(iterations)
         result.setdefault("time_budget", None)  # an explicit count replaces the previous round's budget
     return result
+
+
+def _spacingText(spacing) -> str | None:
+    """The ``--spacing`` argument, checked here so that a bad value is refused before any start."""
+    from .spacing import parse_spacing  # noqa: PLC0415
+
+    parsed = parse_spacing(spacing)
+    if parsed is None or isinstance(parsed, str):
+        return parsed
+    return ",".join(f"{v:g}" for v in (parsed if isinstance(parsed, tuple) else (parsed,)))
 
 
 def _positiveOrNone(minutes: float | None) -> float | None:

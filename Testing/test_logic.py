@@ -371,7 +371,7 @@ def test_retrain_refuses_new_classes_and_unfinished_rounds(scene, tmp_path):
     assert logic.openJob(job.folder.root).round == 1
 
 
-def test_train_for_n_minutes_reaches_the_command_and_an_explicit_count_replaces_it(scene, tmp_path):
+def test_time_budget_and_spacing_reach_the_command(scene, tmp_path):
     from SSLSegmentLib.logic import _settingsChanges
 
     logic = make_logic(scene, tmp_path, fake_engine_runner)
@@ -386,3 +386,8 @@ def test_train_for_n_minutes_reaches_the_command_and_an_explicit_count_replaces_
     assert jobs.TrainSettings(**{**previous, **_settingsChanges(None, {"timeBudget": 2})}).time_budget == 2
     with pytest.raises(InputError, match="time budget"):
         logic.startTraining(labeled=labelled, timeBudget=-1, **TINY)
+    spaced = logic.startTraining(labeled=labelled, spacing="fit", waitForCompletion=True, **TINY)
+    command = spaced.folder.read_round(1)["command"]
+    assert command[command.index("--spacing") + 1] == "fit"
+    with pytest.raises(InputError, match="spacing"):
+        logic.startTraining(labeled=labelled, spacing="fine", **TINY)

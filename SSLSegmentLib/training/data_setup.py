@@ -26,6 +26,7 @@ from ..methods import method_class
 from ..networks import network_divisor
 from ..preprocessing import Plan, make_plan
 from ..sampling import fit_patch
+from ..spacing import training_spacing
 from .distributed import DistributedContext
 
 __all__ = ["TrainingData", "prepare_training_data", "describe_cases", "validation_split"]
@@ -109,8 +110,10 @@ def prepare_training_data(dataset: Dataset, config: TrainConfig, log: logging.Lo
     missing entries together (one in ``local_world_size`` each), then all read them."""
     context = context or DistributedContext()
     if plan is None:
-        plan = make_plan([read_geometry(case.image) for case in dataset.labelled], dim=config.dim,
-                         normalisation=config.normalisation, ct_window=config.ct_window)
+        geometries = [read_geometry(case.image) for case in dataset.labelled]
+        plan = make_plan(geometries, dim=config.dim, normalisation=config.normalisation, ct_window=config.ct_window)
+        plan.target_spacing = training_spacing(config.spacing_rule(), geometries, plan.dim,
+                                               config.preset_patch(plan.dim), plan.target_spacing)
     log.info("plan: %dD, target spacing %s, %s normalisation", plan.dim, tuple(round(s, 3) for s in plan.target_spacing),
              plan.normalisation)
     held_out = validation_split(dataset.labelled, config.val_cases, config.seed)
