@@ -72,6 +72,8 @@ def _add_train(sub) -> None:
     p.add_argument("--seed", type=int, default=1337)
     _add_threads(p)
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="auto: mixed precision on CUDA, bf16 on CPUs with native bf16 (AMX, AVX512-BF16), else fp32")
     scale = p.add_argument_group("scaling (multi-GPU: launch with `torchrun --nproc_per_node N -m SSLSegmentLib train ...`)")
     scale.add_argument("--cache-dir", type=Path,
                        help="preprocessed-case cache (default: $SSLSEGMENT_CACHE or .sslsegment-cache beside --out)")
@@ -134,6 +136,7 @@ def config_from_args(args):
         method_options=options, normalisation=args.normalisation,
         ct_window=tuple(args.ct_window) if args.ct_window else None, val_cases=args.val_cases,
         val_interval=args.val_interval, seed=args.seed, device=args.device, amp=not args.no_amp,
+        precision=args.precision,
         init_model=str(args.init_model) if args.init_model else None, predict_unlabelled=args.predict_unlabelled,
         largest_component=args.largest_component,
         cache_dir=str(args.cache_dir) if args.cache_dir else None, num_workers=args.num_workers,

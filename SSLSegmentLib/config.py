@@ -105,7 +105,10 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"
     amp: bool = True
-    """Mixed precision on CUDA (bf16 where supported); ignored on CPU."""
+    """Mixed precision on CUDA (bf16 where supported) when ``precision`` is auto."""
+    precision: str = "auto"
+    """auto: mixed precision on CUDA (``amp``) and bf16 on CPUs with native bf16 (AMX,
+    AVX512-BF16); fp32: none; bf16: always (``precision.py``)."""
     channels_last: bool | None = None
     """Channels-last tensors on CUDA; None: on for 2D convolutional networks (where cuDNN's
     NHWC kernels are known to help with mixed precision), off otherwise. Ignored on CPU."""
@@ -141,6 +144,8 @@ class TrainConfig:
             from .spacing import parse_spacing  # noqa: PLC0415
 
             updates["spacing"] = parse_spacing(self.spacing)
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise InputError(f"unknown precision {self.precision!r}; choose auto, fp32 or bf16")
         if self.num_workers is None:
             updates["num_workers"] = 4 if device_type == "cuda" else 0
         elif self.num_workers < 0:

@@ -35,6 +35,7 @@ from ..methods.base import consistency_weight
 from ..metrics import dice_per_class
 from ..model_file import load_model, read_model_payload, save_model
 from ..networks import build_network
+from ..precision import mixed_precision
 from ..preprocessing import Plan
 from ..sampling import BatchStream, PatchSampler, to_tensors
 from . import memory
@@ -68,8 +69,11 @@ def _device_type(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def channels_last_format(config: TrainConfig, dim: int, device: torch.device):
-    """The memory format for networks and images, or None (see ``TrainConfig.channels_last``)."""
+def channels_last_format(config: TrainConfig, dim: int, device: torch.device, mixed: bool = False):
+    """The memory format for networks and images, or None (see ``TrainConfig.channels_last``;
+    on CPU: channels-last in 3D under bf16, where oneDNN's bf16 kernels want it)."""
+    if device.type == "cpu" and mixed and dim == 3 and config.channels_last is not False:
+        return None if config.network.startswith("swin") else torch.channels_last_3d
     wanted = config.channels_last if config.channels_last is not None else dim == 2
     if device.type != "cuda" or not wanted or config.network.startswith("swin"):
         return None
@@ -155,12 +159,12 @@ class Trainer:
         if initial:
             method.initialise_from(initial["state_dict"])
             self.log.info("networks initialised from %s", config.init_model)
-        self.memory_format = channels_last_format(config, self.data.plan.dim, self.device)
+        self.amp = mixed_precision(config.precision, config.amp, self.device)
+        self.memory_format = channels_last_format(config, self.data.plan.dim, self.device, self.amp)
         self.method = convert_batchnorm(method, self.device, context).to(self.device)
         if self.memory_format is not None:
             self.method = self.method.to(memory_format=self.memory_format)
-        self.amp = config.amp and self.device.type == "cuda"
-        use_scaler = self.amp and not torch.cuda.is_bf16_supported()
+        use_scaler = self.amp and self.device.type == "cuda" and not torch.cuda.is_bf16_supported()
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
         self.batch_sizes = config.batch_sizes(self.data.plan.dim)
         if config.sizes_from_free_memory() and self.device.type == "cuda":
