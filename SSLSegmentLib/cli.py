@@ -66,7 +66,10 @@ def _add_train(sub) -> None:
                    help="method-specific setting, JSON value (repeatable)")
     p.add_argument("--normalisation", choices=["zscore", "ct"], default="zscore")
     p.add_argument("--ct-window", type=float, nargs=2, metavar=("LOW", "HIGH"))
-    p.add_argument("--val-cases", type=int, help="labelled cases held out for validation")
+    p.add_argument("--val-cases", type=int, help="labelled cases held out for validation (overrides --validation)")
+    p.add_argument("--validation", choices=["auto", "holdout", "none"], default="auto",
+                   help="holdout: one labelled case in five validates, the best checkpoint is kept; none: every "
+                        "label trains, the last weights are kept; auto (default): holdout from 20 labelled cases on")
     p.add_argument("--val-interval", type=int)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--seed", type=int, default=1337)
@@ -135,6 +138,7 @@ def config_from_args(args):
         unlabelled_batch=args.unlabelled_batch, optimiser=args.optimiser, lr=args.lr, consistency=args.consistency,
         method_options=options, normalisation=args.normalisation,
         ct_window=tuple(args.ct_window) if args.ct_window else None, val_cases=args.val_cases,
+        validation=args.validation,
         val_interval=args.val_interval, seed=args.seed, device=args.device, amp=not args.no_amp,
         precision=args.precision,
         init_model=str(args.init_model) if args.init_model else None, predict_unlabelled=args.predict_unlabelled,

@@ -98,7 +98,11 @@ class TrainConfig:
     normalisation: str = "zscore"
     ct_window: tuple[float, float] | None = None
     val_cases: int | None = None
-    """Labelled cases held out for validation; None: one in five once there are five."""
+    """Labelled cases held out for validation; None: as ``validation`` says."""
+    validation: str = "auto"
+    """holdout: one labelled case in five validates and the best checkpoint is kept; none: every
+    label trains and the last weights are kept; auto: holdout from 20 labelled cases on
+    (``training/data_setup.py``, measured by ``bench/validation_holdout.py``)."""
     val_interval: int | None = None
     foreground_fraction: float = 0.33
     """Share of labelled patches centred on a foreground voxel (nnU-Net's oversampling)."""
@@ -144,6 +148,8 @@ class TrainConfig:
             from .spacing import parse_spacing  # noqa: PLC0415
 
             updates["spacing"] = parse_spacing(self.spacing)
+        if self.validation not in ("auto", "holdout", "none"):
+            raise InputError(f"unknown validation {self.validation!r}; choose auto, holdout or none")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise InputError(f"unknown precision {self.precision!r}; choose auto, fp32 or bf16")
         if self.num_workers is None:

@@ -14,8 +14,13 @@ total divided by the processes; each process gets ``cores / processes`` threads)
 ``--ddp-repeats`` times; the rate comes from ``progress.jsonl`` (setup and the first
 iteration excluded).
 
+``--precision-compare``: seconds per iteration of the real loop in fp32 and in bf16 autocast
+(channels-last 3D; ``SSLSegmentLib/precision.py``), the two trainers alternated ``--pairs``
+times on the same data and seed; prints the fp32 / bf16 ratio (the speed-up).
+
     .venv/bin/python bench/throughput.py [--data ../shared/data/LA/train] [--iterations 10] [--pairs 3]
                                          [--ddp 1 2] [--ddp-iterations 8] [--total-batch 4]
+                                         [--precision-compare]
 """
 
 from __future__ import annotations
@@ -139,6 +144,37 @@ def ddp_report(args) -> dict:
             "gpu": "none available to this benchmark run" if not torch.cuda.is_available() else "not measured"}
 
 
+def precision_report(dataset: Dataset, args) -> dict:
+    """fp32 against bf16 (autocast, channels-last 3D): the real loop, alternated."""
+    from SSLSegmentLib.precision import cpu_supports_bf16  # noqa: PLC0415
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trainers = {}
+        for name in ("fp32", "bf16"):
+            run = RunFolder(Path(tmp) / name)
+            run.prepare()
+            config = TrainConfig(method="mean_teacher", network="unet", dim="3", iterations=args.iterations,
+                                 val_cases=0, device=args.device, precision=name, cache_dir=str(Path(tmp) / "cache"))
+            trainers[name] = Trainer(config, dataset, run, logging.getLogger("bench"))
+            trainers[name].setup()
+            trainers[name].train()  # warm-up
+        pairs = []
+        for _ in range(args.pairs):
+            seconds = {name: loop_seconds_per_iteration(trainer) for name, trainer in trainers.items()}
+            pairs.append({**{f"{k}_s": round(v, 4) for k, v in seconds.items()},
+                          "speedup": round(seconds["fp32"] / seconds["bf16"], 4)})
+            print(json.dumps(pairs[-1]), file=sys.stderr)
+        trainer = trainers["bf16"]
+        return {"case": "precision", "method": "mean_teacher", "network": "unet", "dim": 3,
+                "preset": trainer.config.preset, "size": trainer.config.size, "patch": list(trainer.data.patch),
+                "batch": list(trainer.batch_sizes), "spacing": list(trainer.data.plan.target_spacing),
+                "torch_threads": torch.get_num_threads(), "cpu_native_bf16": cpu_supports_bf16(),
+                "bf16_memory_format": str(trainer.memory_format), "pairs": pairs,
+                "fp32_s_per_iteration": statistics.median(p["fp32_s"] for p in pairs),
+                "bf16_s_per_iteration": statistics.median(p["bf16_s"] for p in pairs),
+                "speedup": statistics.median(p["speedup"] for p in pairs)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "LA" / "train")
@@ -153,8 +189,13 @@ def main() -> None:
     parser.add_argument("--total-batch", type=int, default=4, help="labelled (= unlabelled) batch over all processes")
     parser.add_argument("--threads", type=int, help="threads per process in the DDP case (default: cores / processes)")
     parser.add_argument("--skip-loop", action="store_true", help="only the DDP case")
+    parser.add_argument("--precision-compare", action="store_true", help="only fp32 against bf16 autocast")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.precision_compare:
+        report = precision_report(la_dataset(args.data, args.labelled, args.unlabelled), args)
+        print(json.dumps({"benchmark": "throughput", **report}, indent=2))
+        return
     if args.skip_loop:
         print(json.dumps({"benchmark": "throughput", "ddp": ddp_report(args)}, indent=2))
         return
