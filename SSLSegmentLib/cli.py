@@ -105,9 +105,11 @@ def _add_others(sub) -> None:
     p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     sub.add_parser("methods", help="list the methods")
     sub.add_parser("networks", help="list the networks")
-    p = sub.add_parser("demo", help="train supervised and mean_teacher on synthetic phantoms")
+    p = sub.add_parser("demo", help="supervised-only against the default semi-supervised method on synthetic "
+                                    "phantoms whose unlabelled scans show what the labels do not")
     p.add_argument("--out", type=Path, default=Path("demo_output"))
     p.add_argument("--iterations", type=int, default=None)
+    p.add_argument("--seed", type=int, default=7)
     _add_threads(p)
 
 
@@ -295,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from .demo import run_demo  # noqa: PLC0415
 
-            run_demo(args.out, iterations=args.iterations)
+            run_demo(args.out, iterations=args.iterations, seed=args.seed)
             return 0
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
