@@ -13,7 +13,7 @@ from SSLSegmentLib.cli import build_parser, config_from_args
 from SSLSegmentLib.config import TrainConfig
 from SSLSegmentLib.data.cases import discover_dataset
 from SSLSegmentLib.errors import InputError
-from SSLSegmentLib.methods.base import MethodSettings, consistency_weight
+from SSLSegmentLib.methods.base import consistency_weight
 from SSLSegmentLib.training.budget import DEFAULT_CAP
 from SSLSegmentLib.training.run_folder import RunFolder
 from SSLSegmentLib.training.schedules import poly_lr
@@ -61,9 +61,8 @@ def test_budgeted_run_ends_within_the_budget_and_its_schedule_spans_the_fixed_co
     assert last["iteration"] == fixed
     base_lr = trainer.config.lr
     assert last["lr"] == pytest.approx(base_lr * poly_lr(1.0, fixed - 1, fixed))
-    settings = MethodSettings(consistency=trainer.method.settings.consistency,
-                              rampup_fraction=trainer.config.rampup_fraction)
-    assert last["consistency_weight"] == pytest.approx(consistency_weight(settings, fixed - 1, fixed), abs=1e-6)
+    expected_weight = consistency_weight(trainer.method.settings, fixed - 1, fixed)
+    assert last["consistency_weight"] == pytest.approx(expected_weight, abs=1e-6)
     assert sorted(p.name for p in run.predictions.glob("*.seg.nrrd")) == ["case_003.seg.nrrd", "case_004.seg.nrrd"]
 
 
