@@ -29,8 +29,11 @@ def _budgeted_run(phantom_data, tmp_path, slow_down_after_plan: float = 0.0):
     run.prepare()
     dataset = discover_dataset(phantom_data["images"], phantom_data["labels"])
     config = TrainConfig(method="mean_teacher", size="tiny", dim="3", patch_size=(16, 32, 32), iterations=DEFAULT_CAP,
-                         time_budget=BUDGET_MINUTES, val_cases=1, predict_unlabelled=True, device="cpu",
+                         time_budget=BUDGET_MINUTES, rampup_fraction=1.0, val_cases=1, predict_unlabelled=True, device="cpu",
                          cache_dir=str(tmp_path / "cache"), seed=5)
+    # Cold imports and the first preprocessing can take longer than this tiny budget on a busy
+    # machine: build the case cache first (the budget itself counts the set-up it gets).
+    Trainer(config, dataset, RunFolder(tmp_path / "warm"), logging.getLogger("test_budget")).setup()
     started = time.monotonic()
     trainer = Trainer(config, dataset, run, logging.getLogger("test_budget"))
     if slow_down_after_plan:
@@ -63,6 +66,16 @@ def test_budgeted_run_ends_within_the_budget_and_its_schedule_spans_the_fixed_co
     assert last["lr"] == pytest.approx(base_lr * poly_lr(1.0, fixed - 1, fixed))
     expected_weight = consistency_weight(trainer.method.settings, fixed - 1, fixed)
     assert last["consistency_weight"] == pytest.approx(expected_weight, abs=1e-6)
+    # every step after the last decision follows the schedule of the count then fixed
+    decided = events[-1]["decided_at"]
+    later = [r for r in steps if r["iteration"] > decided and r["total"] == fixed]
+    for record in later:
+        step = record["iteration"] - 1
+        assert record["lr"] == pytest.approx(base_lr * poly_lr(1.0, step, fixed))
+        assert record["consistency_weight"] == pytest.approx(
+            consistency_weight(trainer.method.settings, step, fixed), abs=1e-6)
+    maximum = trainer.method.settings.consistency
+    assert any(0 < r["consistency_weight"] < 0.99 * maximum for r in later), "no record inside the ramp-up"
     assert sorted(p.name for p in run.predictions.glob("*.seg.nrrd")) == ["case_003.seg.nrrd", "case_004.seg.nrrd"]
 
 

@@ -54,6 +54,8 @@ class BudgetPlan:
     prediction_s: float
     setup_s: float
     warmup_iterations: int
+    decided_at: int
+    """The iteration after which the count was last fixed or cut."""
     reason: str = "warm-up"
 
 
@@ -110,7 +112,7 @@ class TimeBudget:
         self.trainer.config.iterations = iterations
         self.plan = BudgetPlan(self.minutes, iterations, round(seconds_per_iteration, 4), round(self._per_case_s, 3),
                                round(validations_s + (iterations - done) * (per_iteration - seconds_per_iteration), 1),
-                               round(prediction_s, 1), round(self.setup_s, 1), done, reason)
+                               round(prediction_s, 1), round(self.setup_s, 1), done, done, reason)
         self._mark = (done, now)
         self._record("iterations fixed at %d (%.3f s per iteration; %.0f s kept for validation, %.0f s for "
                      "prediction)", iterations, seconds_per_iteration, self.plan.validation_s, prediction_s)
@@ -131,6 +133,7 @@ class TimeBudget:
         if agreed < planned:
             self.trainer.config.iterations = agreed
             self.plan.iterations, self.plan.seconds_per_iteration, self.plan.reason = agreed, round(pace, 4), "slower"
+            self.plan.decided_at = done
             self._record("the machine got slower (%.3f s per iteration): iterations cut from %d to %d", pace,
                          planned, agreed)
 
