@@ -46,15 +46,15 @@ N_LABELLED, N_UNLABELLED, N_TEST = 2, 12, 4
 
 def run_demo(out: str | Path = "demo_output", iterations: int | None = None, seed: int = 7,
              methods: tuple[str, ...] = METHODS, shape: tuple[int, int, int] = SHAPE,
-             patch: tuple[int, int, int] = PATCH, size: str = "small") -> dict:
+             patch: tuple[int, int, int] = PATCH, size: str = "small", precision: str = "auto") -> dict:
     """Train and compare ``methods``; returns ``{method: figures}``. The smaller ``shape``,
-    ``patch`` and ``size`` are for tests."""
+    ``patch`` and ``size`` are for tests; ``precision`` for the bf16 check."""
     out = Path(out)
     demo = RunFolder(out)
     demo.prepare()
     demo.set_status("running")
     try:
-        results = _compare(out, iterations or DEFAULT_ITERATIONS, seed, methods, shape, patch, size)
+        results = _compare(out, iterations or DEFAULT_ITERATIONS, seed, methods, shape, patch, size, precision)
     except BaseException as error:
         demo.set_status("failed", error=f"{error.__class__.__name__}: {error}")
         raise
@@ -63,7 +63,7 @@ def run_demo(out: str | Path = "demo_output", iterations: int | None = None, see
     return results
 
 
-def _compare(out: Path, iterations: int, seed: int, methods, shape, patch, size) -> dict:
+def _compare(out: Path, iterations: int, seed: int, methods, shape, patch, size, precision) -> dict:
     log = logging.getLogger("sslsegment.demo")
     folders = write_phantom_dataset(out / "data", n_labelled=N_LABELLED, n_unlabelled=N_UNLABELLED, n_test=N_TEST,
                                     shape=shape, seed=seed, appearance_shift=APPEARANCE_SHIFT)
@@ -71,14 +71,15 @@ def _compare(out: Path, iterations: int, seed: int, methods, shape, patch, size)
     test_cases = discover_dataset(folders["test_images"], folders["test_labels"]).labelled
     results = {}
     for method in methods:
-        started = time.monotonic()
+        started, cpu_started = time.monotonic(), time.process_time()
         log.info("training %s for %d iterations on %d labelled + %d unlabelled phantoms", method, iterations,
                  len(dataset.labelled), len(dataset.unlabelled))
         run = RunFolder(out / "runs" / method)
         run.prepare()
         run.set_status("running")
         config = TrainConfig(method=method, network="unet", size=size, dim="3", iterations=iterations,
-                             patch_size=patch, device="auto", seed=seed, validation="none")
+                             patch_size=patch, device="auto", seed=seed, validation="none",
+                             precision=precision)
         trainer = Trainer(config, dataset, run, log)
         trainer.setup()
         trainer.train()
@@ -87,6 +88,7 @@ def _compare(out: Path, iterations: int, seed: int, methods, shape, patch, size)
         predict_cases(load_model(run.model, trainer.device), test_cases, predictions, trainer.device)
         results[method] = evaluate_folders(predictions, folders["test_labels"])
         results[method]["seconds"] = round(time.monotonic() - started, 1)
+        results[method]["cpu_seconds"] = round(time.process_time() - cpu_started, 1)
     table = results_table(results)
     print(table)
     atomic_write_json(out / "results.json", results)
