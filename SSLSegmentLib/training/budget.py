@@ -94,14 +94,17 @@ class TimeBudget:
             self._check(done, now)
 
     def _warm_up(self, done: int, now: float) -> None:
+        # Every decision is agreed over the ranks (``context.any``): they must all reach the
+        # collective of ``_agreed`` at the same step, whatever their own clocks say.
+        context = self.trainer.context
         if self._mark is None:
             if done >= SKIPPED_ITERATIONS:
                 self._mark = (done, now)
-            elif now > self.started + SAFETY * 60.0 * self.minutes:  # no time left to measure
+            elif context.any(now > self.started + SAFETY * 60.0 * self.minutes):  # no time left to measure
                 self._fix(done, now, (now - self.started - self.setup_s) / done, reason="budget spent in the warm-up")
             return
         timed, spent = done - self._mark[0], now - self._mark[1]
-        if timed >= MEASURED_ITERATIONS or (timed >= 2 and spent > WARMUP_SHARE * 60.0 * self.minutes):
+        if context.any(timed >= MEASURED_ITERATIONS or (timed >= 2 and spent > WARMUP_SHARE * 60.0 * self.minutes)):
             self._per_case_s = self._measure_prediction()
             self._fix(done, time.monotonic(), spent / timed)
 
