@@ -16,6 +16,7 @@ is a progress record (``{"event": "budget", ...}``) and ``budget.json`` in the r
 
 from __future__ import annotations
 
+import collections
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -36,6 +37,8 @@ SAFETY = 0.92
 AFTER_TRAINING_FACTOR = 1.5
 """Prediction after training also reads, resamples and writes each case: its measured
 sliding-window time is multiplied by this."""
+RECENT_CHECKS = 10
+"""After the warm-up, the pace is measured over this many checks (progress records)."""
 FIXED_AFTER_S = 2.0
 """Saving the checkpoints and the model, closing the data stream."""
 DEFAULT_CAP = 1_000_000
@@ -72,6 +75,7 @@ class TimeBudget:
         self.plan: BudgetPlan | None = None
         self._mark: tuple[int, float] | None = None
         self._per_case_s = 0.0
+        self._planned_pace = 0.0
 
     @classmethod
     def for_trainer(cls, trainer) -> "TimeBudget | None":
@@ -113,6 +117,8 @@ class TimeBudget:
         available = SAFETY * (self.deadline - now) - validations_s - prediction_s - FIXED_AFTER_S
         iterations = self._agreed(min(self.cap, done + max(1, math.floor(available / per_iteration))))
         self.trainer.config.iterations = iterations
+        self._planned_pace = seconds_per_iteration
+        self._recent = collections.deque([(done, now)], maxlen=RECENT_CHECKS)
         self.plan = BudgetPlan(self.minutes, iterations, round(seconds_per_iteration, 4), round(self._per_case_s, 3),
                                round(validations_s + (iterations - done) * (per_iteration - seconds_per_iteration), 1),
                                round(prediction_s, 1), round(self.setup_s, 1), done, done, reason)
@@ -123,8 +129,12 @@ class TimeBudget:
     def _check(self, done: int, now: float) -> None:
         """Shorten the plan when the recent pace would overrun the deadline (never lengthen
         it: the schedule already ran part of its course)."""
-        pace = (now - self._mark[1]) / max(1, done - self._mark[0])
-        per_iteration, validations_s, prediction_s = self._costs(pace)
+        self._recent.append((done, now))
+        first_done, first_time = self._recent[0]
+        pace = (now - first_time) / max(1, done - first_done)  # over the last ten checks
+        # what slowed the steps down slows the validations and the prediction down too
+        slowdown = max(1.0, pace / max(self._planned_pace, 1e-6))
+        per_iteration, validations_s, prediction_s = self._costs(pace, slowdown)
         validations_s *= 1.0 - done / self.trainer.config.iterations  # the validations still to come
         planned = self.trainer.config.iterations
         fixed_s = validations_s + prediction_s + FIXED_AFTER_S
@@ -141,18 +151,19 @@ class TimeBudget:
                          planned, agreed)
 
     # --- estimates ----------------------------------------------------------------------------
-    def _costs(self, seconds_per_iteration: float) -> tuple[float, float, float]:
+    def _costs(self, seconds_per_iteration: float, slowdown: float = 1.0) -> tuple[float, float, float]:
         """(seconds per iteration with validation every ``val_interval``, seconds of the
         validations whose number does not grow with the run, seconds of the final prediction)."""
         data, config = self.trainer.data, self.trainer.config
-        validation_case_s = AFTER_TRAINING_FACTOR * self._per_case_s * len(data.validation)
+        per_case_s = self._per_case_s * slowdown
+        validation_case_s = AFTER_TRAINING_FACTOR * per_case_s * len(data.validation)
         per_iteration, validations_s = max(seconds_per_iteration, 1e-6), 0.0
         if data.validation and config.val_interval:
             per_iteration += validation_case_s / config.val_interval
         elif data.validation:
             validations_s = 10 * validation_case_s  # the trainer validates every tenth of the run
         predicted = len(self.trainer.dataset.unlabelled) if config.predict_unlabelled else 0
-        return per_iteration, validations_s, AFTER_TRAINING_FACTOR * predicted * self._per_case_s
+        return per_iteration, validations_s, AFTER_TRAINING_FACTOR * predicted * per_case_s
 
     def _measure_prediction(self) -> float:
         """Seconds of one sliding-window prediction of the largest case that will be predicted
