@@ -13,8 +13,9 @@ the error); each method's run folder is a full training run folder.
 Measured (tiny U-Net, 150 iterations, bf16 on this project's AMX CPU; mean Dice over organ
 and lesion on the 4 held-out phantoms), supervised-only against BCP: seed 7 0.750 / 0.791,
 seed 8 0.679 / 0.795, seed 9 0.463 / 0.490 (a lesion neither finds): +0.062 on average,
-BCP ahead at every seed. The training loops used 13 s and 23 s of CPU time; the whole
-demo takes about a minute on 2 free cores. In fp32 the same seeds gave the same Dice to
+BCP ahead at every seed. The training loops used 13 s and 23 s of CPU time (one thread),
+so the demo should take about a minute on 2 free cores (not timed on a free machine: the
+measuring one was shared). In fp32 the same seeds gave the same Dice to
 the third decimal (0.631 / 0.692 on average in both precisions).
 """
 
@@ -144,7 +145,7 @@ def write_figure(path: Path, case, prediction_dirs: dict[str, Path], dice: dict[
     z = image.shape[0] // 2
     panels = [("image", image[z], None), ("truth", image[z], read_label(case.label).array[z])]
     dice = dice or {}
-    panels += [(f"{method}" + (f"\nDice {dice[method]:.3f}" if method in dice else ""), image[z],
+    panels += [(f"{method}" + (f" (Dice {dice[method]:.3f})" if method in dice else ""), image[z],
                 read_label(folder / f"{case.name}.seg.nrrd").array[z]) for method, folder in prediction_dirs.items()]
     fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.2))
     for ax, (title, background, label) in zip(axes, panels):
@@ -155,6 +156,6 @@ def write_figure(path: Path, case, prediction_dirs: dict[str, Path], dice: dict[
         ax.axis("off")
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
+        fig.savefig(tmp, dpi=100, format="png", bbox_inches="tight")
     plt.close(fig)
     return path
