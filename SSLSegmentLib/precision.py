@@ -8,8 +8,12 @@ Without native bf16 the CPU would emulate it, slower than fp32, so ``auto`` keep
 Normalisation, softmax and the losses stay in fp32 under autocast (its fp32 op list), and
 the weights and optimiser state stay fp32: only the convolution inputs are rounded.
 
-``bench/throughput.py --precision`` measures the speed-up; the Dice at the same seed and
-budget is in its docstring.
+Measured on this project's CPU (AMX, one thread, a machine shared with other jobs):
+``bench/throughput.py --precision-compare`` on LA (mean_teacher, small U-Net, fast-cpu preset:
+1.865 mm, patch 32 x 48 x 64, batch 2 + 2): bf16 1.28 times faster in CPU time per iteration
+(median of 4 alternated pairs, 1.27 to 1.69; wall-clock 1.36, noisier). Dice at the same
+seed and iterations (the demo's phantoms, tiny U-Net, 150 iterations, seeds 7, 8, 9): fp32
+and bf16 agree to the third decimal, 0.631 / 0.631 supervised-only and 0.692 / 0.692 BCP.
 """
 
 from __future__ import annotations
