@@ -76,6 +76,7 @@ class TimeBudget:
         self._mark: tuple[int, float] | None = None
         self._per_case_s = 0.0
         self._planned_pace = 0.0
+        self._validation_s_total, self._validations_done = 0.0, 0
 
     @classmethod
     def for_trainer(cls, trainer) -> "TimeBudget | None":
@@ -86,8 +87,24 @@ class TimeBudget:
             return None
         budget = cls(trainer, config.time_budget, trainer.started, cap=config.iterations)
         config.iterations = min(config.iterations, PROVISIONAL_ITERATIONS)
+        budget._time_validations()
         trainer.log.info("time budget: %.1f min, of which %.0f s went into the set-up", budget.minutes, budget.setup_s)
         return budget
+
+    def _time_validations(self) -> None:
+        """Time the trainer's validations: their seconds are kept out of the pace of the steps
+        and, once one ran, replace the estimate of the ones to come."""
+        validate = self.trainer.validate
+
+        def timed_validate():
+            started = time.monotonic()
+            try:
+                return validate()
+            finally:
+                self._validation_s_total += time.monotonic() - started
+                self._validations_done += 1
+
+        self.trainer.validate = timed_validate
 
     # --- called by the trainer after every step -----------------------------------------------
     def after_step(self, done: int) -> None:
@@ -113,35 +130,34 @@ class TimeBudget:
             self._fix(done, time.monotonic(), spent / timed)
 
     def _fix(self, done: int, now: float, seconds_per_iteration: float, reason: str = "warm-up") -> None:
-        per_iteration, validations_s, prediction_s = self._costs(seconds_per_iteration)
-        available = SAFETY * (self.deadline - now) - validations_s - prediction_s - FIXED_AFTER_S
-        iterations = self._agreed(min(self.cap, done + max(1, math.floor(available / per_iteration))))
+        prediction_s = self._prediction_s()
+        iterations = self._agreed(self._affordable(done, now, seconds_per_iteration, prediction_s))
         self.trainer.config.iterations = iterations
         self._planned_pace = seconds_per_iteration
-        self._recent = collections.deque([(done, now)], maxlen=RECENT_CHECKS)
+        self._recent = collections.deque([(done, now, self._validation_s_total)], maxlen=RECENT_CHECKS)
+        validation_s = self._validations_between(done, iterations) * self._one_validation_s()
         self.plan = BudgetPlan(self.minutes, iterations, round(seconds_per_iteration, 4), round(self._per_case_s, 3),
-                               round(validations_s + (iterations - done) * (per_iteration - seconds_per_iteration), 1),
-                               round(prediction_s, 1), round(self.setup_s, 1), done, done, reason)
-        self._mark = (done, now)
+                               round(validation_s, 1), round(prediction_s, 1), round(self.setup_s, 1), done, done,
+                               reason)
         self._record("iterations fixed at %d (%.3f s per iteration; %.0f s kept for validation, %.0f s for "
-                     "prediction)", iterations, seconds_per_iteration, self.plan.validation_s, prediction_s)
+                     "prediction)", iterations, seconds_per_iteration, validation_s, prediction_s)
 
     def _check(self, done: int, now: float) -> None:
         """Shorten the plan when the recent pace would overrun the deadline (never lengthen
         it: the schedule already ran part of its course)."""
-        self._recent.append((done, now))
-        first_done, first_time = self._recent[0]
-        pace = (now - first_time) / max(1, done - first_done)  # over the last ten checks
-        # what slowed the steps down slows the validations and the prediction down too
+        self._recent.append((done, now, self._validation_s_total))
+        first_done, first_time, first_validation_s = self._recent[0]
+        stepping_s = (now - first_time) - (self._validation_s_total - first_validation_s)
+        pace = max(stepping_s, 1e-6) / max(1, done - first_done)  # over the last ten checks, validations excluded
+        # what slowed the steps down slows the (not yet measured) predictions down too
         slowdown = max(1.0, pace / max(self._planned_pace, 1e-6))
-        per_iteration, validations_s, prediction_s = self._costs(pace, slowdown)
-        validations_s *= 1.0 - done / self.trainer.config.iterations  # the validations still to come
         planned = self.trainer.config.iterations
-        fixed_s = validations_s + prediction_s + FIXED_AFTER_S
+        prediction_s = self._prediction_s(slowdown)
+        validations_s = self._validations_between(done, planned) * self._one_validation_s(slowdown)
+        remaining_s = (planned - done) * pace + validations_s + prediction_s + FIXED_AFTER_S
         proposal = planned
-        if now + (planned - done) * per_iteration + fixed_s > self.deadline:
-            affordable = SAFETY * (self.deadline - now) - fixed_s
-            proposal = done + max(1, math.floor(affordable / per_iteration))
+        if now + remaining_s > self.deadline:
+            proposal = self._affordable(done, now, pace, prediction_s, slowdown)
         agreed = self._agreed(min(proposal, planned))
         if agreed < planned:
             self.trainer.config.iterations = agreed
@@ -151,19 +167,35 @@ class TimeBudget:
                          planned, agreed)
 
     # --- estimates ----------------------------------------------------------------------------
-    def _costs(self, seconds_per_iteration: float, slowdown: float = 1.0) -> tuple[float, float, float]:
-        """(seconds per iteration with validation every ``val_interval``, seconds of the
-        validations whose number does not grow with the run, seconds of the final prediction)."""
-        data, config = self.trainer.data, self.trainer.config
-        per_case_s = self._per_case_s * slowdown
-        validation_case_s = AFTER_TRAINING_FACTOR * per_case_s * len(data.validation)
-        per_iteration, validations_s = max(seconds_per_iteration, 1e-6), 0.0
-        if data.validation and config.val_interval:
-            per_iteration += validation_case_s / config.val_interval
-        elif data.validation:
-            validations_s = 10 * validation_case_s  # the trainer validates every tenth of the run
-        predicted = len(self.trainer.dataset.unlabelled) if config.predict_unlabelled else 0
-        return per_iteration, validations_s, AFTER_TRAINING_FACTOR * predicted * per_case_s
+    def _affordable(self, done: int, now: float, pace: float, prediction_s: float, slowdown: float = 1.0) -> int:
+        """The most iterations that end, with their validations and the prediction, within
+        ``SAFETY`` of the time left. The number of validations depends on the count (one every
+        tenth of the run, or every ``val_interval``), so the count is refined a few times."""
+        available = SAFETY * (self.deadline - now) - prediction_s - FIXED_AFTER_S
+        count = min(self.cap, done + max(1, math.floor(available / max(pace, 1e-6))))
+        for _ in range(5):
+            validations_s = self._validations_between(done, count) * self._one_validation_s(slowdown)
+            count = min(self.cap, done + max(1, math.floor((available - validations_s) / max(pace, 1e-6))))
+        return count
+
+    def _validations_between(self, done: int, total: int) -> int:
+        """Validations the trainer runs after step ``done`` up to ``total`` (its rule: every
+        ``val_interval`` or tenth of the run, and at the end)."""
+        if not self.trainer.data.validation or total <= done:
+            return 0
+        interval = self.trainer.config.val_interval or max(1, total // 10)
+        return total // interval - done // interval + (1 if total % interval else 0)
+
+    def _one_validation_s(self, slowdown: float = 1.0) -> float:
+        """Seconds of one validation: the mean of those that ran, else estimated."""
+        if self._validations_done:
+            return self._validation_s_total / self._validations_done
+        return AFTER_TRAINING_FACTOR * self._per_case_s * len(self.trainer.data.validation) * slowdown
+
+    def _prediction_s(self, slowdown: float = 1.0) -> float:
+        """Seconds of predicting the unlabelled cases after training (when asked for)."""
+        predicted = len(self.trainer.dataset.unlabelled) if self.trainer.config.predict_unlabelled else 0
+        return AFTER_TRAINING_FACTOR * predicted * self._per_case_s * slowdown
 
     def _measure_prediction(self) -> float:
         """Seconds of one sliding-window prediction of the largest case that will be predicted
