@@ -115,7 +115,8 @@ class TrainConfig:
     AVX512-BF16); fp32: none; bf16: always (``precision.py``)."""
     channels_last: bool | None = None
     """Channels-last tensors on CUDA; None: on for 2D convolutional networks (where cuDNN's
-    NHWC kernels are known to help with mixed precision), off otherwise. Ignored on CPU."""
+    NHWC kernels are known to help with mixed precision), off otherwise. On CPU: 3D under
+    bf16 unless False."""
     num_workers: int | None = None
     """Processes preparing batches; None: 0 on CPU (a background thread), 4 on CUDA."""
     cache_dir: str | None = None

@@ -8,10 +8,14 @@ prediction of the unlabelled cases (when asked for) end within the budget. The l
 schedule and the consistency ramp-up then run over that number, as over a number given
 in advance: the trainer reads ``config.iterations`` at every step.
 
-A machine that becomes slower after the warm-up (another job starts) would overrun the
-budget, so the plan is checked again at every progress record and only ever shortened: the
-poly schedule then ends at the new count (its remaining part is compressed). Every decision
-is a progress record (``{"event": "budget", ...}``) and ``budget.json`` in the run folder.
+Validations are timed as they run (their seconds are kept out of the step pace, and their
+measured cost replaces the estimate); their number follows the count (every tenth of the run,
+so every step of a run shorter than 20), which the budget solves for. A machine that becomes
+slower after the warm-up (another job starts) would overrun the budget, so the plan is
+checked again at every progress record, on the pace of the last ten, and only ever
+shortened: the poly schedule then ends at the new count (its remaining part is compressed).
+Every decision is a progress record (``{"event": "budget", ...}``) and ``budget.json`` in the
+run folder; the count is agreed over the ranks of a distributed run.
 """
 
 from __future__ import annotations
