@@ -81,7 +81,9 @@ HOLDOUT_MIN_LABELLED = 20
 """``validation="auto"`` holds cases out only from this many labelled cases on (one in five).
 Below it every label trains and the last weights are kept, as nnU-Net keeps its final
 checkpoint: one or two validation cases pick a checkpoint by noise, and a sixth of six labels
-is a large loss. Evidence: ``bench/validation_holdout.py`` (figures in its docstring)."""
+is a large loss. Evidence (weak): ``bench/validation_holdout.py`` on ACDC with 6 labels,
+300 iterations, 3 seeds: all labels 0.173 mean Dice against 0.166 held out, the held-out
+variant losing 0.054 on the seed where its one validation case picked an early checkpoint."""
 
 VALIDATION_MODES = ("auto", "holdout", "none")
 
