@@ -29,8 +29,8 @@ def _budgeted_run(phantom_data, tmp_path, slow_down_after_plan: float = 0.0):
     run.prepare()
     dataset = discover_dataset(phantom_data["images"], phantom_data["labels"])
     config = TrainConfig(method="mean_teacher", size="tiny", dim="3", patch_size=(16, 32, 32), iterations=DEFAULT_CAP,
-                         time_budget=BUDGET_MINUTES, rampup_fraction=1.0, val_cases=1, predict_unlabelled=True, device="cpu",
-                         cache_dir=str(tmp_path / "cache"), seed=5)
+                         time_budget=BUDGET_MINUTES, rampup_fraction=1.0, val_cases=1, predict_unlabelled=True,
+                         device="cpu", cache_dir=str(tmp_path / "cache"), seed=5)
     # Cold imports and the first preprocessing can take longer than this tiny budget on a busy
     # machine: build the case cache first (the budget itself counts the set-up it gets).
     Trainer(config, dataset, RunFolder(tmp_path / "warm"), logging.getLogger("test_budget")).setup()
