@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from SSLSegmentLib.config import TrainConfig  # noqa: E402
 from SSLSegmentLib.data.cases import Dataset, discover_dataset  # noqa: E402
+from SSLSegmentLib.inference import autocast  # noqa: E402
 from SSLSegmentLib.sampling import to_tensors  # noqa: E402
 from SSLSegmentLib.training.run_folder import RunFolder  # noqa: E402
 from SSLSegmentLib.training.trainer import Trainer  # noqa: E402
@@ -74,16 +75,18 @@ def bare_seconds_per_iteration(trainer: Trainer, iterations: int) -> float:
     stream = trainer._batch_stream()
     stream.prefetch = 0
     labelled, unlabelled = stream.draw()
-    labelled, unlabelled = to_tensors(labelled, trainer.device), to_tensors(unlabelled, trainer.device)
+    labelled = to_tensors(labelled, trainer.device, trainer.memory_format)
+    unlabelled = to_tensors(unlabelled, trainer.device, trainer.memory_format)
     images = torch.cat([labelled["image"], unlabelled["image"]])
     optimiser = torch.optim.SGD(method.student.parameters(), lr=1e-4, momentum=0.9)
     method.train()
 
-    def step():
+    def step():  # in the loop's precision (bf16 autocast where it uses it)
         optimiser.zero_grad(set_to_none=True)
-        logits = method.student(images)
-        with torch.no_grad():
-            method.teacher(unlabelled["image"])
+        with autocast(trainer.device, trainer.amp):
+            logits = method.student(images)
+            with torch.no_grad():
+                method.teacher(unlabelled["image"])
         logits.float().square().mean().backward()
         optimiser.step()
 
@@ -230,6 +233,7 @@ def main() -> None:
         "benchmark": "throughput", "method": "mean_teacher", "network": "unet", "dim": 3,
         "preset": trainer.config.preset, "size": trainer.config.size, "patch": list(trainer.data.patch),
         "batch": list(trainer.config.batch_sizes(3)), "device": str(trainer.device),
+        "precision": "bf16 autocast" if trainer.amp else "fp32",
         "torch_threads": torch.get_num_threads(), "machine": platform.machine(), "cpu_count": torch.get_num_threads(),
         "data": str(args.data), "cases": {"labelled": args.labelled, "unlabelled": args.unlabelled},
         "pairs": pairs,
