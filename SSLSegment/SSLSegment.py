@@ -42,7 +42,8 @@ from SSLSegmentLib import dependencies, jobs  # noqa: E402
 from SSLSegmentLib.errors import InputError  # noqa: E402
 from SSLSegmentLib.logic import (  # noqa: E402
     DEVICE_CHOICES, DIM_CHOICES, EXCLUDED, EXPORT_FORMAT_CHOICES, LABELLED, METHOD_CHOICES, NETWORK_CHOICES,
-    PRESET_CHOICES, SIZE_CHOICES, UNLABELLED, SSLSegmentLogic as _EngineLogic, defaultJobsRoot, referenceVolume,
+    PRESET_CHOICES, SIZE_CHOICES, SPACING_CHOICES, UNLABELLED, SSLSegmentLogic as _EngineLogic, defaultJobsRoot,
+    referenceVolume,
 )
 
 
@@ -100,9 +101,12 @@ class SSLSegmentParameterNode:
     network: Annotated[str, Choice(list(NETWORK_CHOICES))] = "unet"
     preset: Annotated[str, Choice(list(PRESET_CHOICES))] = "auto"
     iterations: Annotated[int, WithinRange(1, 1000000)] = 2000
+    trainMinutes: Annotated[int, WithinRange(0, 10000)] = 0
+    """0: train for ``iterations``; else for this many minutes (the time budget)."""
     dim: Annotated[str, Choice(list(DIM_CHOICES))] = "auto"
     device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"
     size: Annotated[str, Choice(list(SIZE_CHOICES))] = "preset"
+    spacing: Annotated[str, Choice(list(SPACING_CHOICES))] = "preset"
     seed: Annotated[int, WithinRange(0, 2147483647)] = 1337
     jobsDirectory: pathlib.Path = pathlib.Path(".")
     retrainIterations: Annotated[int, WithinRange(1, 1000000)] = 500
@@ -390,7 +394,8 @@ class SSLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 job = self.logic.startTraining(
                     labeled=labeled, unlabeled=unlabeled, method=p.method, network=p.network, dim=p.dim,
                     iterations=p.iterations, device=p.device, seed=p.seed, preset=p.preset,
-                    size=None if p.size == "preset" else p.size)
+                    size=None if p.size == "preset" else p.size, timeBudget=p.trainMinutes or None,
+                    spacing=None if p.spacing == "preset" else p.spacing)
         finally:
             if job is None:  # refused (message shown) or not confirmed: back to idle
                 self.setState(IDLE)

@@ -55,8 +55,16 @@ def _add_train(sub) -> None:
                    help="default: auto (patch and batch from the free GPU memory) on CUDA, fast-cpu on CPU")
     p.add_argument("--size", choices=["tiny", "small", "base"], help="network size (default: the preset's)")
     p.add_argument("--dim", default="auto", choices=["auto", "2", "3"])
-    p.add_argument("--iterations", type=int, default=2000)
+    p.add_argument("--iterations", type=int,
+                   help="training iterations (default 2000); with --time-budget, the most it may choose")
+    p.add_argument("--time-budget", type=float, metavar="MINUTES",
+                   help="train for this many minutes, set-up and prediction of the unlabelled cases included: "
+                        "after a short warm-up the iteration count is fixed to fit (recorded in budget.json)")
     p.add_argument("--patch-size", type=_patch, help="z,y,x in 3D or y,x in 2D")
+    p.add_argument("--spacing", metavar="RULE_OR_MM",
+                   help="training spacing: 'data' (median of the labelled cases), 'fit' (coarser until a case "
+                        "fits the patch), one number in mm (isotropic in 3D, in-plane in 2D) or x,y,z; default: "
+                        "the preset's (fit on fast-cpu, data otherwise). Predictions keep each image's grid")
     p.add_argument("--labelled-batch", type=int)
     p.add_argument("--unlabelled-batch", type=int)
     p.add_argument("--optimiser", choices=["sgd", "adamw"], default="sgd")
@@ -66,12 +74,17 @@ def _add_train(sub) -> None:
                    help="method-specific setting, JSON value (repeatable)")
     p.add_argument("--normalisation", choices=["zscore", "ct"], default="zscore")
     p.add_argument("--ct-window", type=float, nargs=2, metavar=("LOW", "HIGH"))
-    p.add_argument("--val-cases", type=int, help="labelled cases held out for validation")
+    p.add_argument("--val-cases", type=int, help="labelled cases held out for validation (overrides --validation)")
+    p.add_argument("--validation", choices=["auto", "holdout", "none"], default="auto",
+                   help="holdout: one labelled case in five validates, the best checkpoint is kept; none: every "
+                        "label trains, the last weights are kept; auto (default): holdout from 20 labelled cases on")
     p.add_argument("--val-interval", type=int)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--seed", type=int, default=1337)
     _add_threads(p)
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="auto: mixed precision on CUDA, bf16 on CPUs with native bf16 (AMX, AVX512-BF16), else fp32")
     scale = p.add_argument_group("scaling (multi-GPU: launch with `torchrun --nproc_per_node N -m SSLSegmentLib train ...`)")
     scale.add_argument("--cache-dir", type=Path,
                        help="preprocessed-case cache (default: $SSLSEGMENT_CACHE or .sslsegment-cache beside --out)")
@@ -104,9 +117,11 @@ def _add_others(sub) -> None:
                    help="exit 0 even when labelled cases have no prediction (they are still listed)")
     sub.add_parser("methods", help="list the methods")
     sub.add_parser("networks", help="list the networks")
-    p = sub.add_parser("demo", help="train supervised and mean_teacher on synthetic phantoms")
+    p = sub.add_parser("demo", help="supervised-only against the default semi-supervised method on synthetic "
+                                    "phantoms whose unlabelled scans show what the labels do not")
     p.add_argument("--out", type=Path, default=Path("demo_output"))
     p.add_argument("--iterations", type=int, default=None)
+    p.add_argument("--seed", type=int, default=7)
     _add_threads(p)
 
 
@@ -121,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args):
     """The run's TrainConfig from the parsed `train` arguments."""
     from .config import TrainConfig  # noqa: PLC0415
+    from .spacing import parse_spacing  # noqa: PLC0415
 
     options = {}
     for item in args.method_option:
@@ -131,15 +147,27 @@ def config_from_args(args):
             options[key] = value
     return TrainConfig(
         method=args.method, network=args.network, preset=args.preset, size=args.size, dim=args.dim,
-        iterations=args.iterations, patch_size=args.patch_size, labelled_batch=args.labelled_batch,
+        iterations=_iterations(args), time_budget=args.time_budget, spacing=parse_spacing(args.spacing),
+        patch_size=args.patch_size, labelled_batch=args.labelled_batch,
         unlabelled_batch=args.unlabelled_batch, optimiser=args.optimiser, lr=args.lr, consistency=args.consistency,
         method_options=options, normalisation=args.normalisation,
         ct_window=tuple(args.ct_window) if args.ct_window else None, val_cases=args.val_cases,
+        validation=args.validation,
         val_interval=args.val_interval, seed=args.seed, device=args.device, amp=not args.no_amp,
+        precision=args.precision,
         init_model=str(args.init_model) if args.init_model else None, predict_unlabelled=args.predict_unlabelled,
         largest_component=args.largest_component, checkpoint_interval=getattr(args, "checkpoint_interval", None),
         cache_dir=str(args.cache_dir) if args.cache_dir else None, num_workers=args.num_workers,
         channels_last={"auto": None, "on": True, "off": False}[args.channels_last])
+
+
+def _iterations(args) -> int:
+    from .config import TrainConfig  # noqa: PLC0415
+    from .training.budget import DEFAULT_CAP  # noqa: PLC0415
+
+    if args.iterations is not None:
+        return args.iterations
+    return DEFAULT_CAP if args.time_budget else TrainConfig.iterations
 
 
 def load_dataset(args):
@@ -326,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from .demo import run_demo  # noqa: PLC0415
 
-            run_demo(args.out, iterations=args.iterations)
+            run_demo(args.out, iterations=args.iterations, seed=args.seed)
             return 0
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)

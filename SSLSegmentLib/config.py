@@ -22,6 +22,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "unlabelled_batch": 2,
         "labelled_batch_2d": 4,
         "unlabelled_batch_2d": 4,
+        "spacing": "fit",  # coarser, so that a case fits the patch (spacing.py)
     },
     "balanced": {
         "size": "small",
@@ -31,6 +32,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "unlabelled_batch": 2,
         "labelled_batch_2d": 8,
         "unlabelled_batch_2d": 8,
+        "spacing": "data",
     },
     "quality-gpu": {
         "size": "base",
@@ -40,6 +42,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "unlabelled_batch": 2,
         "labelled_batch_2d": 12,
         "unlabelled_batch_2d": 12,
+        "spacing": "data",
     },
 }
 AUTO_PRESET = "auto"
@@ -47,6 +50,9 @@ AUTO_PRESET = "auto"
 with the network size and fallback sizes of ``quality-gpu``; on CPU, ``fast-cpu``."""
 
 PRESET_NAMES = (AUTO_PRESET, *PRESETS)
+
+PROVISIONAL_ITERATIONS = 1_000_000
+"""The iteration count of a time-budgeted run's warm-up, before the budget fixes it."""
 
 
 def preset_table(name: str | None) -> dict[str, Any]:
@@ -68,6 +74,14 @@ class TrainConfig:
     size: str | None = None
     dim: str = "auto"
     iterations: int = 2000
+    """With ``time_budget``: the most the budget may choose."""
+    time_budget: float | None = None
+    """Minutes for the whole run (set-up, training, validation, prediction of the unlabelled
+    cases); the iteration count is fixed after a warm-up (``training/budget.py``)."""
+    spacing: str | float | tuple[float, float, float] | None = None
+    """Training spacing: "data" (median), "fit" (coarser until a case fits the patch), or mm
+    (one number: isotropic in 3D, in-plane in 2D; or x, y, z); None: the preset's. See
+    ``spacing.py``. Predictions come back on each image's own grid."""
     patch_size: tuple[int, ...] | None = None
     """Patch in array order: (z, y, x) in 3D, (y, x) in 2D; None: the preset's."""
     labelled_batch: int | None = None
@@ -85,17 +99,25 @@ class TrainConfig:
     normalisation: str = "zscore"
     ct_window: tuple[float, float] | None = None
     val_cases: int | None = None
-    """Labelled cases held out for validation; None: one in five once there are five."""
+    """Labelled cases held out for validation; None: as ``validation`` says."""
+    validation: str = "auto"
+    """holdout: one labelled case in five validates and the best checkpoint is kept; none: every
+    label trains and the last weights are kept; auto: holdout from 20 labelled cases on
+    (``training/data_setup.py``, measured by ``bench/validation_holdout.py``)."""
     val_interval: int | None = None
     foreground_fraction: float = 0.33
     """Share of labelled patches centred on a foreground voxel (nnU-Net's oversampling)."""
     seed: int = 1337
     device: str = "auto"
     amp: bool = True
-    """Mixed precision on CUDA (bf16 where supported); ignored on CPU."""
+    """Mixed precision on CUDA (bf16 where supported) when ``precision`` is auto."""
+    precision: str = "auto"
+    """auto: mixed precision on CUDA (``amp``) and bf16 on CPUs with native bf16 (AMX,
+    AVX512-BF16); fp32: none; bf16: always (``precision.py``)."""
     channels_last: bool | None = None
     """Channels-last tensors on CUDA; None: on for 2D convolutional networks (where cuDNN's
-    NHWC kernels are known to help with mixed precision), off otherwise. Ignored on CPU."""
+    NHWC kernels are known to help with mixed precision), off otherwise. On CPU: 3D under
+    bf16 unless False."""
     num_workers: int | None = None
     """Processes preparing batches; None: 0 on CPU (a background thread), 4 on CUDA."""
     cache_dir: str | None = None
@@ -125,6 +147,16 @@ class TrainConfig:
             raise InputError(f"unknown optimiser {self.optimiser!r}; choose sgd or adamw")
         if self.iterations < 1:
             raise InputError(f"iterations must be at least 1, got {self.iterations}")
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise InputError(f"time budget must be a positive number of minutes, got {self.time_budget}")
+        if self.spacing is not None:
+            from .spacing import parse_spacing  # noqa: PLC0415
+
+            updates["spacing"] = parse_spacing(self.spacing)
+        if self.validation not in ("auto", "holdout", "none"):
+            raise InputError(f"unknown validation {self.validation!r}; choose auto, holdout or none")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise InputError(f"unknown precision {self.precision!r}; choose auto, fp32 or bf16")
         if self.num_workers is None:
             updates["num_workers"] = 4 if device_type == "cuda" else 0
         elif self.num_workers < 0:
@@ -142,6 +174,10 @@ class TrainConfig:
         if self.patch_size is not None:
             return tuple(self.patch_size)
         return tuple(preset_table(self.preset)[f"patch_size_{dim}d"])
+
+    def spacing_rule(self):
+        """The training-spacing rule: the one given, else the preset's."""
+        return self.spacing if self.spacing is not None else preset_table(self.preset).get("spacing", "data")
 
     def sizes_from_free_memory(self) -> bool:
         """True when the preset picks patch and batch from the free GPU memory."""

@@ -24,9 +24,12 @@ SLICES_PER_CHUNK = 32
 
 
 def autocast(device: torch.device, enabled: bool = True):
-    """bf16 autocast on CUDA when supported (fp16 otherwise); a no-op on CPU."""
-    if device.type != "cuda" or not enabled:
+    """bf16 autocast on CUDA when supported (fp16 otherwise), bf16 on CPU; a no-op when not
+    ``enabled`` (``precision.mixed_precision`` decides, from the CPU's bf16 support)."""
+    if not enabled:
         return torch.autocast("cpu", enabled=False)
+    if device.type != "cuda":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.autocast("cuda", dtype=dtype)
 
@@ -34,13 +37,15 @@ def autocast(device: torch.device, enabled: bool = True):
 @torch.inference_mode()
 def predict_probabilities(network: nn.Module, image: np.ndarray, dim: int, patch: tuple[int, ...],
                           device: torch.device, overlap: float = 0.5, batch_size: int = 4,
-                          amp: bool = True) -> np.ndarray:
+                          amp: bool | None = None) -> np.ndarray:
     """Softmax probabilities ``(C, z, y, x)`` of a preprocessed volume ``(z, y, x)``.
+    ``amp``: mixed precision; None: on CUDA only (CPU predictions stay fp32).
 
     3D: overlapping patches blended with a Gaussian weight. 2D: each axial slice is a
     batch item and is tiled in-plane the same way.
     """
     network.eval()
+    amp = device.type == "cuda" if amp is None else amp
     volume = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(device)
     if dim == 3:
         logits = _sliding_window(volume[None, None], patch, network, overlap, batch_size, device, amp)[0]

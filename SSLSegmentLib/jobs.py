@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
+from .config import PROVISIONAL_ITERATIONS
 from .fileio import atomic_write_json, file_sha256
 from .training.run_folder import read_run_status
 
@@ -163,6 +164,10 @@ class TrainSettings:
     seed: int = 1337
     size: str | None = None
     preset: str | None = None
+    time_budget: float | None = None
+    """Minutes for the whole round (``--time-budget``); it then replaces ``iterations``."""
+    spacing: str | None = None
+    """Training spacing (``--spacing``: "data", "fit", mm); None: the preset's."""
     extra_args: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -176,7 +181,7 @@ def train_command(python: Sequence[str], folder: JobFolder, round_number: int,
                "--images", str(folder.images_dir),
                "--labels", str(folder.labels_dir(round_number)),
                "--method", settings.method, "--network", settings.network,
-               "--dim", str(settings.dim), "--iterations", str(int(settings.iterations)),
+               "--dim", str(settings.dim), *_length_arguments(settings),
                "--out", str(folder.round_dir(round_number)),
                "--device", settings.device, "--seed", str(int(settings.seed)),
                "--predict-unlabelled"]
@@ -184,10 +189,20 @@ def train_command(python: Sequence[str], folder: JobFolder, round_number: int,
         command += ["--preset", settings.preset]
     if settings.size:
         command += ["--size", settings.size]
+    if settings.spacing:
+        command += ["--spacing", str(settings.spacing)]
     if init_model is not None:
         command += ["--init-model", str(init_model)]
     command += ["--threads", str(child_threads())]
     return command + list(settings.extra_args)
+
+
+def _length_arguments(settings: TrainSettings) -> list[str]:
+    """``--time-budget`` when the round trains for a time (the budget fixes the iterations),
+    else ``--iterations``."""
+    if settings.time_budget:
+        return ["--time-budget", str(float(settings.time_budget))]
+    return ["--iterations", str(int(settings.iterations))]
 
 
 def child_threads() -> int:
@@ -558,6 +573,8 @@ def status_text(job: Job) -> str:
     step = job.training_progress
     if not step:
         return f"Round {job.round}: starting (preparing the data)..."
+    if step.get("total", 0) >= PROVISIONAL_ITERATIONS:
+        return f"Round {job.round}: iteration {step.get('iteration')}, measuring the speed for the time budget..."
     parts = [f"Round {job.round}: iteration {step.get('iteration')}/{step.get('total')}",
              f"ETA {format_duration(step.get('eta_s'))}"]
     losses = step.get("losses") or {}

@@ -79,6 +79,7 @@ PRESET_CHOICES = ("auto", "fast-cpu", "balanced", "quality-gpu")
 DIM_CHOICES = ("auto", "2", "3")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 SIZE_CHOICES = ("preset", "tiny", "small", "base")
+SPACING_CHOICES = ("preset", "data", "fit")
 EXPORT_FORMAT_CHOICES = ("seg.nrrd", "nrrd", "nii.gz")
 
 
@@ -135,6 +136,7 @@ class SSLSegmentLogic(SegmentingMixin):
                       network: str = "unet", dim: str | int = "auto", iterations: int = 2000,
                       device: str = "auto", seed: int = 1337, size: str | None = None,
                       preset: str | None = None, extraArgs: Sequence[str] = (),
+                      timeBudget: float | None = None, spacing: str | None = None,
                       jobFolder: str | os.PathLike | None = None,
                       waitForCompletion: bool = False) -> jobs.Job:
         """Export the cases to a new job folder and start round 1 in a child process.
@@ -142,7 +144,9 @@ class SSLSegmentLogic(SegmentingMixin):
         ``labeled``: ``[(volumeNode, segmentationNode), ...]``; ``unlabeled``: volume nodes.
         Classes are the segment names (union, in order of first appearance). Bad input
         raises :class:`InputError` before any process starts. Returns the running job
-        (finished when ``waitForCompletion``).
+        (finished when ``waitForCompletion``). ``timeBudget``: train for this many minutes
+        (prediction included) instead of ``iterations``. ``spacing``: the training spacing
+        ("data", "fit" or mm, see ``SSLSegmentLib.spacing``); None: the preset's.
         """
         labeled, unlabeled = list(labeled), list(unlabeled)
         self.validateInputs(labeled, unlabeled)
@@ -153,7 +157,8 @@ class SSLSegmentLogic(SegmentingMixin):
             raise InputError(f"job folder {folder.root} is already used by another job")
         settings = jobs.TrainSettings(method=method, network=network, dim=str(dim), iterations=int(iterations),
                                       device=device, seed=int(seed), size=size, preset=preset,
-                                      extra_args=list(extraArgs))
+                                      extra_args=list(extraArgs), time_budget=_positiveOrNone(timeBudget),
+                                      spacing=_spacingText(spacing))
         _checkSettings(folder, settings)
         names = uniqueCaseNames([volume for volume, _ in labeled] + unlabeled)
         round_number = 1
@@ -722,14 +727,33 @@ def _settingsFrom(round_info: dict) -> dict:
 
 
 def _settingsChanges(iterations: int | None, changes: dict) -> dict:
-    aliases = {"extraArgs": "extra_args"}
+    aliases = {"extraArgs": "extra_args", "timeBudget": "time_budget"}
     result = {aliases.get(k, k): v for k, v in changes.items() if v is not None}
     unknown = set(result) - set(jobs.TrainSettings.__dataclass_fields__)
     if unknown:
         raise InputError(f"unknown training settings: {', '.join(sorted(unknown))}")
     if iterations is not None:
         result["iterations"] = int(iterations)
+        result.setdefault("time_budget", None)  # an explicit count replaces the previous round's budget
     return result
+
+
+def _spacingText(spacing) -> str | None:
+    """The ``--spacing`` argument, checked here so that a bad value is refused before any start."""
+    from .spacing import parse_spacing  # noqa: PLC0415
+
+    parsed = parse_spacing(spacing)
+    if parsed is None or isinstance(parsed, str):
+        return parsed
+    return ",".join(f"{v:g}" for v in (parsed if isinstance(parsed, tuple) else (parsed,)))
+
+
+def _positiveOrNone(minutes: float | None) -> float | None:
+    if minutes is None or float(minutes) == 0:
+        return None
+    if float(minutes) < 0:
+        raise InputError(f"the time budget must be a positive number of minutes, got {minutes}")
+    return float(minutes)
 
 
 def _floatOrNone(text: str | None) -> float | None:

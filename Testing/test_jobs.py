@@ -206,3 +206,27 @@ def test_training_child_leaves_a_core_to_the_gui(tmp_path):
     command = jobs.train_command(["python"], folder, 1, jobs.TrainSettings())
     threads = int(command[command.index("--threads") + 1])
     assert threads == max(1, (os.cpu_count() or 2) - 1)
+
+
+def test_a_time_budget_replaces_the_iteration_count_in_the_command(tmp_path):
+    folder = jobs.JobFolder(tmp_path)
+    budgeted = jobs.train_command(["py"], folder, 1, jobs.TrainSettings(iterations=20, time_budget=5))
+    assert budgeted[budgeted.index("--time-budget") + 1] == "5.0" and "--iterations" not in budgeted
+    counted = jobs.train_command(["py"], folder, 1, jobs.TrainSettings(iterations=20))
+    assert counted[counted.index("--iterations") + 1] == "20" and "--time-budget" not in counted
+
+
+def test_status_text_says_when_the_budget_is_still_measuring(tmp_path):
+    from SSLSegmentLib.config import PROVISIONAL_ITERATIONS
+
+    job = jobs.Job(jobs.JobFolder(tmp_path / "job"), 1, [sys.executable, "-c", "import time; time.sleep(30)"]).start()
+    try:
+        progress = job.run_dir / "progress.jsonl"
+        progress.write_text(json.dumps({"iteration": 3, "total": PROVISIONAL_ITERATIONS, "losses": {}, "eta_s": 9e5})
+                            + "\n")
+        assert "measuring the speed for the time budget" in jobs.status_text(job)
+        with open(progress, "a") as f:
+            f.write(json.dumps({"iteration": 10, "total": 400, "losses": {"main": 0.5}, "eta_s": 60}) + "\n")
+        assert "iteration 10/400" in jobs.status_text(job)
+    finally:
+        job.kill()

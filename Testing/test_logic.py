@@ -369,3 +369,25 @@ def test_retrain_refuses_new_classes_and_unfinished_rounds(scene, tmp_path):
     with pytest.raises(InputError, match="no trained model"):
         logic.retrain(failed)
     assert logic.openJob(job.folder.root).round == 1
+
+
+def test_time_budget_and_spacing_reach_the_command(scene, tmp_path):
+    from SSLSegmentLib.logic import _settingsChanges
+
+    logic = make_logic(scene, tmp_path, fake_engine_runner)
+    labelled = [phantom_case(scene, "A", 1)]
+    job = logic.startTraining(labeled=labelled, waitForCompletion=True, timeBudget=3, **TINY)
+    round_info = job.folder.read_round(1)
+    command = round_info["command"]
+    assert command[command.index("--time-budget") + 1] == "3.0" and "--iterations" not in command
+    assert round_info["settings"]["time_budget"] == 3.0
+    previous = {**round_info["settings"]}
+    assert jobs.TrainSettings(**{**previous, **_settingsChanges(500, {})}).time_budget is None
+    assert jobs.TrainSettings(**{**previous, **_settingsChanges(None, {"timeBudget": 2})}).time_budget == 2
+    with pytest.raises(InputError, match="time budget"):
+        logic.startTraining(labeled=labelled, timeBudget=-1, **TINY)
+    spaced = logic.startTraining(labeled=labelled, spacing="fit", waitForCompletion=True, **TINY)
+    command = spaced.folder.read_round(1)["command"]
+    assert command[command.index("--spacing") + 1] == "fit"
+    with pytest.raises(InputError, match="spacing"):
+        logic.startTraining(labeled=labelled, spacing="fine", **TINY)

@@ -244,6 +244,9 @@ def run_method(key: str, method: str, seed: int, prepared: dict, args) -> dict:
                   "--unlabelled-batch", str(budget["unlabelled_batch"]), "--val-cases", "0",
                   "--optimiser", args.optimiser, "--lr", str(args.lr), *([] if args.amp else ["--no-amp"]),
                   "--seed", str(seed), "--device", args.device, *extra, "--out", str(run / "train"),
+                  # the bench resamples its own copies and labels CPU runs fp32: keep the
+                  # product's CPU defaults (spacing "fit", bf16 on AMX) out of its tables
+                  "--spacing", "data", *([] if args.device == "cuda" else ["--precision", "fp32"]),
                   log_file=log_file)
     predict_s = cli("predict", "--model", str(run / "train"), "--images", str(prepared["eval_images"]),
                     "--out", str(run / "pred"), "--device", args.device, log_file=log_file)

@@ -30,6 +30,7 @@ from ..networks import network_divisor
 from ..preprocessing import Plan, make_plan, target_spacing_for
 from ..settings_check import check_patch_rank, check_resampled_size
 from ..sampling import fit_patch
+from ..spacing import training_spacing
 from .distributed import DistributedContext
 
 __all__ = ["TrainingData", "prepare_training_data", "describe_cases", "validation_split"]
@@ -80,12 +81,32 @@ def describe_cases(dataset: Dataset, validation_names: set[str], checksums: dict
             "classes": [c.name for c in dataset.classes]}
 
 
-def validation_split(cases: list[Case], requested: int | None, seed: int) -> set[str]:
-    """Names of labelled cases held out for validation: ``requested``, or one in five once
-    there are at least five (with fewer, every label is worth more in training)."""
+HOLDOUT_MIN_LABELLED = 20
+"""``validation="auto"`` holds cases out only from this many labelled cases on (one in five).
+Below it every label trains and the last weights are kept, as nnU-Net keeps its final
+checkpoint: one or two validation cases pick a checkpoint by noise, and a sixth of six labels
+is a large loss. Evidence (weak): ``bench/validation_holdout.py`` on ACDC with 6 labels,
+300 iterations, 3 seeds: all labels 0.173 mean Dice against 0.166 held out, the held-out
+variant losing 0.054 on the seed where its one validation case picked an early checkpoint."""
+
+VALIDATION_MODES = ("auto", "holdout", "none")
+
+
+def validation_split(cases: list[Case], requested: int | None, seed: int, mode: str = "auto") -> set[str]:
+    """Names of labelled cases held out for validation (the run then keeps its best
+    checkpoint; with none, its last weights). ``requested`` wins when given; else ``mode``:
+    ``holdout`` one in five (at least one), ``none`` no case, ``auto`` holdout from
+    :data:`HOLDOUT_MIN_LABELLED` labelled cases on. Never every case."""
     import numpy as np  # noqa: PLC0415
 
-    count = requested if requested is not None else (len(cases) // 5 if len(cases) >= 5 else 0)
+    if mode not in VALIDATION_MODES:
+        raise ValueError(f"unknown validation mode {mode!r}; choose one of {', '.join(VALIDATION_MODES)}")
+    if requested is not None:
+        count = requested
+    elif mode == "holdout" or (mode == "auto" and len(cases) >= HOLDOUT_MIN_LABELLED):
+        count = max(1, len(cases) // 5)
+    else:
+        count = 0
     count = max(0, min(count, len(cases) - 1))
     order = np.random.default_rng(seed).permutation(len(cases))
     return {cases[i].name for i in order[:count]}
@@ -113,8 +134,11 @@ def prepare_training_data(dataset: Dataset, config: TrainConfig, log: logging.Lo
     missing entries together (one in ``local_world_size`` each), then all read them."""
     context = context or DistributedContext()
     if plan is None:
-        plan = make_plan([read_geometry(case.image) for case in dataset.labelled], dim=config.dim,
-                         normalisation=config.normalisation, ct_window=config.ct_window)
+        labelled_geometries = [read_geometry(case.image) for case in dataset.labelled]
+        plan = make_plan(labelled_geometries, dim=config.dim, normalisation=config.normalisation,
+                         ct_window=config.ct_window)
+        plan.target_spacing = training_spacing(config.spacing_rule(), labelled_geometries, plan.dim,
+                                               config.preset_patch(plan.dim), plan.target_spacing)
     check_patch_rank(config.patch_size, plan.dim)
     geometries = {case.name: read_geometry(case.image) for case in [*dataset.labelled, *dataset.unlabelled]}
     for warning in spacing_outliers({name: geometry.spacing for name, geometry in geometries.items()}):
@@ -123,7 +147,7 @@ def prepare_training_data(dataset: Dataset, config: TrainConfig, log: logging.Lo
         check_resampled_size(name, geometry.size, geometry.spacing, target_spacing_for(geometry, plan))
     log.info("plan: %dD, target spacing %s, %s normalisation", plan.dim, tuple(round(s, 3) for s in plan.target_spacing),
              plan.normalisation)
-    held_out = validation_split(dataset.labelled, config.val_cases, config.seed)
+    held_out = validation_split(dataset.labelled, config.val_cases, config.seed, config.validation)
     checksums: dict[str, str] = {}
     cases_json = describe_cases(dataset, held_out, checksums)
     cache = PreprocessCache(cache_dir if cache_dir is not None else Path(".sslsegment-cache"))

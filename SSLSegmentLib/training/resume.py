@@ -62,7 +62,8 @@ def save(trainer, iteration: int, best_dice: float | None) -> None:
                "state": {k: v.detach().cpu() for k, v in trainer.method.state_dict().items()},
                "optimisers": {name: opt.state_dict() for name, opt in trainer.optimisers.items()},
                "scaler": trainer.scaler.state_dict(), "batch_sizes": list(trainer.batch_sizes),
-               "patch": list(trainer.data.patch), "rng": _rng_state()}
+               "patch": list(trainer.data.patch), "rng": _rng_state(),
+               "iterations": trainer.config.iterations}  # the count a --time-budget fixed, if any
     with atomic_path(trainer.run.checkpoint(KIND)) as tmp:
         torch.save(payload, tmp)
 
@@ -99,6 +100,9 @@ def restore(trainer, payload: dict) -> None:
     trainer.stream.skip = payload["iteration"]
     trainer.start_iteration = payload["iteration"]
     trainer.resumed_best_dice = payload["best_dice"]
+    # A time budget fixed the count before the interruption: go on to that count (the budget is
+    # not measured again; the schedule must span the same number of iterations).
+    trainer.config.iterations = int(payload.get("iterations", trainer.config.iterations))
     if trainer.context.is_main:
         _set_rng_state(payload["rng"])
     else:

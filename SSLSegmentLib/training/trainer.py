@@ -36,10 +36,12 @@ from ..metrics import dice_per_class
 from ..domain import describe_training_domain
 from ..model_file import load_model, read_model_payload, refuse_non_finite_weights, save_model
 from ..networks import build_network
+from ..precision import mixed_precision
 from ..preprocessing import Plan
 from ..sampling import BatchStream, PatchSampler, to_tensors
 from ..settings_check import check_method_options
 from . import memory, resume
+from .budget import TimeBudget
 from .data_setup import TrainingData, prepare_training_data
 from .distributed import (DataParallelNetworks, DistributedContext, broadcast_state, convert_batchnorm, shard,
                           state_checksum)
@@ -70,8 +72,11 @@ def _device_type(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def channels_last_format(config: TrainConfig, dim: int, device: torch.device):
-    """The memory format for networks and images, or None (see ``TrainConfig.channels_last``)."""
+def channels_last_format(config: TrainConfig, dim: int, device: torch.device, mixed: bool = False):
+    """The memory format for networks and images, or None (see ``TrainConfig.channels_last``;
+    on CPU: channels-last in 3D under bf16, where oneDNN's bf16 kernels want it)."""
+    if device.type == "cpu" and mixed and dim == 3 and config.channels_last is not False:
+        return None if config.network.startswith("swin") else torch.channels_last_3d
     wanted = config.channels_last if config.channels_last is not None else dim == 2
     if device.type != "cuda" or not wanted or config.network.startswith("swin"):
         return None
@@ -133,6 +138,8 @@ class Trainer:
     def __init__(self, config: TrainConfig, dataset: Dataset, run: RunFolder, log: logging.Logger | None = None,
                  context: DistributedContext | None = None):
         self.run = run
+        self.started = time.monotonic()
+        """The clock of ``--time-budget`` (set-up included)."""
         self.log = log or run.logger()
         self.context = context or DistributedContext()
         self.device = resolve_device(config.device, self.context)
@@ -162,12 +169,12 @@ class Trainer:
         if initial:
             method.initialise_from(initial["state_dict"])
             self.log.info("networks initialised from %s", config.init_model)
-        self.memory_format = channels_last_format(config, self.data.plan.dim, self.device)
+        self.amp = mixed_precision(config.precision, config.amp, self.device)
+        self.memory_format = channels_last_format(config, self.data.plan.dim, self.device, self.amp)
         self.method = convert_batchnorm(method, self.device, context).to(self.device)
         if self.memory_format is not None:
             self.method = self.method.to(memory_format=self.memory_format)
-        self.amp = config.amp and self.device.type == "cuda"
-        use_scaler = self.amp and not torch.cuda.is_bf16_supported()
+        use_scaler = self.amp and self.device.type == "cuda" and not torch.cuda.is_bf16_supported()
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
         self.batch_sizes = config.batch_sizes(self.data.plan.dim)
         if config.sizes_from_free_memory() and self.device.type == "cuda":
@@ -292,15 +299,19 @@ class Trainer:
 
     # --- the loop -------------------------------------------------------------------------
     def train(self) -> TrainResult:
-        config, total, context = self.config, self.config.iterations, self.context
-        val_interval = config.val_interval or max(1, total // 10)
-        log_interval = max(1, min(50, total // 100))
-        checkpoint_every = resume.checkpoint_interval(config, total)
+        config, context = self.config, self.context
+        # A resumed run goes on to the count fixed before it stopped; a new one may have a budget.
+        budget = TimeBudget.for_trainer(self) if self.start_iteration == 0 else None
         best_dice: float | None = self.resumed_best_dice
         started, losses_sum, logged_steps = time.monotonic(), {}, 0
         self._batches = iter(self.stream)
         try:
-            for iteration in range(self.start_iteration, total):
+            iteration = self.start_iteration
+            while iteration < config.iterations:
+                total = config.iterations  # a time budget may fix it after its warm-up
+                val_interval = config.val_interval or max(1, total // 10)
+                log_interval = max(1, min(50, total // 100))
+                checkpoint_every = resume.checkpoint_interval(config, total)
                 if self._cancel_requested():
                     raise Cancelled()
                 losses, lr, weight = self._guarded_step(iteration)
@@ -328,8 +339,12 @@ class Trainer:
                     self._show(record)
                 if done % checkpoint_every == 0 and done < total and context.is_main:
                     resume.save(self, done, best_dice)
+                iteration = done
+                if budget is not None:
+                    budget.after_step(done)
         finally:
             self.stream.close()
+        total = config.iterations
         self._check_ranks_agree()
         if context.is_main:
             self._save_checkpoint("last", total, best_dice)

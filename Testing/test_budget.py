@@ -1,0 +1,112 @@
+"""``--time-budget``: the run, prediction included, ends within the budget, and the learning
+rate and the ramp-up run over the iteration count the budget fixed."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import pytest
+
+from SSLSegmentLib.cli import build_parser, config_from_args
+from SSLSegmentLib.config import TrainConfig
+from SSLSegmentLib.data.cases import discover_dataset
+from SSLSegmentLib.errors import InputError
+from SSLSegmentLib.methods.base import consistency_weight
+from SSLSegmentLib.training.budget import DEFAULT_CAP
+from SSLSegmentLib.training.run_folder import RunFolder
+from SSLSegmentLib.training.schedules import poly_lr
+from SSLSegmentLib.training.trainer import Trainer
+
+BUDGET_MINUTES = 0.25  # 15 s: long enough for tens of tiny steps after set-up and warm-up
+
+
+def _budgeted_run(phantom_data, tmp_path, slow_down_after_plan: float = 0.0):
+    """A whole budgeted run in this process: set-up, training, prediction of the unlabelled
+    cases. Returns (seconds it took, run folder, trainer)."""
+    run = RunFolder(tmp_path / "run")
+    run.prepare()
+    dataset = discover_dataset(phantom_data["images"], phantom_data["labels"])
+    config = TrainConfig(method="mean_teacher", size="tiny", dim="3", patch_size=(16, 32, 32), iterations=DEFAULT_CAP,
+                         time_budget=BUDGET_MINUTES, rampup_fraction=1.0, val_cases=1, predict_unlabelled=True,
+                         device="cpu", cache_dir=str(tmp_path / "cache"), seed=5)
+    # Cold imports and the first preprocessing can take longer than this tiny budget on a busy
+    # machine: build the case cache first (the budget itself counts the set-up it gets).
+    Trainer(config, dataset, RunFolder(tmp_path / "warm"), logging.getLogger("test_budget")).setup()
+    started = time.monotonic()
+    trainer = Trainer(config, dataset, run, logging.getLogger("test_budget"))
+    if slow_down_after_plan:
+        # the machine gets busy once the count is fixed: every step then takes this many
+        # times longer than the budget measured
+        measured = []
+
+        def busy_machine(*_):
+            if not measured and (run.path / "budget.json").exists():
+                measured.append(json.loads((run.path / "budget.json").read_text())["seconds_per_iteration"])
+            if measured:
+                time.sleep(slow_down_after_plan * measured[0])
+
+        trainer.check_memory = busy_machine
+    trainer.setup()
+    trainer.train()
+    trainer.predict_unlabelled()
+    return time.monotonic() - started, run, trainer
+
+
+def test_budgeted_run_ends_within_the_budget_and_its_schedule_spans_the_fixed_count(phantom_data, tmp_path):
+    seconds, run, trainer = _budgeted_run(phantom_data, tmp_path)
+    assert seconds <= 60 * BUDGET_MINUTES, f"the run took {seconds:.1f} s for a {60 * BUDGET_MINUTES:.0f} s budget"
+    plan = json.loads((run.path / "budget.json").read_text())
+    fixed = plan["iterations"]
+    assert fixed == trainer.config.iterations and fixed > plan["warmup_iterations"] >= 4
+    assert plan["seconds_per_iteration"] > 0 and plan["seconds_per_predicted_case"] > 0
+    # most of the budget went into training, not left unused
+    assert seconds >= 0.5 * 60 * BUDGET_MINUTES
+    progress = run.read_progress()
+    events = [r for r in progress if r.get("event") == "budget"]  # a busy machine may cut the count again
+    assert events[0]["reason"] == "warm-up" and events[-1]["iterations"] == fixed
+    steps = [r for r in progress if "iteration" in r]
+    after = [r for r in steps if r["iteration"] > plan["warmup_iterations"]]
+    assert after and {r["total"] for r in after} <= {e["iterations"] for e in events}
+    last = steps[-1]
+    assert last["iteration"] == fixed
+    base_lr = trainer.config.lr
+    assert last["lr"] == pytest.approx(base_lr * poly_lr(1.0, fixed - 1, fixed))
+    expected_weight = consistency_weight(trainer.method.settings, fixed - 1, fixed)
+    assert last["consistency_weight"] == pytest.approx(expected_weight, abs=1e-6)
+    # every step after the last decision follows the schedule of the count then fixed
+    decided = events[-1]["decided_at"]
+    later = [r for r in steps if r["iteration"] > decided and r["total"] == fixed]
+    for record in later:
+        step = record["iteration"] - 1
+        assert record["lr"] == pytest.approx(base_lr * poly_lr(1.0, step, fixed))
+        assert record["consistency_weight"] == pytest.approx(
+            consistency_weight(trainer.method.settings, step, fixed), abs=1e-6)
+    maximum = trainer.method.settings.consistency
+    assert any(0 < r["consistency_weight"] < 0.99 * maximum for r in later), "no record inside the ramp-up"
+    assert sorted(p.name for p in run.predictions.glob("*.seg.nrrd")) == ["case_003.seg.nrrd", "case_004.seg.nrrd"]
+
+
+def test_a_machine_that_slows_down_cuts_the_count_and_still_ends_in_time(phantom_data, tmp_path):
+    seconds, run, trainer = _budgeted_run(phantom_data, tmp_path, slow_down_after_plan=2.0)
+    assert seconds <= 60 * BUDGET_MINUTES, f"the run took {seconds:.1f} s for a {60 * BUDGET_MINUTES:.0f} s budget"
+    events = [r for r in run.read_progress() if r.get("event") == "budget"]
+    if events[0]["iterations"] - events[0]["warmup_iterations"] < 6:
+        pytest.skip("the machine is too busy: the budget left too few iterations to cut")
+    assert [e["reason"] for e in events][:2] == ["warm-up", "slower"]
+    assert events[-1]["iterations"] < events[0]["iterations"]
+    steps = [r for r in run.read_progress() if "iteration" in r]
+    assert steps[-1]["iteration"] == steps[-1]["total"] == events[-1]["iterations"] == trainer.config.iterations
+
+
+def test_cli_time_budget_sets_minutes_and_lifts_the_iteration_default(tmp_path):
+    parse = build_parser().parse_args
+    budgeted = config_from_args(parse(["train", "--out", str(tmp_path), "--time-budget", "5"]))
+    assert budgeted.time_budget == 5.0 and budgeted.iterations == DEFAULT_CAP
+    capped = config_from_args(parse(["train", "--out", str(tmp_path), "--time-budget", "5", "--iterations", "300"]))
+    assert capped.iterations == 300
+    plain = config_from_args(parse(["train", "--out", str(tmp_path)]))
+    assert plain.time_budget is None and plain.iterations == TrainConfig.iterations
+    with pytest.raises(InputError, match="time budget"):
+        TrainConfig(time_budget=0).resolved("cpu")
