@@ -67,7 +67,7 @@ def test_bad_spacing_on_the_command_line_exits_2(phantom_data, tmp_path, capsys)
     code = main(["train", "--images", str(phantom_data["images"]), "--labels", str(phantom_data["labels"]),
                  "--out", str(tmp_path / "run"), "--spacing", "fine"])
     assert code == 2 and "spacing 'fine'" in capsys.readouterr().err
-    assert RunFolder(tmp_path / "run").read_status()["state"] == "failed"
+    assert RunFolder(tmp_path / "run").read_status() is None  # refused before the run folder is touched
 
 
 def test_training_at_a_coarser_spacing_predicts_on_each_images_own_grid(phantom_data, tmp_path):

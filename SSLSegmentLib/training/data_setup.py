@@ -137,6 +137,7 @@ def prepare_training_data(dataset: Dataset, config: TrainConfig, log: logging.Lo
         labelled_geometries = [read_geometry(case.image) for case in dataset.labelled]
         plan = make_plan(labelled_geometries, dim=config.dim, normalisation=config.normalisation,
                          ct_window=config.ct_window)
+        check_patch_rank(config.patch_size, plan.dim)  # before the spacing rule reads the patch
         plan.target_spacing = training_spacing(config.spacing_rule(), labelled_geometries, plan.dim,
                                                config.preset_patch(plan.dim), plan.target_spacing)
     check_patch_rank(config.patch_size, plan.dim)
