@@ -20,7 +20,7 @@ def build(app):
     """The layout of ``app`` (a :class:`SSLSegmentLib.web.app.WebApp`)."""
     with SinglePageWithDrawerLayout(app.server, theme="dark") as layout:
         layout.title.set_text("SSLSegment")
-        layout.drawer.width = 430
+        layout.drawer.width = 440
         with layout.toolbar:
             v.VSpacer()
             html.Span("{{ train_text }}", id="toolbar-status", classes="text-caption mr-4")
@@ -112,10 +112,11 @@ def _results_panel(app):
                 html.Td("{{ row.name }}")
                 html.Td("{{ row.confidence === null ? '-' : row.confidence.toFixed(3) }}")
                 html.Td("{{ row.corrected ? 'yes' : 'no' }}")
-                with html.Td(classes="d-flex ga-1 align-center"):
-                    v.VBtn("Open", size="small", variant="tonal", id=("'show-' + row.name",),
-                           click=(app.on_select, "[row.id, 'prediction']"))
-                    v.VBtn("Mark corrected", size="small", variant="tonal", id=("'correct-' + row.name",),
+                with html.Td(classes="text-no-wrap"):
+                    v.VBtn(icon="mdi-eye", size="small", variant="tonal", title="Open the prediction to correct it",
+                           id=("'show-' + row.name",), click=(app.on_select, "[row.id, 'prediction']"))
+                    v.VBtn(icon="mdi-check", size="small", variant="tonal", classes="ml-1",
+                           title="Mark corrected: it then trains as a label", id=("'correct-' + row.name",),
                            click=(app.on_mark_corrected, "[row.id]"))
     v.VBtn("Retrain with corrections", color="primary", id="retrain-btn", classes="mt-3",
            disabled=("training || !results.some(r => r.corrected)",), click=app.on_retrain)
