@@ -203,7 +203,7 @@ def test_whole_loop_in_a_real_browser(phantoms, browser, tmp_path):
 
 def test_listening_beyond_loopback_needs_the_secret(phantoms, browser, tmp_path):
     server = Server("--host", "0.0.0.0", "--allow-remote", "--secret", "a-test-secret-of-24-chars",
-                    "--images", str(phantoms["images"]), cwd=tmp_path)
+                    "--images", str(phantoms["images"]), "--max-upload-mb", "1", cwd=tmp_path)
     try:
         bare = f"http://127.0.0.1:{server.port}/"
         with pytest.raises(urllib.error.HTTPError) as refused:
@@ -219,5 +219,14 @@ def test_listening_beyond_loopback_needs_the_secret(phantoms, browser, tmp_path)
         assert response.status == 403 and "secret" in page.content()
         page.goto(server.url)  # the printed address carries the secret: the page and its websocket work
         page.wait_for_selector("#row-case_000", timeout=30_000)
+        # Uploads: a scan is added to the list; past the size bound, a clear message.
+        upload = tmp_path / "uploaded_scan.nrrd"
+        upload.write_bytes((phantoms["images"] / "case_001.nrrd").read_bytes())
+        page.set_input_files("#upload", str(upload))
+        page.wait_for_selector("#row-uploaded_scan", timeout=30_000)
+        too_big = tmp_path / "too_big.nrrd"
+        too_big.write_bytes(b"\0" * (2 * 1024 * 1024))
+        page.set_input_files("#upload", str(too_big))
+        expect(page.locator("#error-text")).to_contain_text("more than 1 MiB", timeout=10_000)
     finally:
         server.stop()

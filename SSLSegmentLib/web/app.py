@@ -71,7 +71,7 @@ class WebApp(TrameApp):
                   "iterations": self.options.iterations, "training": False, "train_fraction": 0,
                   "train_text": "No training yet", "train_state": "idle", "train_eta": "-", "train_loss": None,
                   "train_dice": None, "export_format": "seg.nrrd", "export_folder": "", "show_3d": False,
-                  "round": 0, "tab": "data"})
+                  "round": 0, "tab": "data", "max_upload_bytes": self.workspace.limits.max_upload_bytes})
         s.change("show_3d")(self._on_show_3d)
 
     # ------------------------------------------------------------------ lifecycle

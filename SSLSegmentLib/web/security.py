@@ -75,3 +75,5 @@ def install(server, secret: str | None) -> None:
         wslink_server.app.middlewares.append(secret_middleware(secret))
 
     server.controller.on_server_bind.add(on_bind)
+    # The page hands ``?secret=`` to wslink's own handshake too: make it wslink's key as well.
+    server.cli.set_defaults(authKey=secret)

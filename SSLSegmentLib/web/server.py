@@ -68,7 +68,7 @@ def options_from_args(args) -> ServeOptions:
 def prepare_environment(options: ServeOptions) -> None:
     """Offscreen rendering through EGL (no X server); a websocket that takes the bounded uploads."""
     os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
-    os.environ.setdefault("WSLINK_MAX_MSG_SIZE", str(options.max_upload_mb * 1024 * 1024 + 1024 * 1024))
+    os.environ.setdefault("WSLINK_MAX_MSG_SIZE", str((options.max_upload_mb + 16) * 1024 * 1024))
     os.environ.setdefault("TRAME_DISABLE_V3_WARNING", "1")
 
 

@@ -78,9 +78,14 @@ def _data_panel(app):
                 with html.Td():
                     v.VBtn("Open", size="small", variant="tonal", id=("'open-' + row.name",),
                            click=(app.on_select, "[row.id, 'labels']"))
+    # The size bound is checked here first, so a too large upload is never sent.
+    trigger = app.server.controller.trigger_name(app.on_upload)
     v.VFileInput(label="Add volumes (.nrrd, .nii.gz, .mha)", multiple=True, density="compact", classes="mt-3",
                  id="upload", prepend_icon="mdi-upload",
-                 update_modelValue=(f"trigger('{app.server.controller.trigger_name(app.on_upload)}', [$event])"))
+                 update_modelValue=("(($event || []).reduce((total, f) => total + f.size, 0) > max_upload_bytes)"
+                                    " ? (error = `Upload refused: more than ${max_upload_bytes / 1048576} MiB at "
+                                    "once (serve --max-upload-mb), or start the server on the folder (--images)`)"
+                                    f" : trigger('{trigger}', [$event])"))
 
 
 def _train_panel(app):
