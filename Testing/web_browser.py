@@ -86,7 +86,7 @@ class Server:
         self._log.close()
 
 
-def image_stats(png: bytes) -> dict:
+def image_stats(png: bytes, chroma_threshold: int = 40) -> dict:
     """Brightness spread and share of coloured pixels of a screenshot (the scans are grey,
     so coloured pixels are the label or prediction overlay)."""
     import numpy as np  # noqa: PLC0415
@@ -97,4 +97,4 @@ def image_stats(png: bytes) -> dict:
     rgb = rgb[h // 10: h - h // 10, w // 10: w - w // 10]  # not the view's buttons and slider
     chroma = rgb.max(axis=2) - rgb.min(axis=2)
     grey = rgb.mean(axis=2)
-    return {"std": float(grey.std()), "coloured": float((chroma > 40).mean()), "mean": float(grey.mean())}
+    return {"std": float(grey.std()), "coloured": float((chroma > chroma_threshold).mean()), "mean": float(grey.mean())}

@@ -64,7 +64,7 @@ def _data_panel(app):
     html.Div("Classes: {{ classes_text }}", classes="text-body-2 mb-2", id="classes-text")
     with v.VTable(density="compact", id="volume-table"):
         with html.Thead(), html.Tr():
-            for title in ("Volume", "Role", "Voxels", ""):
+            for title in ("Volume", "Role", "Labelled voxels", ""):
                 html.Th(title)
         with html.Tbody():
             with html.Tr(v_for="row in volumes", key="row.id", id=("'row-' + row.name",),
@@ -76,8 +76,8 @@ def _data_panel(app):
                               update_modelValue=(app.on_set_role, "[row.id, $event]"))
                 html.Td("{{ row.labelled_voxels }}", classes="voxels")
                 with html.Td():
-                    v.VBtn("Open", size="small", variant="tonal", id=("'open-' + row.name",),
-                           click=(app.on_select, "[row.id, 'labels']"))
+                    v.VBtn(icon="mdi-eye", size="small", variant="tonal", title="Open: show and label it",
+                           id=("'open-' + row.name",), click=(app.on_select, "[row.id, 'labels']"))
     # The size bound is checked here first, so a too large upload is never sent.
     trigger = app.server.controller.trigger_name(app.on_upload)
     v.VFileInput(label="Add volumes (.nrrd, .nii.gz, .mha)", multiple=True, density="compact", classes="mt-3",
