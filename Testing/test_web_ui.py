@@ -14,6 +14,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+import psutil
 import pytest
 
 from web_browser import Server, chromium_path, image_stats, missing_browser_reason
@@ -58,11 +59,13 @@ def _axial(page):
     return page.locator("#views .remote-controlled-area").first
 
 
-def _view_when(page, tmp_path, name, ready, timeout_s=30.0) -> dict:
-    """Screenshots of the axial view until ``ready(stats)`` (frames stream in); the last stats."""
+def _view_when(page, tmp_path, name, ready, timeout_s=30.0, element=0) -> dict:
+    """Screenshots of a view (the axial one by default) until ``ready(stats)`` (frames stream
+    in); the last stats."""
     stats = {}
     for _ in range(int(timeout_s / 0.5)):
-        stats = image_stats(_shot(page, tmp_path, name, _axial(page)))
+        view = page.locator("#views .remote-controlled-area").nth(element)
+        stats = image_stats(_shot(page, tmp_path, name, view))
         if ready(stats):
             return stats
         page.wait_for_timeout(500)
@@ -126,6 +129,14 @@ def test_whole_loop_in_a_real_browser(phantoms, browser, tmp_path):
         assert page.locator("#row-case_000").inner_text().split()[:2] == ["case_000", "labelled"]
         first = _view_when(page, tmp_path, "01-axial-labels", lambda s: s["std"] > 10 and s["coloured"] > 0.01)
         _shot(page, tmp_path, "01-data-and-labels")
+
+        # The optional 3D view: the labels as coloured surfaces.
+        page.click("#toggle-3d")
+        expect(page.locator("#views .remote-controlled-area")).to_have_count(4, timeout=15_000)
+        threed = _view_when(page, tmp_path, "01-3d", lambda s: s["coloured"] > 0.005, element=1)
+        assert threed["coloured"] > 0.005, f"no surfaces in the 3D view: {threed}"
+        page.click("#toggle-3d")
+        expect(page.locator("#views .remote-controlled-area")).to_have_count(3, timeout=15_000)
         assert first["std"] > 10, f"axial view blank: {first}"
         assert first["coloured"] > 0.01, f"labels of case_000 not overlaid: {first}"
 
@@ -141,8 +152,17 @@ def test_whole_loop_in_a_real_browser(phantoms, browser, tmp_path):
         expect(page.locator("#row-case_001")).to_contain_text("labelled", timeout=10_000)
         _shot(page, tmp_path, "02-painted")
 
-        # Train: watch the progress bar and the text move.
+        # Cancel stops the training process tree; then train for real.
         page.click("#tab-train")
+        page.fill("#iterations", "100000")
+        page.click("#train-btn")
+        expect(page.locator("#train-text")).to_contain_text("iteration", timeout=120_000)
+        page.click("#cancel-btn")
+        expect(page.locator("#train-text")).to_contain_text("Round 1: cancelled", timeout=30_000)
+        assert psutil.Process(server.process.pid).children(recursive=True) == []
+        page.fill("#iterations", TINY_SERVE[1])
+
+        # Train: watch the progress bar and the text move.
         page.click("#train-btn")
         seen = _wait_round_done(page, 1)
         assert any("iteration" in text for text in seen), f"no live progress seen: {seen}"
@@ -196,7 +216,9 @@ def test_whole_loop_in_a_real_browser(phantoms, browser, tmp_path):
     # Round 2 trained on the person's labels, their painting and the corrected prediction.
     from SSLSegmentLib.jobs import JobFolder
 
-    round2 = JobFolder(next((tmp_path / "jobs").iterdir())).read_round(2)
+    cancelled, trained = sorted((tmp_path / "jobs").iterdir())
+    assert JobFolder(cancelled).history()[-1]["state"] == "cancelled"
+    round2 = JobFolder(trained).read_round(2)
     assert round2["cases"][least]["corrected"] and round2["cases"]["case_001"]["label"]
     assert round2["unlabelled"] == [other]
 

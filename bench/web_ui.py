@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -150,7 +151,10 @@ def markdown(figures: dict) -> str:
             ("Server resident memory, 20 volumes listed", f"{figures['rss_20_volumes_mb']} MiB"),
             ("Paint stroke to render (median of strokes)", f"{figures['paint_to_render_median_s']} s")]
     lines = ["| figure | value |", "|---|---|", *[f"| {name} | {value} |" for name, value in rows]]
-    lines.append(f"\n{figures['machine']}; Chromium {figures['chromium']}; software rendering (Mesa EGL).")
+    lines.append(f"\n{figures['machine']}; Chromium {figures['chromium']}; software rendering (Mesa EGL); "
+                 f"1-minute load average {figures['load_average_1min_at_start']} at the start and "
+                 f"{figures['load_average_1min_at_end']} at the end (the machine is shared: a load above "
+                 "2 means other work competed for the 2 cores).")
     return "\n".join(lines)
 
 
@@ -169,7 +173,8 @@ def main() -> int:
     if args.shots:
         args.shots.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="sslsegment-web-bench-"))
-    figures = {"machine": f"{platform.machine()}, {psutil.cpu_count()} cores, {platform.python_version()}"}
+    figures = {"machine": f"{platform.machine()}, {psutil.cpu_count()} cores, {platform.python_version()}",
+               "load_average_1min_at_start": round(os.getloadavg()[0], 1)}
     try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
@@ -181,6 +186,7 @@ def main() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     figures.pop("first_image_stats", None)
+    figures["load_average_1min_at_end"] = round(os.getloadavg()[0], 1)
     results = ROOT / "bench" / "results"
     (results / "web_ui.json").write_text(json.dumps(figures, indent=2) + "\n")
     (results / "web_ui.md").write_text(markdown(figures) + "\n")

@@ -20,7 +20,7 @@ def build(app):
     """The layout of ``app`` (a :class:`SSLSegmentLib.web.app.WebApp`)."""
     with SinglePageWithDrawerLayout(app.server, theme="dark") as layout:
         layout.title.set_text("SSLSegment")
-        layout.drawer.width = 440
+        layout.drawer.width = 470
         with layout.toolbar:
             v.VSpacer()
             html.Span("{{ train_text }}", id="toolbar-status", classes="text-caption mr-4")
