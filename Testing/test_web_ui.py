@@ -252,3 +252,37 @@ def test_listening_beyond_loopback_needs_the_secret(phantoms, browser, tmp_path)
         expect(page.locator("#error-text")).to_contain_text("more than 1 MiB", timeout=10_000)
     finally:
         server.stop()
+
+
+SNAP_SCRIPT = """
+import os, sys
+os.environ["VTK_DEFAULT_OPENGL_WINDOW"] = "vtkEGLRenderWindow"
+from pathlib import Path
+from trame.app import get_server
+from SSLSegmentLib.web.app import WebApp
+from SSLSegmentLib.web.server import ServeOptions
+app = WebApp(ServeOptions(images=Path(sys.argv[1])), get_server("snap"))
+app.load_initial_data()
+axial = next(v for v in app.views.slice_views if v.get_orientation() == "Axial")
+axial.set_slice_value(float(sys.argv[2]))
+print("offset", axial.get_slice_value())
+"""
+
+
+def test_slice_positions_snap_to_voxel_centres(phantoms, tmp_path):
+    """A position between two voxel centres (where a stroke could land on either slice) is
+    moved to the nearest centre; in a child process: rendering set-up needs its own."""
+    import subprocess
+    import sys
+
+    from SSLSegmentLib.phantoms import PHANTOM_ORIGIN, PHANTOM_SPACING
+
+    origin_s, spacing_s = PHANTOM_ORIGIN[2], PHANTOM_SPACING[2]
+    between = origin_s + spacing_s * 5 + 0.4 * spacing_s
+    result = subprocess.run([sys.executable, "-c", SNAP_SCRIPT, str(phantoms["images"]), str(between)],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    lines = [line for line in result.stdout.splitlines() if line.startswith("offset")]
+    assert lines, result.stderr[-3000:]
+    offset = float(lines[-1].split()[1])
+    assert offset == pytest.approx(origin_s + spacing_s * 5, abs=1e-3), (offset, between)

@@ -41,6 +41,7 @@ class Entry:
     prediction: object | None = None
     excluded_by_person: bool = False
     notes: list[str] = field(default_factory=list)
+    voxel_count: tuple[int, int] | None = None  # (labels' modification time, count)
 
 
 def image_name(path: Path) -> str:
@@ -151,8 +152,14 @@ class Workspace:
         return entry.labels
 
     def labelled_voxels(self, volume_id: str) -> int:
+        """Voxels in the person's labels; counted again only after the labels changed."""
         entry = self._entry(volume_id)
-        return _voxel_count(entry.labels, entry.volume) if entry.labels is not None else 0
+        if entry.labels is None:
+            return 0
+        stamp = entry.labels.GetSegmentation().GetMTime()
+        if entry.voxel_count is None or entry.voxel_count[0] != stamp:
+            entry.voxel_count = (stamp, _voxel_count(entry.labels, entry.volume))
+        return entry.voxel_count[1]
 
     def refresh_roles(self) -> None:
         """After painting: a volume with labelled voxels becomes labelled (unless excluded)."""
@@ -162,7 +169,7 @@ class Workspace:
     def _update_role(self, entry: Entry) -> None:
         if entry.excluded_by_person or entry.notes:
             entry.role = EXCLUDED
-        elif entry.labels is not None and _voxel_count(entry.labels, entry.volume):
+        elif entry.labels is not None and self.labelled_voxels(entry.volume.GetID()):
             entry.role = LABELLED
         else:
             entry.role = UNLABELLED
