@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import os
 import sys
@@ -46,8 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs-dir", type=Path, help="where training jobs and exports go")
     p.add_argument("--max-volumes", type=int, default=200)
     p.add_argument("--max-upload-mb", type=int, default=512)
-    p.add_argument("--method", default="mean_teacher")
-    p.add_argument("--iterations", type=int, default=2000)
+    p.add_argument("--method", help="the Train panel's first method (default: the logic's)")
+    p.add_argument("--iterations", type=int, help="the Train panel's first iterations (default: the logic's)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--dim", default="auto", choices=["auto", "2", "3"])
     p.add_argument("--size", choices=["tiny", "small", "base"], help="network size (default: the preset's)")
@@ -61,8 +62,16 @@ def options_from_args(args) -> ServeOptions:
         names = {i: n.strip() for i, n in enumerate(args.classes.split(","), start=1) if n.strip()}
     return ServeOptions(images=args.images, labels=args.labels, value_names=names, host=args.host, port=args.port,
                         secret=secret, jobs_dir=args.jobs_dir, max_volumes=args.max_volumes,
-                        max_upload_mb=args.max_upload_mb, method=args.method, iterations=args.iterations,
+                        max_upload_mb=args.max_upload_mb, method=args.method or _logic_default("method"),
+                        iterations=args.iterations or _logic_default("iterations"),
                         device=args.device, dim=args.dim, size=args.size, patch_size=args.patch_size)
+
+
+def _logic_default(name: str):
+    """The default of ``SSLSegmentLogic.startTraining``: the page starts where the panel does."""
+    from ..logic import SSLSegmentLogic  # noqa: PLC0415
+
+    return inspect.signature(SSLSegmentLogic.startTraining).parameters[name].default
 
 
 def prepare_environment(options: ServeOptions) -> None:
