@@ -130,7 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_others(sub)
+    _add_serve(sub)
     return parser
+
+
+def _add_serve(sub) -> None:
+    from .web.server import add_arguments  # noqa: PLC0415 (light: no trame import)
+
+    add_arguments(sub.add_parser("serve", help="the browser UI (needs the web extra); loopback by default"))
 
 
 def config_from_args(args):
@@ -356,6 +363,10 @@ def main(argv: list[str] | None = None) -> int:
 
             run_demo(args.out, iterations=args.iterations, seed=args.seed)
             return 0
+        if args.command == "serve":
+            from .web.server import run_serve  # noqa: PLC0415
+
+            return run_serve(args)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -518,6 +518,10 @@ class SSLSegmentLogic(SegmentingMixin):
     def _writeSegNrrd(self, segmentationNode, reference, path: Path, requireContent: bool) -> None:
         with self._temporaryNode("vtkMRMLSegmentationNode") as copy:
             copy.GetSegmentation().DeepCopy(segmentationNode.GetSegmentation())
+            # Its display node now, inside this temporary scope: one made by the labelmap export
+            # below would be removed with that export's nodes while the copy still refers to it
+            # (a crash in WriteData where views observe the scene, e.g. the browser UI).
+            copy.CreateDefaultDisplayNodes()
             resampleToVolume(copy, reference)
             if requireContent:
                 names = segmentNames(copy)

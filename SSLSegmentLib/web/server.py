@@ -1,0 +1,110 @@
+"""``sslsegment serve``: options, environment and start-up of the browser UI."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import InputError
+from . import security
+
+DEFAULT_HOST = "127.0.0.1"
+
+
+@dataclass
+class ServeOptions:
+    images: Path | None = None
+    labels: Path | None = None
+    value_names: dict[int, str] | None = None
+    host: str = DEFAULT_HOST
+    port: int = 8080
+    secret: str | None = None
+    jobs_dir: Path | None = None
+    max_volumes: int = 200
+    max_upload_mb: int = 512
+    method: str = "mean_teacher"
+    iterations: int = 2000
+    device: str = "auto"
+    dim: str = "auto"
+    size: str | None = None
+    patch_size: str | None = None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--images", type=Path, help="folder of scans to open")
+    p.add_argument("--labels", type=Path, help="folder of labels already made (same file names)")
+    p.add_argument("--classes", help="names of the label values 1, 2, ... of labelmaps, e.g. RV,Myo,LV")
+    p.add_argument("--host", default=DEFAULT_HOST, help="address to listen on (default: loopback only)")
+    p.add_argument("--port", type=int, default=8080, help="0: any free port")
+    p.add_argument("--allow-remote", action="store_true",
+                   help="allow --host beyond loopback; every connection must then present the access secret")
+    p.add_argument("--secret", help="access secret (default: random, printed once; env SSLSEGMENT_SECRET)")
+    p.add_argument("--jobs-dir", type=Path, help="where training jobs and exports go")
+    p.add_argument("--max-volumes", type=int, default=200)
+    p.add_argument("--max-upload-mb", type=int, default=512)
+    p.add_argument("--method", help="the Train panel's first method (default: the logic's)")
+    p.add_argument("--iterations", type=int, help="the Train panel's first iterations (default: the logic's)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--dim", default="auto", choices=["auto", "2", "3"])
+    p.add_argument("--size", choices=["tiny", "small", "base"], help="network size (default: the preset's)")
+    p.add_argument("--patch-size", help="training patch z,y,x (default: the preset's)")
+
+
+def options_from_args(args) -> ServeOptions:
+    secret = security.access_secret(args.host, args.allow_remote, args.secret or os.environ.get("SSLSEGMENT_SECRET"))
+    names = None
+    if args.classes:
+        names = {i: n.strip() for i, n in enumerate(args.classes.split(","), start=1) if n.strip()}
+    return ServeOptions(images=args.images, labels=args.labels, value_names=names, host=args.host, port=args.port,
+                        secret=secret, jobs_dir=args.jobs_dir, max_volumes=args.max_volumes,
+                        max_upload_mb=args.max_upload_mb, method=args.method or _logic_default("method"),
+                        iterations=args.iterations or _logic_default("iterations"),
+                        device=args.device, dim=args.dim, size=args.size, patch_size=args.patch_size)
+
+
+def _logic_default(name: str):
+    """The default of ``SSLSegmentLogic.startTraining``: the page starts where the panel does."""
+    from ..logic import SSLSegmentLogic  # noqa: PLC0415
+
+    return inspect.signature(SSLSegmentLogic.startTraining).parameters[name].default
+
+
+def prepare_environment(options: ServeOptions) -> None:
+    """Offscreen rendering through EGL (no X server); a websocket that takes the bounded uploads."""
+    os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+    os.environ.setdefault("WSLINK_MAX_MSG_SIZE", str((options.max_upload_mb + 16) * 1024 * 1024))
+    os.environ.setdefault("TRAME_DISABLE_V3_WARNING", "1")
+
+
+def run_serve(args) -> int:
+    """The CLI entry: 2 on bad options or data, 0 when the server stops."""
+    try:
+        import trame_slicer  # noqa: F401, PLC0415
+    except ImportError:
+        raise InputError("the browser UI needs the web extra: pip install 'sslsegment[web]'") from None
+    options = options_from_args(args)
+    prepare_environment(options)
+    for name in ("trame", "trame_server", "trame_client", "trame_vuetify", "trame_slicer", "trame_rca", "wslink"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    from .app import WebApp  # noqa: PLC0415 (imports VTK rendering: after the environment is set)
+
+    app = WebApp(options)
+    app.load_initial_data()
+    app.server.controller.on_server_ready.add(lambda **_: _announce(options, app.server.port))
+    app.server.start(host=options.host, port=options.port, open_browser=False, show_connection_info=False)
+    return 0
+
+
+def _announce(options: ServeOptions, port: int) -> None:
+    """Printed once: where to open the page (with the secret when one is needed)."""
+    query = f"?{security.QUERY}={options.secret}" if options.secret else ""
+    host = options.host if options.host not in ("0.0.0.0", "::") else "<this machine's address>"
+    print(f"SSLSegment browser UI on http://{host}:{port}/{query}", flush=True)
+    if options.secret:
+        print("Every connection must present this secret; keep it private.", flush=True)
+    sys.stdout.flush()
