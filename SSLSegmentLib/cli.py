@@ -16,6 +16,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from .config import DEFAULT_METHOD
 from .errors import InputError
 
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 1, 2, 3
@@ -41,7 +42,7 @@ def _add_train(sub) -> None:
     data.add_argument("--labels", type=Path, help="folder of labels (labelmaps or .seg.nrrd), matched by case name")
     data.add_argument("--dataset", type=Path, help="dataset.json (nnU-Net/MSD style) instead of --images/--labels")
     p.add_argument("--out", type=Path, required=True, help="run folder to create")
-    p.add_argument("--method", default="mean_teacher", help="see `sslsegment methods`")
+    p.add_argument("--method", default=DEFAULT_METHOD, help=f"see `sslsegment methods` (default: {DEFAULT_METHOD})")
     p.add_argument("--network", default="unet", help="see `sslsegment networks`")
     p.add_argument("--preset", choices=["auto", "fast-cpu", "balanced", "quality-gpu"],
                    help="default: auto (patch and batch from the free GPU memory) on CUDA, fast-cpu on CPU")
@@ -92,7 +93,7 @@ def _add_others(sub) -> None:
     p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     sub.add_parser("methods", help="list the methods")
     sub.add_parser("networks", help="list the networks")
-    p = sub.add_parser("demo", help="train supervised and mean_teacher on synthetic phantoms")
+    p = sub.add_parser("demo", help=f"train supervised and {DEFAULT_METHOD} on synthetic phantoms")
     p.add_argument("--out", type=Path, default=Path("demo_output"))
     p.add_argument("--iterations", type=int, default=None)
     _add_threads(p)

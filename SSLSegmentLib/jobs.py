@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
+from .config import DEFAULT_METHOD
 from .fileio import atomic_write_json, file_sha256
 
 RUNNING, DONE, FAILED, CANCELLED = "running", "done", "failed", "cancelled"
@@ -154,7 +155,7 @@ def round_summary(run_dir: Path, info: dict) -> dict:
 class TrainSettings:
     """What the child trains with; the names are the CLI's (``sslsegment train``)."""
 
-    method: str = "mean_teacher"
+    method: str = DEFAULT_METHOD
     network: str = "unet"
     dim: str = "auto"
     iterations: int = 2000

@@ -35,6 +35,7 @@ import slicer
 import vtk
 
 from . import jobs
+from .config import DEFAULT_METHOD
 from .errors import InputError
 from .fileio import atomic_path, atomic_write_json
 from .mrml import (  # noqa: F401  (re-exported for the module and scripts)
@@ -68,7 +69,7 @@ LABELLED, UNLABELLED, EXCLUDED = "labelled", "unlabelled", "excluded"
 
 #: What the panel offers. The engine's registries import torch, which Slicer may not have
 #: yet when the panel opens, so the names are listed here (a test keeps them equal).
-METHOD_CHOICES = ("mean_teacher", "supervised", "uamt", "cps", "fixmatch", "bcp", "cct", "urpc", "ict", "ctct",
+METHOD_CHOICES = ("bcp", "supervised", "mean_teacher", "uamt", "cps", "fixmatch", "cct", "urpc", "ict", "ctct",
                   "entropy_minimization", "rdrop", "adversarial", "dct")
 NETWORK_CHOICES = ("unet", "dynunet", "attention_unet", "vnet", "enet", "swin_unet")
 PRESET_CHOICES = ("auto", "fast-cpu", "balanced", "quality-gpu")
@@ -126,7 +127,7 @@ class SSLSegmentLogic:
     # Training
     # ----------------------------------------------------------------------------------
 
-    def startTraining(self, labeled: Sequence[tuple], unlabeled: Sequence = (), method: str = "mean_teacher",
+    def startTraining(self, labeled: Sequence[tuple], unlabeled: Sequence = (), method: str = DEFAULT_METHOD,
                       network: str = "unet", dim: str | int = "auto", iterations: int = 2000,
                       device: str = "auto", seed: int = 1337, size: str | None = None,
                       preset: str | None = None, extraArgs: Sequence[str] = (),
