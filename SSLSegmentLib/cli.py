@@ -55,6 +55,7 @@ def _add_train(sub) -> None:
     p.add_argument("--optimiser", choices=["sgd", "adamw"], default="sgd")
     p.add_argument("--lr", type=float)
     p.add_argument("--consistency", type=float, help="maximum unsupervised loss weight (default: the method's)")
+    p.add_argument("--dropout", type=float, help="backbone dropout (U-Net; default: the method's)")
     p.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
                    help="method-specific setting, JSON value (repeatable)")
     p.add_argument("--normalisation", choices=["zscore", "ct"], default="zscore")
@@ -121,7 +122,7 @@ def config_from_args(args):
     return TrainConfig(
         method=args.method, network=args.network, preset=args.preset, size=args.size, dim=args.dim,
         iterations=args.iterations, patch_size=args.patch_size, labelled_batch=args.labelled_batch,
-        unlabelled_batch=args.unlabelled_batch, optimiser=args.optimiser, lr=args.lr, consistency=args.consistency,
+        unlabelled_batch=args.unlabelled_batch, optimiser=args.optimiser, lr=args.lr, consistency=args.consistency, dropout=args.dropout,
         method_options=options, normalisation=args.normalisation,
         ct_window=tuple(args.ct_window) if args.ct_window else None, val_cases=args.val_cases,
         val_interval=args.val_interval, seed=args.seed, device=args.device, amp=not args.no_amp,

@@ -83,7 +83,11 @@ class TrainConfig:
     weight_decay: float = 1e-4
     consistency: float | None = None
     """Maximum unsupervised weight; None: the method's own default."""
-    rampup_fraction: float = 0.4
+    rampup_fraction: float = 1.0
+    """Share of the run over which the unsupervised weight ramps up: all of it, as SSL4MIS."""
+    dropout: float | None = None
+    """Dropout in the backbone (U-Net); None: the method's default (0.1 for methods that need a
+    stochastic student, 0 otherwise)."""
     ema_decay: float = 0.99
     method_options: dict[str, Any] = field(default_factory=dict)
     normalisation: str = "zscore"
