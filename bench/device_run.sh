@@ -42,7 +42,8 @@ left() { echo $(( HARD_LIMIT_S - ($(date +%s) - T0) )); }
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONUNBUFFERED=1
 if ! "$PYTHON" -c "import SimpleITK, monai, nrrd, slicerio" 2>/dev/null; then
     say "unpacking the engine's packages from $PACK/site.tar.xz"
-    mkdir -p "$WORK/site" && tar -xJf "$PACK/site.tar.xz" -C "$WORK/site" || { say "no packages"; exit 3; }
+    mkdir -p "$WORK/site" && "$PYTHON" -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter="data")' \
+        "$PACK/site.tar.xz" "$WORK/site" || { say "no packages"; exit 3; }   # Python's lzma: no xz binary needed
     export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
