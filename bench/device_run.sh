@@ -74,6 +74,7 @@ say "tables: exit ${PIPESTATUS[0]} (124: stopped at the hard limit)"
 # Runs stopped at the limit leave no result: the reports come from the finished ones.
 "$PYTHON" bench/label_efficiency.py --report-only --scratch "$WORK/runs" --results "$OUT" >>"$LOG" 2>&1
 [ -n "${PROBE:-}" ] && "$PYTHON" bench/label_efficiency.py --report-only --scratch "$WORK/probe" --results "$OUT/probe" >>"$LOG" 2>&1
+[ -n "${PROBE:-}" ] && "$PYTHON" bench/probe_estimate.py "$WORK/probe" 30000 2>&1 | tee -a "$LOG"
 rm -f "$OUT/probe/label_efficiency.png"   # keep $OUT within 8 files
 [ -f "$OUT/probe.log" ] && { tail -n 40 "$OUT/probe.log" >>"$LOG"; rm -f "$OUT/probe.log"; }
 "$PYTHON" bench/goals.py "$OUT/label_efficiency.json" 2>&1 | tee -a "$LOG"

@@ -259,9 +259,19 @@ def run_method(key: str, method: str, seed: int, prepared: dict, args) -> dict:
               "per_class": {c: v for c, v in mean.items() if c != "all"}, "cases": len(evaluation["cases"]),
               "train_s": round(train_s, 1), "predict_s": round(predict_s, 1),
               "s_per_iteration": round(train_s / budget["iterations"], 3), "patch_used": config["patch_size"],
+              "loop_s_per_iteration": loop_seconds_per_iteration(run / "train"),
               "finished": utc_now(), **budget, "seed": seed}
     atomic_write_json(result_file, result)
     return result
+
+
+def loop_seconds_per_iteration(train_folder: Path) -> float | None:
+    """Seconds per iteration of the training loop alone (its last progress record's elapsed time
+    over its iterations), without start-up, caching and saving: what a longer budget scales."""
+    progress = train_folder / "progress.jsonl"
+    records = [json.loads(line) for line in progress.read_text().splitlines() if line.strip()] if progress.exists() else []
+    records = [r for r in records if "iteration" in r and "elapsed_s" in r]
+    return round(records[-1]["elapsed_s"] / records[-1]["iteration"], 4) if records else None
 
 
 def utc_now() -> str:
