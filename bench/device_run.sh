@@ -14,6 +14,10 @@
 # (at most 8 files, one folder deep): label_efficiency.{md,json,png}, probe/label_efficiency.{md,json},
 # device_run.log.
 #
+# The device call (from the repository root, bench/pack/ present and carried; about 9 minutes of
+# command, plus the machine's start):
+#   run(command="JOBS=14 START_LIMIT_S=330 HARD_LIMIT_S=525 bash bench/device_run.sh",
+#       carry=["bench/pack"], timeout_s=600)
 #   OUT=... bash bench/device_run.sh                       # on the GPU machine (defaults below)
 #   DEVICE=cpu JOBS=2 ITERATIONS=20 ... bash bench/device_run.sh   # the same script on a CPU, tiny
 set -u
