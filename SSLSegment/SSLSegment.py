@@ -39,6 +39,7 @@ for _folder in (_PACKAGE_PARENT, _MODULE_DIR):
 from SSLSegmentGui import install, settings  # noqa: E402
 from SSLSegmentGui.segmentPanel import SegmentPanel  # noqa: E402
 from SSLSegmentLib import dependencies, jobs  # noqa: E402
+from SSLSegmentLib.config import DEFAULT_METHOD  # noqa: E402
 from SSLSegmentLib.errors import InputError  # noqa: E402
 from SSLSegmentLib.logic import (  # noqa: E402
     DEVICE_CHOICES, DIM_CHOICES, EXCLUDED, EXPORT_FORMAT_CHOICES, LABELLED, METHOD_CHOICES, NETWORK_CHOICES,
@@ -97,7 +98,7 @@ class SSLSegment(ScriptedLoadableModule):
 class SSLSegmentParameterNode:
     """The panel's settings, saved with the scene and bound to the .ui (SlicerParameterName)."""
 
-    method: Annotated[str, Choice(list(METHOD_CHOICES))] = "mean_teacher"
+    method: Annotated[str, Choice(list(METHOD_CHOICES))] = DEFAULT_METHOD
     network: Annotated[str, Choice(list(NETWORK_CHOICES))] = "unet"
     preset: Annotated[str, Choice(list(PRESET_CHOICES))] = "auto"
     iterations: Annotated[int, WithinRange(1, 1000000)] = 2000

@@ -17,6 +17,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from .config import DEFAULT_METHOD
 from .errors import InputError
 
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 1, 2, 3
@@ -49,7 +50,7 @@ def _add_train(sub) -> None:
                    help="replace the run already in --out (its model, checkpoints, logs are deleted first)")
     p.add_argument("--checkpoint-interval", type=int, metavar="N",
                    help="write a resumable checkpoint every N iterations (default: a tenth of the run, at most 200)")
-    p.add_argument("--method", default="mean_teacher", help="see `sslsegment methods`")
+    p.add_argument("--method", default=DEFAULT_METHOD, help=f"see `sslsegment methods` (default: {DEFAULT_METHOD})")
     p.add_argument("--network", default="unet", help="see `sslsegment networks`")
     p.add_argument("--preset", choices=["auto", "fast-cpu", "balanced", "quality-gpu"],
                    help="default: auto (patch and batch from the free GPU memory) on CUDA, fast-cpu on CPU")
@@ -70,6 +71,7 @@ def _add_train(sub) -> None:
     p.add_argument("--optimiser", choices=["sgd", "adamw"], default="sgd")
     p.add_argument("--lr", type=float)
     p.add_argument("--consistency", type=float, help="maximum unsupervised loss weight (default: the method's)")
+    p.add_argument("--dropout", type=float, help="backbone dropout (U-Net; default: the method's)")
     p.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
                    help="method-specific setting, JSON value (repeatable)")
     p.add_argument("--normalisation", choices=["zscore", "ct"], default="zscore")
@@ -156,7 +158,7 @@ def config_from_args(args):
         method=args.method, network=args.network, preset=args.preset, size=args.size, dim=args.dim,
         iterations=_iterations(args), time_budget=args.time_budget, spacing=parse_spacing(args.spacing),
         patch_size=args.patch_size, labelled_batch=args.labelled_batch,
-        unlabelled_batch=args.unlabelled_batch, optimiser=args.optimiser, lr=args.lr, consistency=args.consistency,
+        unlabelled_batch=args.unlabelled_batch, optimiser=args.optimiser, lr=args.lr, consistency=args.consistency, dropout=args.dropout,
         method_options=options, normalisation=args.normalisation,
         ct_window=tuple(args.ct_window) if args.ct_window else None, val_cases=args.val_cases,
         validation=args.validation,

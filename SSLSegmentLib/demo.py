@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import TrainConfig
+from .config import DEFAULT_METHOD, TrainConfig
 from .data.cases import discover_dataset
 from .evaluation import evaluate_folders
 from .fileio import atomic_path, atomic_write_json
@@ -36,11 +36,6 @@ from .model_file import load_model
 from .phantoms import write_phantom_dataset
 from .training.run_folder import RunFolder
 from .training.trainer import Trainer
-
-try:
-    from .config import DEFAULT_METHOD
-except ImportError:  # until the default method is defined in config.py
-    DEFAULT_METHOD = "bcp"
 
 METHODS = ("supervised", DEFAULT_METHOD)
 SHAPE = (32, 48, 48)

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 from .config import PROVISIONAL_ITERATIONS
+from .config import DEFAULT_METHOD
 from .fileio import atomic_write_json, file_sha256
 from .training.run_folder import read_run_status
 
@@ -156,7 +157,7 @@ def round_summary(run_dir: Path, info: dict) -> dict:
 class TrainSettings:
     """What the child trains with; the names are the CLI's (``sslsegment train``)."""
 
-    method: str = "mean_teacher"
+    method: str = DEFAULT_METHOD
     network: str = "unet"
     dim: str = "auto"
     iterations: int = 2000

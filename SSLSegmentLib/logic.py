@@ -36,6 +36,7 @@ import vtk
 
 from . import jobs
 from .data.class_names import check_classes_in_every_case, check_every_class_drawn, class_key, display_name
+from .config import DEFAULT_METHOD
 from .errors import InputError
 from .fileio import atomic_path, atomic_write_json
 from .segmenting import SegmentingMixin
@@ -72,7 +73,7 @@ LABELLED, UNLABELLED, EXCLUDED = "labelled", "unlabelled", "excluded"
 
 #: What the panel offers. The engine's registries import torch, which Slicer may not have
 #: yet when the panel opens, so the names are listed here (a test keeps them equal).
-METHOD_CHOICES = ("mean_teacher", "supervised", "uamt", "cps", "fixmatch", "bcp", "cct", "urpc", "ict", "ctct",
+METHOD_CHOICES = ("bcp", "supervised", "mean_teacher", "uamt", "cps", "fixmatch", "cct", "urpc", "ict", "ctct",
                   "entropy_minimization", "rdrop", "adversarial", "dct")
 NETWORK_CHOICES = ("unet", "dynunet", "attention_unet", "vnet", "enet", "swin_unet")
 PRESET_CHOICES = ("auto", "fast-cpu", "balanced", "quality-gpu")
@@ -132,7 +133,7 @@ class SSLSegmentLogic(SegmentingMixin):
     # Training
     # ----------------------------------------------------------------------------------
 
-    def startTraining(self, labeled: Sequence[tuple], unlabeled: Sequence = (), method: str = "mean_teacher",
+    def startTraining(self, labeled: Sequence[tuple], unlabeled: Sequence = (), method: str = DEFAULT_METHOD,
                       network: str = "unet", dim: str | int = "auto", iterations: int = 2000,
                       device: str = "auto", seed: int = 1337, size: str | None = None,
                       preset: str | None = None, extraArgs: Sequence[str] = (),

@@ -90,6 +90,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
+from goals import markdown_lines as goal_lines  # noqa: E402  (bench/goals.py, beside this file)
+from schedule import RunQueue  # noqa: E402  (bench/schedule.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -259,9 +262,19 @@ def run_method(key: str, method: str, seed: int, prepared: dict, args) -> dict:
               "per_class": {c: v for c, v in mean.items() if c != "all"}, "cases": len(evaluation["cases"]),
               "train_s": round(train_s, 1), "predict_s": round(predict_s, 1),
               "s_per_iteration": round(train_s / budget["iterations"], 3), "patch_used": config["patch_size"],
+              "loop_s_per_iteration": loop_seconds_per_iteration(run / "train"),
               "finished": utc_now(), **budget, "seed": seed}
     atomic_write_json(result_file, result)
     return result
+
+
+def loop_seconds_per_iteration(train_folder: Path) -> float | None:
+    """Seconds per iteration of the training loop alone (its last progress record's elapsed time
+    over its iterations), without start-up, caching and saving: what a longer budget scales."""
+    progress = train_folder / "progress.jsonl"
+    records = [json.loads(line) for line in progress.read_text().splitlines() if line.strip()] if progress.exists() else []
+    records = [r for r in records if "iteration" in r and "elapsed_s" in r]
+    return round(records[-1]["elapsed_s"] / records[-1]["iteration"], 4) if records else None
 
 
 def utc_now() -> str:
@@ -414,6 +427,7 @@ def markdown(report: dict) -> str:
                      f"{dice_text(full)} | {full['dice'] - sup['dice']:.3f} | {best_text} | {len(methods)} of "
                      f"{len(entry['planned']) - len(BASELINES)} |")
     lines.append("")
+    lines += goal_lines(report)
     for table, entry in report["tables"].items():
         b, key = entry["budget"], entry["key"]
         seeds = sorted({s for r in entry["results"].values() for s in r["seeds"]})
@@ -501,11 +515,29 @@ def plot(report: dict, path: Path) -> None:
 
 
 # --- main -----------------------------------------------------------------------------------
+PRESETS = {
+    "cpu": {},
+    # SSL4MIS's own ACDC budget (docs: ../shared/reference/ssl4mis-recipes.md): 30,000 iterations,
+    # 256 x 256 slices at the data's 1.5 mm, batch 12 + 12, SGD lr 0.01 (poly), 7 labelled patients.
+    "ssl4mis": {"datasets": "acdc", "methods": "mean_teacher,cps,bcp", "iterations": 30000, "acdc_spacing": 1.5,
+                "acdc_patch": "256,256", "acdc_batch": 12, "optimiser": "sgd", "lr": 0.01},
+}
+"""``--preset``: the CPU preset (the defaults below) or the references' budget; flags given
+explicitly override the preset's values."""
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--preset", default="cpu", choices=sorted(PRESETS),
+                   help="cpu (default): the committed tables' budget; ssl4mis: the reference's ACDC budget "
+                        "(30,000 iterations, 256x256, batch 12+12, SGD 0.01; about an hour on one GPU)")
     p.add_argument("--datasets", default="acdc,la")
     p.add_argument("--methods", default="all", help="comma-separated; 'all' = every method (baselines always run)")
     p.add_argument("--seeds", default="1337", help="comma-separated; every run at each seed")
+    p.add_argument("--extra-seeds", default="", help="comma-separated; after every run at --seeds, the baselines "
+                                                      "and the --extra-best methods at these seeds")
+    p.add_argument("--extra-best", type=int, default=3,
+                   help="how many methods get --extra-seeds: the best by gap closed when a worker frees up")
     p.add_argument("--iterations", type=int, default=3000, help="ACDC iterations (every method)")
     p.add_argument("--la-iterations", type=int, default=2000, help="LA iterations (every method)")
     p.add_argument("--acdc-spacing", type=float, default=3.0, help="in-plane training spacing (mm)")
@@ -534,8 +566,11 @@ def parse_args(argv=None):
     p.add_argument("--time-limit", type=float, default=None, help="seconds: start no run after them")
     p.add_argument("--resume", action="store_true", help="skip runs whose results exist")
     p.add_argument("--report-only", action="store_true", help="only rewrite the md/json/png from the runs on disk")
+    preset, _ = p.parse_known_args(argv)
+    p.set_defaults(**PRESETS[preset.preset])
     args = p.parse_args(argv)
     args.seed_list = [int(s) for s in args.seeds.split(",") if s.strip()]
+    args.extra_seed_list = [int(s) for s in args.extra_seeds.split(",") if s.strip()]
     args.data = args.data.resolve()
     return args
 
@@ -548,6 +583,16 @@ def out_of_time(args, started: float) -> bool:
     now = datetime.datetime.now(datetime.timezone.utc)
     hour, minute = map(int, args.deadline.split(":"))
     return (now.hour, now.minute) >= (hour, minute)
+
+
+def gap_so_far() -> dict[str, float]:
+    """``{method: mean over the tables of its gap closed}`` from the runs finished so far."""
+    gaps: dict[str, list[float]] = {}
+    for entry in collect_report()["tables"].values():
+        for method, result in entry["results"].items():
+            if method not in BASELINES and result["gap_closed"] is not None:
+                gaps.setdefault(method, []).append(result["gap_closed"])
+    return {m: statistics.fmean(g) for m, g in gaps.items()}
 
 
 def start_table(key: str, methods: list[str], prepared: dict, args, command: str) -> Path:
@@ -581,13 +626,12 @@ def main(argv=None) -> int:
     command = ("env OMP_NUM_THREADS=" + os.environ.get("OMP_NUM_THREADS", "?")
                + " .venv/bin/python bench/label_efficiency.py " + " ".join(sys.argv[1:] if argv is None else argv))
     started, lock = time.monotonic(), threading.Lock()
-    tasks, metas = [], {}
+    metas, prepared_sets = {}, {}
     for key in keys:
         log(f"preparing {key}")
-        prepared = (prepare_acdc if key == "acdc" else prepare_la)(args)
-        metas[key] = start_table(key, methods, prepared, args, command) / "meta.json"
-        # Each method at every seed before the next method, so a time limit cuts whole methods.
-        tasks += [(key, m, s, prepared) for m in (*BASELINES, *methods) for s in args.seed_list]
+        prepared_sets[key] = (prepare_acdc if key == "acdc" else prepare_la)(args)
+        metas[key] = start_table(key, methods, prepared_sets[key], args, command) / "meta.json"
+    queue = RunQueue(keys, BASELINES, methods, args.seed_list, args.extra_seed_list, args.extra_best, gap_so_far)
 
     def update_meta(key: str, change) -> None:
         """Apply ``change`` to the budget folder's meta.json (shared by the runs side by side)."""
@@ -601,7 +645,8 @@ def main(argv=None) -> int:
             meta["skipped"].append(method)
 
     def one(task) -> None:
-        key, method, seed, prepared = task
+        key, method, seed = task
+        prepared = prepared_sets[key]
         if out_of_time(args, started):
             log(f"time limit: {key}/{method} seed {seed} not started")
             update_meta(key, lambda meta: skipped(meta, method))
@@ -622,8 +667,12 @@ def main(argv=None) -> int:
             log(f"{key}/{method} seed {seed}: Dice {r['dice']:.3f} HD95 {r['hd95']:.2f} mm "
                 f"train {r['train_s']:.0f} s ({r['s_per_iteration']:.2f} s/it)")
 
+    def worker() -> None:
+        while (task := queue.next()) is not None:
+            one(task)
+
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        for future in as_completed([pool.submit(one, t) for t in tasks]):
+        for future in as_completed([pool.submit(worker) for _ in range(max(1, args.jobs))]):
             future.result()
     log("done")
     return 0

@@ -15,52 +15,87 @@ class Adversarial(Method):
     """A segmentation network and a discriminator that judges (softmax map, image) pairs.
 
     Zhang, Yang, Chen, Fredericksen, Hughes & Chen, "Deep Adversarial Networks for Biomedical
-    Image Segmentation Utilizing Unannotated Images", MICCAI 2017.
+    Image Segmentation Utilizing Unannotated Images", MICCAI 2017; settings of SSL4MIS's
+    ``train_adversarial_network_2D.py``:
 
-    Group ``"main"`` (segmentation network): labelled loss + lambda * BCE(D(unlabelled
-    prediction), "labelled"), i.e. unlabelled predictions should look like labelled ones.
-    Group ``"discriminator"``: BCE with labelled = 1, unlabelled = 0 on DETACHED predictions,
-    so its loss gives no gradient to the segmentation network. The discriminator's optimiser
-    is Adam (lr 1e-4, betas (0.9, 0.99)) as in SSL4MIS: :attr:`optimiser_overrides`.
-    ``settings.extra["discriminator_width"]`` (default 64) sets its width.
+    - group ``"main"`` (segmentation network): labelled loss + lambda * BCE(D(unlabelled
+      prediction), "labelled"), with the discriminator in EVAL mode (no dropout), i.e. the
+      unlabelled predictions should look like labelled ones to the discriminator as it is;
+    - group ``"discriminator"``: BCE with labelled = 1, unlabelled = 0, in TRAIN mode (its
+      dropout 0.5, ``"discriminator_dropout"``), on predictions made without gradient by the
+      segmentation network in eval mode. The reference makes them after the segmentation
+      network's update on the same batch; here they come before it, from the weights that
+      step updates (the same weights the reference uses one step later, on another batch), so
+      the discriminator's loss gives no gradient to the segmentation network.
+      ``"dan_discriminator_inputs": "train"`` reuses the student's training-mode predictions
+      (detached) instead, without the extra forward pass;
+    - the discriminator's optimiser is Adam (lr 1e-4, betas (0.9, 0.99)) at a CONSTANT learning
+      rate as in the reference (:meth:`learning_rate_factor`; ``"dan_discriminator_schedule":
+      "poly"`` follows the segmentation network's decay);
+    - ``discriminator_accuracy`` is logged: near 0.5 the discriminator cannot tell the two apart.
+
+    ``"discriminator_width"`` (default 64) sets its width.
     """
 
     name = "adversarial"
     description = "Segmentation net + discriminator on (softmax, image) pairs (DAN)"
     reference = "Zhang et al., MICCAI 2017"
-    options = ("discriminator_width",)
+    options = ("discriminator_width", "discriminator_dropout", "dan_discriminator_schedule", "dan_discriminator_inputs")
     optimiser_overrides = {"discriminator": {"name": "adam", "lr": 1e-4, "betas": (0.9, 0.99)}}
 
     def __init__(self, settings, network_factory, num_classes, dim):
         super().__init__(settings, network_factory, num_classes, dim)
         self.student = network_factory()
         width = extra(settings, "discriminator_width", 64)
-        self.discriminator = Discriminator(dim, num_classes, INPUT_CHANNELS, width)
+        dropout = float(extra(settings, "discriminator_dropout", 0.5))
+        self.discriminator = Discriminator(dim, num_classes, INPUT_CHANNELS, width, dropout)
 
     def parameter_groups(self):
         return {"main": list(self.student.parameters()), "discriminator": list(self.discriminator.parameters())}
+
+    def learning_rate_factor(self, step, group="main"):
+        if group == "discriminator" and extra(self.settings, "dan_discriminator_schedule", "constant") == "constant":
+            return 1.0
+        return super().learning_rate_factor(step, group)
 
     def training_step(self, labelled, unlabelled, step):
         images, n_labelled = joined_images(labelled, unlabelled)
         logits = self.student(images)
         supervised = self.supervised_loss(logits[:n_labelled], labelled["label"])
         probabilities = logits.softmax(dim=1)
-        fooling = self.discriminator_loss(probabilities[n_labelled:], images[n_labelled:], is_labelled=True)
-        discriminator = self.discriminator_loss(probabilities.detach(), images, is_labelled=None, n_labelled=n_labelled)
+        self.discriminator.eval()
+        fooling = self.discriminator_loss(probabilities[n_labelled:], images[n_labelled:], is_labelled=True)[0]
+        self.discriminator.train()
+        judged = self.judged_predictions(images, probabilities)
+        discriminator, accuracy = self.discriminator_loss(judged, images, is_labelled=None, n_labelled=n_labelled)
         return {
             "main": supervised + step.consistency_weight * fooling,
             "discriminator": discriminator,
             "supervised": supervised.detach(),
             "adversarial": fooling.detach(),
+            "discriminator_accuracy": accuracy,
         }
+
+    def judged_predictions(self, images, probabilities):
+        """What the discriminator learns from: the segmentation network's eval-mode softmax
+        (reference) or its training-mode one, without gradient either way."""
+        if extra(self.settings, "dan_discriminator_inputs", "eval") == "train":
+            return probabilities.detach()
+        self.student.eval()
+        with torch.no_grad():
+            judged = self.student(images).softmax(dim=1)
+        self.student.train()
+        return judged
 
     def discriminator_loss(self, probabilities, images, is_labelled, n_labelled=None):
         """BCE of the discriminator's logits against "labelled" (``is_labelled=True``) or, with
-        ``is_labelled=None``, against the truth: the first ``n_labelled`` are labelled."""
+        ``is_labelled=None``, against the truth: the first ``n_labelled`` are labelled. Returns
+        ``(loss, accuracy)`` (accuracy detached)."""
         logits = self.discriminator(probabilities, images)
         if is_labelled is None:
             target = torch.zeros_like(logits)
             target[:n_labelled] = 1.0
         else:
             target = torch.full_like(logits, float(is_labelled))
-        return F.binary_cross_entropy_with_logits(logits, target)
+        accuracy = ((logits.detach() > 0).to(target.dtype) == target).to(logits.dtype).mean()
+        return F.binary_cross_entropy_with_logits(logits, target), accuracy

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..training.schedules import poly_lr
 from .losses import supervised_loss
 
 NetworkFactory = Callable[..., nn.Module]
@@ -35,8 +36,9 @@ class MethodSettings:
 
     consistency: float = 0.1
     """Maximum weight of the unsupervised loss (lambda max)."""
-    rampup_fraction: float = 0.4
-    """Fraction of the run over which the weight rises with the sigmoid ramp-up."""
+    rampup_fraction: float = 1.0
+    """Fraction of the run over which the weight rises with the sigmoid ramp-up: the whole run,
+    as SSL4MIS's ``sigmoid_rampup(iteration // 150, 200)`` spans its 30,000 iterations."""
     ema_decay: float = 0.99
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -122,6 +124,12 @@ class Method(nn.Module):
 
     def after_optimiser_step(self, step: StepInfo) -> None:
         """Called after every optimiser step (EMA updates live here)."""
+
+    def learning_rate_factor(self, step: StepInfo, group: str = "main") -> float:
+        """The factor on parameter group ``group``'s initial learning rate at this step: the
+        poly schedule ``(1 - t / T) ** 0.9`` over the whole run (SSL4MIS). A method may restart
+        it (BCP's self-training) or keep a group's constant (DAN's discriminator)."""
+        return poly_lr(1.0, step.iteration, step.total)
 
     def inference_network(self) -> nn.Module:
         """The network whose logits predict (the student unless a method says otherwise)."""

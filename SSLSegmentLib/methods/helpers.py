@@ -92,18 +92,53 @@ def _flip_rot90(sample: torch.Tensor) -> torch.Tensor:
     return sample
 
 
-def intensity_jitter(images: torch.Tensor, contrast=0.25, brightness=0.25, noise_std=0.1) -> torch.Tensor:
-    """Per sample contrast ``U(1-c, 1+c)`` about the mean, brightness ``U(-b, b)`` (in units of
-    the sample's standard deviation) and Gaussian noise: the "strong", intensity-only
-    augmentation (geometry unchanged, so pseudo-labels stay aligned)."""
-    shape = (images.shape[0],) + (1,) * (images.ndim - 1)
+def intensity_range(images: torch.Tensor) -> torch.Tensor:
+    """Per sample ``max - min`` over channels and space, ``(B, 1, ...)``: what SSL4MIS's min-max
+    normalisation to [0, 1] divides by."""
     axes = tuple(range(1, images.ndim))
-    mean = images.mean(dim=axes, keepdim=True)
-    std = images.std(dim=axes, keepdim=True) + 1e-6
-    scale = torch.empty(shape, device=images.device, dtype=images.dtype).uniform_(1 - contrast, 1 + contrast)
-    shift = torch.empty(shape, device=images.device, dtype=images.dtype).uniform_(-brightness, brightness)
-    jittered = (images - mean) * scale + mean + shift * std
-    return jittered + torch.randn_like(images) * noise_std * std
+    return (images.amax(dim=axes, keepdim=True) - images.amin(dim=axes, keepdim=True)).clamp_min(1e-6)
+
+
+def perturbation_noise(images: torch.Tensor, settings) -> torch.Tensor:
+    """The teacher's input noise of Mean Teacher and UA-MT: SSL4MIS's ``clamp(N(0, 0.1^2), -0.2,
+    0.2)`` (``"noise_std"``, ``"noise_clip"``) on images min-max scaled to [0, 1].
+
+    Images are z-scored here, so by default (``"noise_scale": "range"``, the reference's
+    perturbation) the noise is multiplied by each sample's intensity range, i.e. added in the
+    reference's [0, 1] units. ``"std"`` scales by the sample's standard deviation instead;
+    ``"absolute"`` adds it in z-score units as before, about 9 times weaker than the reference.
+    """
+    std, clip = float(extra(settings, "noise_std", 0.1)), float(extra(settings, "noise_clip", 0.2))
+    scale = extra(settings, "noise_scale", "range")
+    noise = torch.clamp(torch.randn_like(images) * std, -clip, clip)
+    if scale == "range":
+        return images + noise * intensity_range(images)
+    if scale == "std":
+        return images + noise * images.std(dim=tuple(range(1, images.ndim)), keepdim=True)
+    if scale == "absolute":
+        return images + noise
+    raise ValueError(f"noise_scale must be range, std or absolute, not {scale!r}")
+
+
+def color_jitter(images: torch.Tensor, brightness: float = 0.8, contrast: float = 0.8) -> torch.Tensor:
+    """torchvision's ``ColorJitter(brightness, contrast)`` on grey images, as SSL4MIS's FixMatch
+    strong view (``ColorJitter(0.8, 0.8, 0.8, 0.2)``; saturation and hue do nothing to one
+    channel): per sample, in the reference's [0, 1] units (min-max of the sample), brightness
+    ``x * b`` and contrast ``(x - mean) * c + mean`` with ``b, c ~ U(1-0.8, 1+0.8)`` = 0.2..1.8,
+    in random order, each clamped to [0, 1]; then back to the input's units."""
+    shape = (images.shape[0],) + (1,) * (images.ndim - 1)
+    low = images.amin(dim=tuple(range(1, images.ndim)), keepdim=True)
+    span = intensity_range(images)
+    unit = (images - low) / span
+    factors = {"b": torch.empty(shape, device=images.device, dtype=images.dtype).uniform_(1 - brightness, 1 + brightness),
+               "c": torch.empty(shape, device=images.device, dtype=images.dtype).uniform_(1 - contrast, 1 + contrast)}
+    for op in (("b", "c") if torch.rand(()) < 0.5 else ("c", "b")):
+        if op == "b":
+            unit = (unit * factors["b"]).clamp(0, 1)
+        else:
+            mean = unit.mean(dim=tuple(range(1, images.ndim)), keepdim=True)
+            unit = ((unit - mean) * factors["c"] + mean).clamp(0, 1)
+    return unit * span + low
 
 
 # --- mixing --------------------------------------------------------------------------------------

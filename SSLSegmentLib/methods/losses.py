@@ -40,13 +40,20 @@ def normalised_entropy(probabilities: torch.Tensor, eps: float = 1e-6) -> torch.
     return entropy / math.log(max(num_classes, 2))
 
 
-def symmetric_kl(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:
-    """``0.5 * (KL(p_a || p_b) + KL(p_b || p_a))`` with softmax over the CLASS axis (dim 1),
-    summed over classes and averaged over voxels (R-Drop, Wu et al. NeurIPS 2021)."""
-    log_a, log_b = F.log_softmax(logits_a, dim=1), F.log_softmax(logits_b, dim=1)
-    kl_ab = (log_a.exp() * (log_a - log_b)).sum(dim=1)
-    kl_ba = (log_b.exp() * (log_b - log_a)).sum(dim=1)
-    return 0.5 * (kl_ab + kl_ba).mean()
+def symmetric_kl(logits_a: torch.Tensor, logits_b: torch.Tensor, reduction: str = "sum", dim: int = 1) -> torch.Tensor:
+    """``0.5 * (KL(p_a || p_b) + KL(p_b || p_a))`` with softmax over the CLASS axis (``dim=1``),
+    summed over classes and averaged over voxels (``reduction="sum"``, the KL between the two
+    per-voxel distributions), or averaged over every element as R-Drop's code and SSL4MIS's
+    ``compute_kl_loss`` do (``"mean"``: the sum divided by the number of classes). R-Drop, Wu et
+    al. NeurIPS 2021. ``dim=-1`` is SSL4MIS's softmax over the image width (a defect, kept
+    for comparison only)."""
+    log_a, log_b = F.log_softmax(logits_a, dim=dim), F.log_softmax(logits_b, dim=dim)
+    kl = 0.5 * (log_a.exp() * (log_a - log_b) + log_b.exp() * (log_b - log_a))
+    if reduction == "mean":
+        return kl.mean()
+    if reduction == "sum":
+        return kl.sum(dim=dim).mean()
+    raise ValueError(f"reduction must be sum or mean, not {reduction!r}")
 
 
 def js_divergence(probabilities_a: torch.Tensor, probabilities_b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -78,6 +85,30 @@ def confident_pseudo_label_ce(
     return (ce * mask).mean(), mask
 
 
+def confident_pseudo_label_loss(logits: torch.Tensor, target_probabilities: torch.Tensor, threshold: float,
+                                num_classes: int, with_dice: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """FixMatch's unsupervised loss against the argmax of ``target_probabilities``, on voxels
+    whose confidence ``max_c q_c >= threshold`` (others IGNORED): ``0.5 * (CE + soft Dice)``
+    (SSL4MIS) or, ``with_dice=False``, the cross-entropy alone (the paper). The cross-entropy is
+    normalised by all voxels as in the paper; the Dice counts the confident voxels only.
+    Returns ``(loss, mask)``."""
+    ce, mask = confident_pseudo_label_ce(logits, target_probabilities, threshold)
+    if not with_dice:
+        return ce, mask
+    pseudo_label = target_probabilities.argmax(dim=1, keepdim=True)
+    dice = _masked_soft_dice(torch.softmax(logits, dim=1), pseudo_label, mask.unsqueeze(1), num_classes)
+    return 0.5 * (ce + dice), mask
+
+
+def _masked_soft_dice(probabilities, target, weights, num_classes, smooth=1e-5) -> torch.Tensor:
+    """``1 - mean_c Dice_c`` over the voxels weighted by ``weights`` (B, 1, *)."""
+    one_hot = F.one_hot(target[:, 0].long(), num_classes).movedim(-1, 1).to(probabilities.dtype)
+    axes = tuple(range(2, probabilities.ndim))
+    intersection = (probabilities * one_hot * weights).sum(axes)
+    total = ((probabilities + one_hot) * weights).sum(axes)
+    return 1.0 - ((2.0 * intersection + smooth) / (total + smooth)).mean()
+
+
 def weighted_supervised_loss(
     logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, num_classes: int, eps: float = 1e-16
 ) -> torch.Tensor:
@@ -87,10 +118,5 @@ def weighted_supervised_loss(
     ``(B, 1, *)``."""
     ce_map = F.cross_entropy(logits, target[:, 0].long(), reduction="none")
     ce = (ce_map * weights[:, 0]).sum() / (weights.sum() + eps)
-    probabilities = torch.softmax(logits, dim=1)
-    one_hot = F.one_hot(target[:, 0].long(), num_classes).movedim(-1, 1).to(probabilities.dtype)
-    axes = tuple(range(2, logits.ndim))
-    intersection = (probabilities * one_hot * weights).sum(axes)
-    total = ((probabilities + one_hot) * weights).sum(axes)
-    dice = 1.0 - ((2.0 * intersection + 1e-5) / (total + 1e-5)).mean()
+    dice = _masked_soft_dice(torch.softmax(logits, dim=1), target, weights, num_classes)
     return 0.5 * (ce + dice)

@@ -7,14 +7,15 @@ import math
 import torch
 
 from .base import register_method, sigmoid_rampup
-from .helpers import TeacherStudentMethod, extra, joined_images
-from .mean_teacher import teacher_noise
+from .helpers import TeacherStudentMethod, extra, joined_images, perturbation_noise
 
 
-def uncertainty_threshold(iteration: int, total: int, num_classes: int) -> float:
-    """``(0.75 + 0.25 * sigmoid_rampup(t, T)) * ln C``: the entropy threshold rises from
-    3/4 to all of the maximum entropy ``ln C`` (the reference keeps ``ln 2`` for any C)."""
-    return (0.75 + 0.25 * sigmoid_rampup(iteration, total)) * math.log(num_classes)
+def uncertainty_threshold(iteration: int, total: int, log_of: int = 2) -> float:
+    """``(0.75 + 0.25 * sigmoid_rampup(t, T)) * ln(log_of)``: the entropy threshold rises from 3/4
+    to all of ``ln 2``, the reference's value for any number of classes (``log_of=2``); with
+    ``log_of=C`` it rises to the maximum entropy ``ln C``, and on ACDC (C = 4) the mask then
+    keeps almost every voxel, so that UA-MT becomes Mean Teacher."""
+    return (0.75 + 0.25 * sigmoid_rampup(iteration, total)) * math.log(log_of)
 
 
 def entropy(probabilities: torch.Tensor) -> torch.Tensor:
@@ -38,22 +39,27 @@ class UAMT(TeacherStudentMethod):
     Left Atrium Segmentation", MICCAI 2019.
 
     Uncertainty = entropy of the mean teacher softmax over T (default 8,
-    ``settings.extra["uamt_passes"]``) noisy passes; voxels with uncertainty below
-    :func:`uncertainty_threshold` (scaled by ln C, as the paper's maximum entropy, instead of
-    the reference's ln 2) enter the softmax MSE.
+    ``settings.extra["uamt_passes"]``) passes, each with its own input noise (as Mean Teacher's,
+    :func:`~.helpers.perturbation_noise`) and dropout (``default_dropout`` 0.1: Monte Carlo
+    dropout, as the paper); voxels with uncertainty below :func:`uncertainty_threshold` enter
+    the softmax MSE. The threshold's scale is ``ln 2`` as the reference
+    (``"uamt_threshold_log": "classes"`` takes ``ln C``, the paper's maximum entropy, which on
+    four classes masks almost nothing).
     """
 
     name = "uamt"
     description = "Mean Teacher with an uncertainty-masked consistency (T noisy teacher passes)"
     reference = "Yu et al., MICCAI 2019"
-    options = ("uamt_passes",)
+    options = ("uamt_passes", "uamt_threshold_log", "noise_std", "noise_clip", "noise_scale")
+    default_dropout = 0.1
 
     def training_step(self, labelled, unlabelled, step):
         images, n_labelled = joined_images(labelled, unlabelled)
         logits = self.student(images)
         supervised = self.supervised_loss(logits[:n_labelled], labelled["label"])
         target, uncertainty = self.teacher_target(unlabelled["image"])
-        mask = (uncertainty < uncertainty_threshold(step.iteration, step.total, self.num_classes)).to(target.dtype)
+        log_of = self.num_classes if extra(self.settings, "uamt_threshold_log", "reference") == "classes" else 2
+        mask = (uncertainty < uncertainty_threshold(step.iteration, step.total, log_of)).to(target.dtype)
         consistency = masked_mse(logits[n_labelled:].softmax(dim=1), target, mask)
         loss = supervised + step.consistency_weight * consistency
         return {"main": loss, "supervised": supervised.detach(), "consistency": consistency.detach(),
@@ -62,7 +68,7 @@ class UAMT(TeacherStudentMethod):
     @torch.no_grad()
     def teacher_target(self, images):
         """The teacher's softmax on a noisy copy, and the entropy of its mean over T passes."""
-        target = self.teacher(teacher_noise(images)).softmax(dim=1)
+        target = self.teacher(perturbation_noise(images, self.settings)).softmax(dim=1)
         passes = int(extra(self.settings, "uamt_passes", 8))
-        mean = sum(self.teacher(teacher_noise(images)).softmax(dim=1) for _ in range(passes)) / passes
+        mean = sum(self.teacher(perturbation_noise(images, self.settings)).softmax(dim=1) for _ in range(passes)) / passes
         return target, entropy(mean)

@@ -14,6 +14,7 @@ from .registry import (  # noqa: F401
     network_dims,
     network_divisor,
     register_network,
+    supports_dropout,
 )
 
 _NOT_BACKBONES = {"registry", "heads", "discriminator"}

@@ -8,6 +8,7 @@ A backbone builder is ``f(dim, in_channels, out_channels, size) -> nn.Module`` r
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Callable
 
@@ -59,9 +60,22 @@ def network_divisor(name: str) -> int:
     return _entry(name).divisor
 
 
-def build_network(name: str, dim: int, in_channels: int, out_channels: int, size: str = "small") -> nn.Module:
-    """A fresh, randomly initialised backbone (no pretrained weights)."""
+def supports_dropout(name: str) -> bool:
+    """Whether the backbone's builder takes a ``dropout`` probability."""
+    return "dropout" in inspect.signature(_entry(name).builder).parameters
+
+
+def build_network(name: str, dim: int, in_channels: int, out_channels: int, size: str = "small",
+                  dropout: float = 0.0) -> nn.Module:
+    """A fresh, randomly initialised backbone (no pretrained weights); ``dropout`` > 0 only for
+    backbones that offer it (:func:`supports_dropout`)."""
     entry = _entry(name)
+    if dropout:
+        if not 0.0 < dropout < 1.0:
+            raise InputError(f"dropout must be in [0, 1), got {dropout}")
+        if not supports_dropout(name):
+            raise InputError(f"network {name!r} offers no dropout; use unet, or --dropout 0")
+        return entry.builder(dim, in_channels, out_channels, size, dropout=dropout)
     if dim not in entry.dims:
         raise InputError(f"network {name!r} supports dim {entry.dims}, not {dim}")
     if size not in SIZES:

@@ -35,7 +35,7 @@ from ..methods.base import consistency_weight
 from ..metrics import dice_per_class
 from ..domain import describe_training_domain
 from ..model_file import load_model, read_model_payload, refuse_non_finite_weights, save_model
-from ..networks import build_network
+from ..networks import build_network, supports_dropout
 from ..precision import mixed_precision
 from ..preprocessing import Plan
 from ..sampling import BatchStream, PatchSampler, to_tensors
@@ -47,7 +47,6 @@ from .distributed import (DataParallelNetworks, DistributedContext, broadcast_st
                           state_checksum)
 from .divergence import check_losses, check_weights
 from .run_folder import RunFolder
-from .schedules import poly_lr
 
 
 class Cancelled(Exception):
@@ -97,8 +96,14 @@ def build_method(config: TrainConfig, data: TrainingData) -> Method:
         consistency=config.consistency if config.consistency is not None else (default if default is not None else 0.1),
         rampup_fraction=config.rampup_fraction, ema_decay=config.ema_decay, extra=dict(config.method_options))
 
+    # Backbone dropout: the run's setting, else the method's default where the backbone offers it.
+    dropout = config.dropout if config.dropout is not None else getattr(cls, "default_dropout", 0.0)
+    if config.dropout is None and not supports_dropout(config.network):
+        dropout = 0.0
+
     def network_factory(name: str | None = None, out_channels: int | None = None):
-        return build_network(name or config.network, data.plan.dim, 1, out_channels or data.num_classes, config.size)
+        return build_network(name or config.network, data.plan.dim, 1, out_channels or data.num_classes, config.size,
+                             dropout=dropout if name is None else 0.0)
 
     return cls(settings, network_factory, data.num_classes, data.plan.dim)
 
@@ -410,10 +415,10 @@ class Trainer:
         unlabelled = to_tensors(batch[1], self.device, self.memory_format) if batch[1] is not None else None
         info = StepInfo(iteration, self.config.iterations,
                         consistency_weight(self.method.settings, iteration, self.config.iterations))
-        lr = poly_lr(1.0, iteration, self.config.iterations)
-        for optimiser in self.optimisers.values():
+        for name, optimiser in self.optimisers.items():
+            factor = self.method.learning_rate_factor(info, name)
             for group in optimiser.param_groups:
-                group["lr"] = group["initial_lr"] * lr
+                group["lr"] = group["initial_lr"] * factor
             optimiser.zero_grad(set_to_none=True)
         self.method.train()
         with self.ddp.active(), autocast(self.device, self.amp):

@@ -10,6 +10,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..config import DEFAULT_METHOD
 from ..errors import InputError
 from . import security
 
@@ -27,7 +28,7 @@ class ServeOptions:
     jobs_dir: Path | None = None
     max_volumes: int = 200
     max_upload_mb: int = 512
-    method: str = "mean_teacher"
+    method: str = DEFAULT_METHOD
     iterations: int = 2000
     device: str = "auto"
     dim: str = "auto"

@@ -1,0 +1,52 @@
+"""The label-efficiency bench's pieces that need no data: the run order for one GPU call and
+the goals table (issue 14)."""
+
+from __future__ import annotations
+
+import sys
+
+from helpers import ROOT
+
+sys.path.insert(0, str(ROOT / "bench"))
+
+import goals  # noqa: E402
+from schedule import RunQueue, first_seed_tasks  # noqa: E402
+
+BASELINES = ("supervised", "fully_supervised")
+
+
+def test_first_seed_runs_baselines_then_slowest_methods_first():
+    tasks = first_seed_tasks(["acdc", "la"], BASELINES, ["mean_teacher", "bcp", "ctct"], 1337)
+    assert [t[1] for t in tasks] == ["supervised"] * 2 + ["fully_supervised"] * 2 + ["ctct"] * 2 + ["bcp"] * 2 \
+        + ["mean_teacher"] * 2
+    assert {t[0] for t in tasks[:2]} == {"acdc", "la"} and all(t[2] == 1337 for t in tasks)
+
+
+def test_extra_seeds_go_to_the_baselines_then_the_best_methods_so_far():
+    gaps = {"mean_teacher": 0.1, "bcp": 0.6, "cps": 0.3}
+    queue = RunQueue(["acdc"], BASELINES, ["mean_teacher", "bcp", "cps"], [1337], [1338], 2, lambda: gaps)
+    handed = []
+    while (task := queue.next()) is not None:
+        handed.append(task)
+    assert handed[:5] == [("acdc", m, 1337) for m in ("supervised", "fully_supervised", "cps", "bcp", "mean_teacher")]
+    assert handed[5:] == [("acdc", "supervised", 1338), ("acdc", "fully_supervised", 1338), ("acdc", "bcp", 1338),
+                          ("acdc", "cps", 1338)]
+
+
+def summary(gap, n=1):
+    return {"gap_closed": gap, "n": n}
+
+
+def test_goals_are_checked_per_table():
+    results = {"supervised": summary(None, 3), "fully_supervised": summary(None, 3), "a": summary(0.7),
+               "b": summary(0.3), "c": summary(0.26), "d": summary(0.25), "e": summary(-0.04)}
+    met = goals.check(results)
+    assert met["met"] == {"none_below": True, "four_good": True, "best_65": True} and met["best"] == "a"
+    results["e"] = summary(-0.06)
+    results["a"] = summary(0.6)
+    met = goals.check(results)
+    assert met["below"] == ["e"] and not met["met"]["none_below"] and not met["met"]["best_65"]
+    assert goals.check({"supervised": summary(None), "a": summary(0.5)}) is None  # a baseline missing
+    report = {"tables": {"acdc/cuda": {"results": results}}}
+    text = "\n".join(goals.markdown_lines(report))
+    assert "| acdc/cuda | 3 | e (-6 %) |" in text and "| a | 60 % |" in text

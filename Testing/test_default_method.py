@@ -1,0 +1,88 @@
+"""The default method: defined once (``config.DEFAULT_METHOD``), the same in the CLI, the training
+settings, the jobs, the logic, the panel and the demo, and it trains in 2D and 3D with the
+default network."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import logging
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+import pytest
+import torch
+
+from SSLSegmentLib import jobs
+from SSLSegmentLib.cli import build_parser
+from SSLSegmentLib.config import DEFAULT_METHOD, TrainConfig
+from SSLSegmentLib.data.cases import discover_dataset
+from SSLSegmentLib.methods import available_methods
+from SSLSegmentLib.training.run_folder import RunFolder
+from SSLSegmentLib.training.trainer import Trainer
+
+from helpers import ROOT
+
+
+def test_default_method_is_bcp_and_a_registered_method():
+    assert DEFAULT_METHOD == "bcp"  # best measured over 3 seeds on ACDC and LA (bench/results)
+    assert DEFAULT_METHOD in available_methods()
+
+
+def test_config_module_imports_without_torch():
+    code = "import sys, SSLSegmentLib.config as c; print(c.DEFAULT_METHOD, 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.split() == [DEFAULT_METHOD, "False"]
+
+
+def test_every_entry_point_defaults_to_it():
+    args = build_parser().parse_args(["train", "--images", "x", "--out", "y"])
+    assert args.method == DEFAULT_METHOD
+    assert TrainConfig().method == DEFAULT_METHOD
+    assert jobs.TrainSettings().method == DEFAULT_METHOD
+    from SSLSegmentLib import demo  # noqa: PLC0415
+
+    assert demo.METHODS == ("supervised", DEFAULT_METHOD)
+
+
+def test_logic_defaults_to_it():
+    pytest.importorskip("slicer")
+    from SSLSegmentLib.logic import METHOD_CHOICES, SSLSegmentLogic  # noqa: PLC0415
+
+    assert inspect.signature(SSLSegmentLogic.startTraining).parameters["method"].default == DEFAULT_METHOD
+    assert METHOD_CHOICES[0] == DEFAULT_METHOD
+
+
+def test_panel_defaults_to_it_and_lists_it_first():
+    """SSLSegment.py imports qt (Slicer only): read as source. The parameter node's default is the
+    name imported from SSLSegmentLib.config, not a literal, and the combo box lists it first."""
+    tree = ast.parse((ROOT / "SSLSegment" / "SSLSegment.py").read_text(encoding="utf-8"))
+    imports = [n for n in tree.body if isinstance(n, ast.ImportFrom) and n.module == "SSLSegmentLib.config"]
+    assert any(a.name == "DEFAULT_METHOD" for n in imports for a in n.names)
+    [node] = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SSLSegmentParameterNode"]
+    [method] = [s for s in node.body if isinstance(s, ast.AnnAssign) and s.target.id == "method"]
+    assert isinstance(method.value, ast.Name) and method.value.id == "DEFAULT_METHOD"
+    ui = ET.parse(ROOT / "Resources" / "UI" / "SSLSegment.ui").getroot()
+    [combo] = [w for w in ui.iter("widget") if w.get("name") == "methodComboBox"]
+    assert combo.find("item/property/string").text == DEFAULT_METHOD
+
+
+@pytest.mark.parametrize("dim, patch", [("2", (32, 32)), ("3", (16, 32, 32))])
+def test_default_method_trains_with_the_default_network(phantom_data, tmp_path, dim, patch):
+    """Both of BCP's stages (copy-paste pre-training, then self-training) on the tiny U-Net."""
+    run = RunFolder(tmp_path / "run")
+    run.prepare()
+    dataset = discover_dataset(phantom_data["images"], phantom_data["labels"])
+    config = TrainConfig(size="tiny", dim=dim, patch_size=patch, iterations=4, val_cases=0, device="cpu",
+                         labelled_batch=2, unlabelled_batch=2, cache_dir=str(tmp_path / "cache"),
+                         method_options={"bcp_pretrain_fraction": 0.5})
+    assert config.network == "unet" and config.method == "bcp"
+    trainer = Trainer(config, dataset, run, logging.getLogger("test_default_method"))
+    trainer.setup()
+    result = trainer.train()
+    records = [r for r in run.read_progress() if "iteration" in r]
+    assert result.iterations == 4 and records[-1]["iteration"] == 4
+    assert {"inward", "outward", "supervised"} <= set().union(*(r["losses"] for r in records))
+    model = torch.load(run.model, weights_only=True)
+    assert model["method"] == "bcp" and model["plan"]["dim"] == int(dim)

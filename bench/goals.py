@@ -1,0 +1,80 @@
+"""Issue 14's goals for the label-efficiency tables, and the gap-closed table that checks them.
+
+Per table (a data set at one budget and machine), from the means over seeds:
+
+- no method below supervised-only by more than 5 % of the gap (the seed noise);
+- at least four methods closing at least 25 % of the gap;
+- the best closing at least 65 %.
+
+``label_efficiency.py`` puts :func:`markdown_lines` into its report;
+``python bench/goals.py label_efficiency.json`` prints them (exit 0 whether or not the goals
+are met: the figures are the output).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+BASELINES = ("supervised", "fully_supervised")
+WORST_ALLOWED = -0.05
+GOOD, GOOD_COUNT, BEST = 0.25, 4, 0.65
+
+
+def check(results: dict) -> dict | None:
+    """The goals for one table's ``results`` (method -> summary with ``gap_closed``), or None
+    without both baselines."""
+    gaps = {m: r["gap_closed"] for m, r in results.items() if m not in BASELINES and r.get("gap_closed") is not None}
+    if any(b not in results for b in BASELINES) or not gaps:
+        return None
+    below = sorted((m for m, g in gaps.items() if g < WORST_ALLOWED), key=gaps.get)
+    good = sorted((m for m, g in gaps.items() if g >= GOOD), key=gaps.get, reverse=True)
+    best = max(gaps, key=gaps.get)
+    return {"gaps": gaps, "below": below, "good": good, "best": best, "best_gap": gaps[best],
+            "met": {"none_below": not below, "four_good": len(good) >= GOOD_COUNT, "best_65": gaps[best] >= BEST}}
+
+
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.0f} %"
+
+
+def markdown_lines(report: dict) -> list[str]:
+    """The goals per table, then the gap closed by every method in every table."""
+    checked = {t: check(e["results"]) for t, e in report["tables"].items()}
+    checked = {t: c for t, c in checked.items() if c is not None}
+    if not checked:
+        return []
+    yes = lambda ok: "yes" if ok else "**no**"  # noqa: E731
+    lines = ["## Goals (issue 14): gap closed per table", "",
+             f"No method below supervised-only by more than {percent(-WORST_ALLOWED)} of the gap; at least "
+             f"{GOOD_COUNT} methods closing at least {percent(GOOD)}; the best closing at least {percent(BEST)}. "
+             "From the means over the seeds each method ran (see 'seeds' in its table).", "",
+             "| table | seeds (baselines) | below supervised | methods >= 25 % | best | none below | >= 4 at 25 % "
+             "| best >= 65 % |", "|---|---|---|---|---|---|---|---|"]
+    for table, c in checked.items():
+        n = report["tables"][table]["results"]["supervised"]["n"]
+        below = ", ".join(f"{m} ({percent(c['gaps'][m])})" for m in c["below"]) or "none"
+        lines.append(f"| {table} | {n} | {below} | {len(c['good'])}: {', '.join(c['good']) or '-'} | "
+                     f"{c['best']} ({percent(c['best_gap'])}) | {yes(c['met']['none_below'])} | "
+                     f"{yes(c['met']['four_good'])} | {yes(c['met']['best_65'])} |")
+    methods = sorted({m for c in checked.values() for m in c["gaps"]},
+                     key=lambda m: -sum(c["gaps"].get(m, 0.0) for c in checked.values()))
+    lines += ["", "| method | " + " | ".join(checked) + " |", "|---|" + "---|" * len(checked)]
+    for m in methods:
+        lines.append(f"| {m} | " + " | ".join(percent(c["gaps"].get(m)) for c in checked.values()) + " |")
+    return lines + [""]
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    path = Path(argv[0] if argv else Path(__file__).parent / "results" / "label_efficiency.json")
+    if not path.exists():
+        print(f"{path}: no report yet")
+        return 0
+    print("\n".join(markdown_lines(json.loads(path.read_text()))) or "no table has both baselines yet")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
