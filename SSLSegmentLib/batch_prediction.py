@@ -20,7 +20,7 @@ import torch
 
 from .data.cases import Case
 from .data.labels import write_labelmap, write_segmentation
-from .domain import domain_problems, image_statistics
+from .domain import domain_problems
 from .errors import InputError, OutputError
 from .fileio import atomic_write_json
 from .model_file import Model

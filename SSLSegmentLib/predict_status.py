@@ -12,7 +12,6 @@ import _thread
 import os
 import signal
 import threading
-from pathlib import Path
 from typing import Callable
 
 from .errors import InputError

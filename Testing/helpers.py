@@ -20,3 +20,13 @@ def run_cli(*args: str, timeout: float = 300, check: bool = False) -> subprocess
     if check and result.returncode != 0:
         raise AssertionError(f"exit {result.returncode}\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def write_volume(path: Path, array, spacing=(1.0, 1.0, 1.5)) -> None:
+    """Write ``array`` (z, y, x) as an image file with ``spacing`` (x, y, z), creating its folder."""
+    import SimpleITK as sitk  # noqa: PLC0415  (the CLI helper above needs no imaging library)
+
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path))

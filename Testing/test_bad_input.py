@@ -12,12 +12,7 @@ import SimpleITK as sitk
 from SSLSegmentLib.cli import main
 from SSLSegmentLib.training.run_folder import RunFolder
 
-
-def _write(path, array, spacing=(1.0, 1.0, 1.5)):
-    image = sitk.GetImageFromArray(array)
-    image.SetSpacing(spacing)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(image, str(path))
+from helpers import write_volume
 
 
 @pytest.fixture
@@ -25,10 +20,10 @@ def good(tmp_path):
     """Two labelled cases of plain labelmaps; tests spoil one thing each."""
     rng = np.random.default_rng(0)
     for name in ("alpha", "beta"):
-        _write(tmp_path / "images" / f"{name}.nrrd", rng.normal(size=(8, 16, 16)).astype(np.float32))
+        write_volume(tmp_path / "images" / f"{name}.nrrd", rng.normal(size=(8, 16, 16)).astype(np.float32))
         label = np.zeros((8, 16, 16), np.uint8)
         label[2:6, 4:12, 4:12] = 1
-        _write(tmp_path / "labels" / f"{name}.nrrd", label)
+        write_volume(tmp_path / "labels" / f"{name}.nrrd", label)
     return tmp_path
 
 
@@ -64,7 +59,7 @@ def test_no_labelled_case(good, capsys):
 def test_geometry_disagrees(good, capsys):
     label = np.zeros((8, 16, 16), np.uint8)
     label[1, 1, 1] = 1
-    _write(good / "labels" / "beta.nrrd", label, spacing=(2.0, 1.0, 1.5))
+    write_volume(good / "labels" / "beta.nrrd", label, spacing=(2.0, 1.0, 1.5))
     code, err, out = _train(good, capsys)
     _assert_rejected(code, err, out, "beta", "geometry")
 
@@ -72,7 +67,7 @@ def test_geometry_disagrees(good, capsys):
 def test_unknown_label_value(good, capsys):
     label = np.zeros((8, 16, 16), np.uint8)
     label[2:4, 2:4, 2:4] = 7
-    _write(good / "labels" / "beta.nrrd", label)
+    write_volume(good / "labels" / "beta.nrrd", label)
     dataset = {"labels": {"background": 0, "organ": 1},
                "training": [{"image": f"images/{n}.nrrd", "label": f"labels/{n}.nrrd"} for n in ("alpha", "beta")]}
     (good / "dataset.json").write_text(json.dumps(dataset))
@@ -98,7 +93,7 @@ def test_unreadable_file(good, capsys):
 def test_nan_voxels(good, capsys):
     image = np.zeros((8, 16, 16), np.float32)
     image[3, 3, 3] = np.nan
-    _write(good / "images" / "beta.nrrd", image)
+    write_volume(good / "images" / "beta.nrrd", image)
     code, err, out = _train(good, capsys)
     _assert_rejected(code, err, out, "beta", "NaN")
 

@@ -19,7 +19,6 @@ import time
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 import torch
 
 from helpers import ROOT, TINY_TRAIN
@@ -30,14 +29,9 @@ from SSLSegmentLib.errors import InputError
 from SSLSegmentLib.model_file import load_model
 from SSLSegmentLib.training.run_folder import RunFolder
 
+from helpers import write_volume
+
 TINY = ("--size", "tiny", "--device", "cpu", "--threads", "1")
-
-
-def _write(path, array, spacing=(1.0, 1.0, 1.5)):
-    image = sitk.GetImageFromArray(array)
-    image.SetSpacing(spacing)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(image, str(path))
 
 
 @pytest.fixture
@@ -45,11 +39,11 @@ def data(tmp_path):
     """Two labelled cases (plain labelmaps, one class) and one unlabelled."""
     rng = np.random.default_rng(0)
     for name in ("alpha", "beta", "gamma"):
-        _write(tmp_path / "images" / f"{name}.nrrd", rng.normal(size=(8, 16, 16)).astype(np.float32))
+        write_volume(tmp_path / "images" / f"{name}.nrrd", rng.normal(size=(8, 16, 16)).astype(np.float32))
     for name in ("alpha", "beta"):
         label = np.zeros((8, 16, 16), np.uint8)
         label[2:6, 4:12, 4:12] = 1
-        _write(tmp_path / "labels" / f"{name}.nrrd", label)
+        write_volume(tmp_path / "labels" / f"{name}.nrrd", label)
     return tmp_path
 
 
@@ -136,7 +130,7 @@ def test_a_finished_run_folder_is_not_reused_silently(data, capsys):
 
 def test_labels_without_any_foreground_are_refused(data, capsys):
     for name in ("alpha", "beta"):
-        _write(data / "labels" / f"{name}.nrrd", np.zeros((8, 16, 16), np.uint8))
+        write_volume(data / "labels" / f"{name}.nrrd", np.zeros((8, 16, 16), np.uint8))
     code, err, out = _train(data, capsys)
     _refused(code, err, "every label is empty")
     assert not (out / "model.pt").exists()
@@ -186,7 +180,7 @@ def test_a_label_value_in_one_case_only_is_reported(data, capsys):
     label = np.zeros((8, 16, 16), np.uint8)
     label[2:6, 4:12, 4:12] = 1
     label[0, 0:2, 0:2] = 7
-    _write(data / "labels" / "beta.nrrd", label)
+    write_volume(data / "labels" / "beta.nrrd", label)
     code, err, out = _train(data, capsys, "--method", "supervised")
     assert code == 0, err
     log = (out / "log.txt").read_text()
@@ -237,7 +231,7 @@ def test_unwritable_out(data, capsys, tmp_path):
 
 
 def test_spacing_in_micrometres_is_refused_before_allocating(data, capsys):
-    _write(data / "images" / "gamma.nrrd", np.zeros((8, 16, 16), np.float32), spacing=(1000.0, 1000.0, 1500.0))
+    write_volume(data / "images" / "gamma.nrrd", np.zeros((8, 16, 16), np.float32), spacing=(1000.0, 1000.0, 1500.0))
     code, err, _ = _train(data, capsys)
     _refused(code, err, "'gamma'", "millimetres")
 
