@@ -31,7 +31,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 from .config import PROVISIONAL_ITERATIONS
 from .config import DEFAULT_METHOD
@@ -134,7 +134,6 @@ class Job:
         self._state = RUNNING
         self._cancel_deadline: float | None = None
         self._reader = ProgressReader(self.run_dir / "progress.jsonl")
-        self._listeners: list[Callable[["Job"], None]] = []
 
     @classmethod
     def from_past_round(cls, folder: JobFolder, round_number: int) -> "Job":
@@ -192,10 +191,6 @@ class Job:
     def cancel_requested(self) -> bool:
         return self._cancel_deadline is not None
 
-    def add_listener(self, callback: Callable[["Job"], None]) -> None:
-        """``callback(job)`` is called once when the job reaches a final state."""
-        self._listeners.append(callback)
-
     def poll(self) -> str:
         """Read new progress, notice the end of the process; kill it when a cancel timed out."""
         if self._state in TERMINAL_STATES:
@@ -239,8 +234,6 @@ class Job:
     def _finish(self, state: str, error: str | None) -> None:
         self._state = state
         self.error = error
-        for callback in self._listeners:
-            callback(self)
 
     def cancel(self, grace_s: float | None = None) -> None:
         """Ask the child to stop (``cancel`` file); its tree is killed if still alive after ``grace_s``.
