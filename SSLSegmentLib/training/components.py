@@ -11,7 +11,7 @@ import torch
 from ..config import TrainConfig
 from ..errors import InputError
 from ..methods import Method, MethodSettings, method_class
-from ..networks import build_network, supports_dropout
+from ..networks import build_network, supports_channels_last, supports_dropout
 from ..settings_check import check_method_options
 from .data_setup import TrainingData
 from .distributed import DistributedContext
@@ -39,9 +39,9 @@ def channels_last_format(config: TrainConfig, dim: int, device: torch.device, mi
     """The memory format for networks and images, or None (see ``TrainConfig.channels_last``;
     on CPU: channels-last in 3D under bf16, where oneDNN's bf16 kernels want it)."""
     if device.type == "cpu" and mixed and dim == 3 and config.channels_last is not False:
-        return None if config.network.startswith("swin") else torch.channels_last_3d
+        return None if not supports_channels_last(config.network) else torch.channels_last_3d
     wanted = config.channels_last if config.channels_last is not None else dim == 2
-    if device.type != "cuda" or not wanted or config.network.startswith("swin"):
+    if device.type != "cuda" or not wanted or not supports_channels_last(config.network):
         return None
     return torch.channels_last_3d if dim == 3 else torch.channels_last
 
@@ -55,13 +55,12 @@ def seed_everything(seed: int) -> None:
 def build_method(config: TrainConfig, data: TrainingData) -> Method:
     cls = method_class(config.method)
     check_method_options(config.method, config.method_options, cls.options)
-    default = getattr(cls, "default_consistency", None)
     settings = MethodSettings(
-        consistency=config.consistency if config.consistency is not None else (default if default is not None else 0.1),
+        consistency=config.consistency if config.consistency is not None else cls.default_consistency,
         rampup_fraction=config.rampup_fraction, ema_decay=config.ema_decay, extra=dict(config.method_options))
 
     # Backbone dropout: the run's setting, else the method's default where the backbone offers it.
-    dropout = config.dropout if config.dropout is not None else getattr(cls, "default_dropout", 0.0)
+    dropout = config.dropout if config.dropout is not None else cls.default_dropout
     if config.dropout is None and not supports_dropout(config.network):
         dropout = 0.0
 
@@ -75,7 +74,7 @@ def build_method(config: TrainConfig, data: TrainingData) -> Method:
 def build_optimisers(method: Method, config: TrainConfig) -> dict[str, torch.optim.Optimizer]:
     """One optimiser per parameter group; a method may override a group's optimiser
     (DAN's discriminator uses Adam) with ``optimiser_overrides``."""
-    overrides = getattr(method, "optimiser_overrides", {}) or {}
+    overrides = method.optimiser_overrides
     optimisers = {}
     for name, params in method.parameter_groups().items():
         spec = {"name": config.optimiser, "lr": config.lr, **overrides.get(name, {})}
