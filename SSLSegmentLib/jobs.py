@@ -21,7 +21,10 @@ Pattern from SlicerMONAIAuto3DSeg and MONAI Label: the work runs in a separate p
 that the GUI polls; cancelling kills the whole process tree (psutil), not just the
 launcher. The process runner is injected (SlicerNNUnet style) so tests can use a dummy.
 
-This module is generic: it imports neither ``slicer`` nor ``qt``.
+This module holds the round's settings, its command line and :class:`Job`; the folder's files
+are in :mod:`.job_folder`, the process handling in :mod:`.child_process`, the progress reading
+in :mod:`.job_progress` (their names are re-exported here). Generic: it imports neither
+``slicer`` nor ``qt``.
 """
 
 from __future__ import annotations

@@ -13,6 +13,10 @@ The user's work is safe by construction:
 - every round keeps its label set, model, settings and metrics in the job folder
   (see :mod:`SSLSegmentLib.jobs`).
 
+This module holds the rounds (start, retrain, open a job); the other responsibilities are
+mixins in :mod:`SSLSegmentLib.slicer_logic` (input checks, export, results, node markings),
+and their names are re-exported here.
+
 Patterns from SlicerMONAIAuto3DSeg (child process, results as named segments under the
 volume in the subject hierarchy), SlicerNNUnet (the process runner injected into the logic)
 and MONAI Label (only labels approved by a person train).
