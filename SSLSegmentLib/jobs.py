@@ -21,131 +21,34 @@ Pattern from SlicerMONAIAuto3DSeg and MONAI Label: the work runs in a separate p
 that the GUI polls; cancelling kills the whole process tree (psutil), not just the
 launcher. The process runner is injected (SlicerNNUnet style) so tests can use a dummy.
 
-This module is generic: it imports neither ``slicer`` nor ``qt``.
+This module holds the round's settings, its command line and :class:`Job`; the folder's files
+are in :mod:`.job_folder`, the process handling in :mod:`.child_process`, the progress reading
+in :mod:`.job_progress` (their names are re-exported here). Generic: it imports neither
+``slicer`` nor ``qt``.
 """
 
 from __future__ import annotations
 
-import datetime
-import json
 import os
-import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Sequence
 
 from .config import PROVISIONAL_ITERATIONS
 from .config import DEFAULT_METHOD
-from .fileio import atomic_write_json, file_sha256
+from .child_process import (  # noqa: F401  (re-exported: jobs is the module the logic and the panel use)
+    ProcessHandle, ProcessRunner, child_environment, child_threads, kill_process_group, kill_process_tree,
+    start_process,
+)
+from .job_folder import (  # noqa: F401  (re-exported)
+    CANCEL_GRACE_S, CANCELLED, DONE, FAILED, RUNNING, TERMINAL_STATES, JobFolder, case_manifest, now_iso, read_json,
+    round_summary,
+)
+from .fileio import atomic_write_json, file_sha256  # noqa: F401  (re-exported)
+from .job_progress import ProgressReader, format_duration, tail  # noqa: F401  (re-exported)
 from .training.run_folder import read_run_status
-
-RUNNING, DONE, FAILED, CANCELLED = "running", "done", "failed", "cancelled"
-TERMINAL_STATES = (DONE, FAILED, CANCELLED)
-
-#: Seconds a cancelled child gets to stop cleanly before its process tree is killed.
-CANCEL_GRACE_S = 5.0
-
-
-def now_iso() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
-def read_json(path: str | os.PathLike, default: Any = None) -> Any:
-    """Read a JSON file; ``default`` when it is missing or half-written (never raises)."""
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return default
-
-
-# --------------------------------------------------------------------------------------
-# The folder
-# --------------------------------------------------------------------------------------
-
-
-class JobFolder:
-    """Paths and bookkeeping files of one job folder (see the module docstring)."""
-
-    def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
-
-    @property
-    def job_file(self) -> Path:
-        return self.root / "job.json"
-
-    @property
-    def images_dir(self) -> Path:
-        return self.root / "images"
-
-    def labels_dir(self, round_number: int) -> Path:
-        return self.root / "labels" / f"{round_number:03d}"
-
-    def round_dir(self, round_number: int) -> Path:
-        return self.root / "rounds" / f"{round_number:03d}"
-
-    def rounds(self) -> list[int]:
-        """Round numbers that exist, ascending."""
-        rounds_dir = self.root / "rounds"
-        if not rounds_dir.is_dir():
-            return []
-        return sorted(int(p.name) for p in rounds_dir.iterdir() if p.is_dir() and p.name.isdigit())
-
-    def next_round(self) -> int:
-        existing = self.rounds()
-        return existing[-1] + 1 if existing else 1
-
-    def read_job(self) -> dict:
-        return read_json(self.job_file, default={"classes": [], "cases": {}})
-
-    def write_job(self, job: dict) -> None:
-        atomic_write_json(self.job_file, job)
-
-    def read_round(self, round_number: int) -> dict:
-        return read_json(self.round_dir(round_number) / "round.json", default={})
-
-    def write_round(self, round_number: int, info: dict) -> None:
-        atomic_write_json(self.round_dir(round_number) / "round.json", info)
-
-    def history(self) -> list[dict]:
-        """One summary per round: state, previous round, label set size, last metrics."""
-        return [round_summary(self.round_dir(n), self.read_round(n)) for n in self.rounds()]
-
-
-def case_manifest(folder: JobFolder, cases: dict[str, dict]) -> dict[str, dict]:
-    """Add SHA-256 checksums of each case's image and label files (paths relative to the job)."""
-    manifest = {}
-    for name, case in cases.items():
-        entry = dict(case)
-        for key in ("image", "label"):
-            if entry.get(key):
-                entry[key + "Sha256"] = file_sha256(folder.root / entry[key])
-        manifest[name] = entry
-    return manifest
-
-
-def round_summary(run_dir: Path, info: dict) -> dict:
-    """What the history view shows for one round."""
-    status = read_run_status(run_dir) or {}  # "interrupted" when its process is gone
-    records = ProgressReader(run_dir / "progress.jsonl").read_new()
-    dice = [r["val_dice"] for r in records if r.get("val_dice") is not None]
-    steps = [r for r in records if "iteration" in r]
-    cases = info.get("cases", {})
-    return {
-        "round": info.get("round"),
-        "previousRound": info.get("previousRound"),
-        "state": status.get("state", "unknown"),
-        "started": info.get("started"),
-        "labelled": sorted(n for n, c in cases.items() if c.get("label")),
-        "corrected": sorted(n for n, c in cases.items() if c.get("corrected")),
-        "settings": info.get("settings", {}),
-        "iterations": steps[-1]["iteration"] if steps else 0,
-        "valDice": dice[-1] if dice else None,
-        "bestValDice": status.get("best_val_dice"),
-        "model": str(run_dir / "model.pt") if (run_dir / "model.pt").exists() else None,
-    }
 
 
 # --------------------------------------------------------------------------------------
@@ -206,148 +109,6 @@ def _length_arguments(settings: TrainSettings) -> list[str]:
     return ["--iterations", str(int(settings.iterations))]
 
 
-def child_threads() -> int:
-    """CPU threads for the training child: every core but one, which stays with Slicer's
-    GUI. Torch's default (one per core) stalls when a core is busy: each step waits for
-    the thread that is not running."""
-    return max(1, (os.cpu_count() or 2) - 1)
-
-
-def child_environment(package_parent: str | os.PathLike, device: str = "auto") -> dict[str, str]:
-    """Environment of the child: finds ``SSLSegmentLib``; no GPU when the CPU is asked for."""
-    env = dict(os.environ)
-    paths = [str(package_parent)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-    env["PYTHONUNBUFFERED"] = "1"  # the log tail must be current when the child crashes
-    if device == "cpu":
-        env["CUDA_VISIBLE_DEVICES"] = "-1"
-    return env
-
-
-# --------------------------------------------------------------------------------------
-# Processes
-# --------------------------------------------------------------------------------------
-
-
-class ProcessHandle(Protocol):
-    pid: int
-
-    def poll(self) -> int | None: ...
-
-
-class ProcessRunner(Protocol):
-    """Starts a child process; injected into :class:`Job` so tests can replace it."""
-
-    def __call__(self, command: list[str], cwd: Path, env: dict[str, str],
-                 console_path: Path) -> ProcessHandle: ...
-
-
-def start_process(command: list[str], cwd: Path, env: dict[str, str], console_path: Path) -> subprocess.Popen:
-    """Start ``command`` in its own process group, stdout and stderr into ``console_path``.
-
-    Its own group/session so that a kill reaches the child's children (data loader
-    workers) and so that Ctrl+C in Slicer's terminal does not reach it.
-    """
-    console_path.parent.mkdir(parents=True, exist_ok=True)
-    kwargs: dict[str, Any] = {}
-    if sys.platform == "win32":
-        kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)
-    else:
-        kwargs["start_new_session"] = True
-    with open(console_path, "ab") as console:
-        return subprocess.Popen(command, cwd=str(cwd), env=env, stdin=subprocess.DEVNULL,
-                                stdout=console, stderr=subprocess.STDOUT, **kwargs)
-
-
-def kill_process_tree(pid: int, timeout_s: float = 3.0) -> None:
-    """Terminate a process and all its descendants; kill whatever is left after ``timeout_s``."""
-    import psutil  # here: Slicer installs it with the other requirements, on first use
-
-    try:
-        parent = psutil.Process(pid)
-    except psutil.NoSuchProcess:
-        return
-    try:
-        processes = parent.children(recursive=True) + [parent]
-    except psutil.NoSuchProcess:
-        processes = [parent]
-    for process in processes:
-        try:
-            process.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(processes, timeout=timeout_s)
-    for process in alive:
-        try:
-            process.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=timeout_s)
-    kill_process_group(pid)
-
-
-def kill_process_group(pgid: int) -> None:
-    """Kill what is left of the child's process group (POSIX).
-
-    Workers whose launcher already exited are no longer its children for psutil, but they
-    are still in the group that :func:`start_process` created.
-    """
-    if sys.platform == "win32" or not hasattr(os, "killpg"):
-        return
-    try:
-        if os.getpgid(pgid) != pgid:
-            return  # the group leader's pid was reused: not our group
-    except ProcessLookupError:
-        pass  # leader gone; its group may still have members
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-class ProgressReader:
-    """Reads the records appended to ``progress.jsonl`` since the last call.
-
-    Only whole lines are parsed, so a record being written is picked up next time.
-    """
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self._offset = 0
-
-    def read_new(self) -> list[dict]:
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self._offset)
-                data = f.read()
-        except OSError:
-            return []
-        end = data.rfind(b"\n")
-        if end < 0:
-            return []
-        self._offset += end + 1
-        records = []
-        for line in data[: end + 1].splitlines():
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                continue  # a corrupt line must not stop the progress display
-        return records
-
-
-def tail(path: Path, lines: int = 30) -> str:
-    """The last ``lines`` lines of a text file ('' when missing)."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - 64 * 1024))
-            text = f.read().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
-
-
 class Job:
     """One training round running (or run) as a child process.
 
@@ -376,7 +137,6 @@ class Job:
         self._state = RUNNING
         self._cancel_deadline: float | None = None
         self._reader = ProgressReader(self.run_dir / "progress.jsonl")
-        self._listeners: list[Callable[["Job"], None]] = []
 
     @classmethod
     def from_past_round(cls, folder: JobFolder, round_number: int) -> "Job":
@@ -434,10 +194,6 @@ class Job:
     def cancel_requested(self) -> bool:
         return self._cancel_deadline is not None
 
-    def add_listener(self, callback: Callable[["Job"], None]) -> None:
-        """``callback(job)`` is called once when the job reaches a final state."""
-        self._listeners.append(callback)
-
     def poll(self) -> str:
         """Read new progress, notice the end of the process; kill it when a cancel timed out."""
         if self._state in TERMINAL_STATES:
@@ -481,8 +237,6 @@ class Job:
     def _finish(self, state: str, error: str | None) -> None:
         self._state = state
         self.error = error
-        for callback in self._listeners:
-            callback(self)
 
     def cancel(self, grace_s: float | None = None) -> None:
         """Ask the child to stop (``cancel`` file); its tree is killed if still alive after ``grace_s``.
@@ -550,15 +304,6 @@ class Job:
             if record.get("val_dice") is not None:
                 return record["val_dice"]
         return None
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, seconds = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
 
 
 def status_text(job: Job) -> str:

@@ -109,10 +109,6 @@ class PatchSampler:
             return Volume(image)
         return Volume(image, np.asarray(label), foreground_points(label, rng))
 
-    def with_patch(self, patch) -> "PatchSampler":
-        """The same volumes, another patch size (the out-of-memory fallback)."""
-        return PatchSampler(None, None, patch, self.dim, self.foreground_fraction, self.augment, volumes=self.volumes)
-
     def sample(self, count: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """``count`` patches as arrays ``(count, 1, *patch)``; ``label`` (int64) only if labelled."""
         images, labels = [], []

@@ -89,10 +89,10 @@ def test_module_follows_the_slicer_conventions():
     assert "ScriptedLoadableModule" in classes["SSLSegment"]
     assert "VTKObservationMixin" in classes["SSLSegmentWidget"]
     assert "ScriptedLoadableModuleTest" in classes["SSLSegmentTest"]
-    for needed in ("@parameterNodeWrapper", "tryWithErrorDisplay", "qt.QTimer", "StartCloseEvent",
+    for needed in ("@parameterNodeWrapper", "qt.QTimer", "StartCloseEvent",
                    "parent.helpText", "parent.acknowledgementText"):
         assert needed in source, needed
-    for needed in ("PyTorchUtils", "pip_install", "pip_ensure", "createProgressDialog", "restart", "qt.QSettings"):
+    for needed in ("tryWithErrorDisplay", "PyTorchUtils", "pip_install", "pip_ensure", "createProgressDialog", "restart", "qt.QSettings"):
         assert needed in gui_source(), needed
 
 

@@ -85,9 +85,6 @@ class Geometry:
         """Field of view in mm along each axis (voxel count times spacing)."""
         return tuple(n * s for n, s in zip(self.size, self.spacing))
 
-    def diagonal_mm(self) -> float:
-        return float(np.linalg.norm(self.physical_extent()))
-
     def matches(self, other: Geometry, tol: float = 1e-3) -> bool:
         """Same grid up to rounding: exact size; spacing within ``tol`` relative; origin within
         ``tol`` relative to its magnitude or to the largest spacing (so an origin near zero is

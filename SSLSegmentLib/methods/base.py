@@ -107,6 +107,13 @@ class Method(nn.Module):
     extra_networks: ClassVar[tuple[str, ...]] = ()
     """Backbones the method builds besides the run's network (CTCT's transformer): their
     size constraints apply to the patch too."""
+    default_consistency: ClassVar[float] = MethodSettings.consistency
+    """Lambda max when the run sets none (``--consistency``)."""
+    default_dropout: ClassVar[float] = 0.0
+    """Backbone dropout when the run sets none (``--dropout``), where the backbone offers it."""
+    optimiser_overrides: ClassVar[dict[str, dict[str, Any]]] = {}
+    """Per parameter group, optimiser settings that replace the run's (``{"name": "adam", "lr": ...}``;
+    DAN's discriminator uses Adam)."""
 
     def __init__(self, settings: MethodSettings, network_factory: NetworkFactory, num_classes: int, dim: int):
         super().__init__()

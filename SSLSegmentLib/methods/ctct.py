@@ -33,7 +33,7 @@ class CTCT(TwoNetworkMethod):
     def __init__(self, settings, network_factory, num_classes, dim):
         super().__init__(settings, network_factory, num_classes, dim)
         self.student = network_factory()
-        if type(self.student).__name__ == "SwinUNETR":
+        if self.student.registry_name == TRANSFORMER:
             self.student = network_factory(name="unet")
         self.second = network_factory(name=TRANSFORMER)
 

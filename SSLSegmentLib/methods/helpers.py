@@ -9,7 +9,7 @@ import torch
 from .base import Method, ema_update, frozen_copy
 
 INPUT_CHANNELS = 1
-"""Batches carry one image channel (CONTRACTS.md)."""
+"""Batches carry one image channel (``PatchSampler.sample`` gives ``(count, 1, *patch)``)."""
 
 
 def extra(settings, key: str, default: Any) -> Any:

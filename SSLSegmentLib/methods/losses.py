@@ -32,7 +32,7 @@ def softmax_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> t
     return F.mse_loss(torch.softmax(student_logits, dim=1), torch.softmax(teacher_logits, dim=1))
 
 
-# --- added for the semi-supervised methods (developer "models") ---------------------------
+# --- entropy, divergences and pseudo-label losses of the semi-supervised methods ----------
 def normalised_entropy(probabilities: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Per-voxel entropy over the class axis divided by ``ln C`` (0..1), shape ``(B, 1, *)``."""
     num_classes = probabilities.shape[1]

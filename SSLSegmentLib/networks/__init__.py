@@ -14,6 +14,7 @@ from .registry import (  # noqa: F401
     network_dims,
     network_divisor,
     register_network,
+    supports_channels_last,
     supports_dropout,
 )
 

@@ -30,16 +30,20 @@ class NetworkEntry:
     builder: Builder
     divisor: int = 16
     """Spatial sizes must be multiples of this (the product of the downsampling strides)."""
+    channels_last: bool = True
+    """False: the network always runs in the default memory format (``TrainConfig.channels_last``
+    does not apply; the Swin transformer)."""
 
 
 _NETWORKS: dict[str, NetworkEntry] = {}
 
 
-def register_network(name: str, description: str, dims: tuple[int, ...] = (2, 3), divisor: int = 16):
+def register_network(name: str, description: str, dims: tuple[int, ...] = (2, 3), divisor: int = 16,
+                     channels_last: bool = True):
     """Decorator: make ``builder(dim, in_channels, out_channels, size)`` available as ``name``."""
 
     def decorate(builder: Builder) -> Builder:
-        _NETWORKS[name] = NetworkEntry(name, description, tuple(dims), builder, divisor)
+        _NETWORKS[name] = NetworkEntry(name, description, tuple(dims), builder, divisor, channels_last)
         return builder
 
     return decorate
@@ -60,6 +64,11 @@ def network_divisor(name: str) -> int:
     return _entry(name).divisor
 
 
+def supports_channels_last(name: str) -> bool:
+    """Whether the backbone may run in channels-last memory format (see :class:`NetworkEntry`)."""
+    return _entry(name).channels_last
+
+
 def supports_dropout(name: str) -> bool:
     """Whether the backbone's builder takes a ``dropout`` probability."""
     return "dropout" in inspect.signature(_entry(name).builder).parameters
@@ -75,12 +84,19 @@ def build_network(name: str, dim: int, in_channels: int, out_channels: int, size
             raise InputError(f"dropout must be in [0, 1), got {dropout}")
         if not supports_dropout(name):
             raise InputError(f"network {name!r} offers no dropout; use unet, or --dropout 0")
-        return entry.builder(dim, in_channels, out_channels, size, dropout=dropout)
+        return _named(entry.builder(dim, in_channels, out_channels, size, dropout=dropout), name)
     if dim not in entry.dims:
         raise InputError(f"network {name!r} supports dim {entry.dims}, not {dim}")
     if size not in SIZES:
         raise InputError(f"unknown network size {size!r}; choose one of: {', '.join(SIZES)}")
-    return entry.builder(dim, in_channels, out_channels, size)
+    return _named(entry.builder(dim, in_channels, out_channels, size), name)
+
+
+def _named(network: nn.Module, name: str) -> nn.Module:
+    """The registry name travels with the network (``network.registry_name``): a method that
+    pairs backbones (CTCT) asks which one it was given by name, not by class."""
+    network.registry_name = name
+    return network
 
 
 def _entry(name: str) -> NetworkEntry:

@@ -7,7 +7,9 @@ honours a cancel request. Nothing here knows which method runs.
 
 Scaling pieces live beside it: ``distributed.py`` (torchrun data parallelism: rank 0 writes,
 validates and checkpoints, the others wait at a barrier), ``memory.py`` (patch and batch
-from the free GPU memory, out-of-memory fallback) and ``data_setup.py`` (the disk cache).
+from the free GPU memory, out-of-memory fallback) and ``data_setup.py`` (the disk cache);
+``components.py`` builds the device, method and optimisers, ``outputs.py`` writes progress,
+checkpoints and the model.
 The step itself never waits for the GPU: losses stay on the device until a progress record
 is written, batches arrive pinned and are copied asynchronously.
 """
@@ -15,11 +17,9 @@ is written, batches arrive pinned and are copied asynchronously.
 from __future__ import annotations
 
 import logging
-import random
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -28,24 +28,25 @@ from ..cache import default_cache_dir
 from ..config import TrainConfig
 from ..data.cases import Dataset
 from ..errors import InputError
-from ..fileio import atomic_path, atomic_write_json
+from ..fileio import atomic_write_json
 from ..inference import autocast, predict_probabilities
-from ..methods import Method, MethodSettings, StepInfo, method_class
+from ..methods import StepInfo
 from ..methods.base import consistency_weight
 from ..metrics import dice_per_class
-from ..domain import describe_training_domain
-from ..model_file import load_model, read_model_payload, refuse_non_finite_weights, save_model
-from ..networks import build_network, supports_dropout
+from ..model_file import load_model, read_model_payload, refuse_non_finite_weights
 from ..precision import mixed_precision
 from ..preprocessing import Plan
 from ..sampling import BatchStream, PatchSampler, to_tensors
-from ..settings_check import check_method_options
 from . import memory, resume
 from .budget import TimeBudget
-from .data_setup import TrainingData, prepare_training_data
+from .components import (  # noqa: F401  (re-exported: the CLI and tests import them from here)
+    build_method, build_optimisers, channels_last_format, resolve_device, seed_everything,
+)
+from .data_setup import prepare_training_data
 from .distributed import (DataParallelNetworks, DistributedContext, broadcast_state, convert_batchnorm, shard,
                           state_checksum)
-from .divergence import check_losses, check_weights
+from .divergence import check_losses
+from .outputs import TrainerOutputs
 from .run_folder import RunFolder
 
 
@@ -53,81 +54,12 @@ class Cancelled(Exception):
     """The watcher asked the run to stop (a ``cancel`` file, or SIGTERM)."""
 
 
-def resolve_device(requested: str, context: DistributedContext | None = None) -> torch.device:
-    """The device to train on; with several ranks on CUDA, this rank's GPU (``LOCAL_RANK``)."""
-    device = _device_type(requested)
-    if device.type == "cuda" and context is not None and context.enabled:
-        return torch.device("cuda", context.local_rank)
-    return device
-
-
-def _device_type(requested: str) -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda was asked for but no CUDA GPU is available")
-    if requested not in ("cpu", "cuda"):
-        raise InputError(f"unknown device {requested!r}; choose auto, cpu or cuda")
-    return torch.device(requested)
-
-
-def channels_last_format(config: TrainConfig, dim: int, device: torch.device, mixed: bool = False):
-    """The memory format for networks and images, or None (see ``TrainConfig.channels_last``;
-    on CPU: channels-last in 3D under bf16, where oneDNN's bf16 kernels want it)."""
-    if device.type == "cpu" and mixed and dim == 3 and config.channels_last is not False:
-        return None if config.network.startswith("swin") else torch.channels_last_3d
-    wanted = config.channels_last if config.channels_last is not None else dim == 2
-    if device.type != "cuda" or not wanted or config.network.startswith("swin"):
-        return None
-    return torch.channels_last_3d if dim == 3 else torch.channels_last
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def build_method(config: TrainConfig, data: TrainingData) -> Method:
-    cls = method_class(config.method)
-    check_method_options(config.method, config.method_options, cls.options)
-    default = getattr(cls, "default_consistency", None)
-    settings = MethodSettings(
-        consistency=config.consistency if config.consistency is not None else (default if default is not None else 0.1),
-        rampup_fraction=config.rampup_fraction, ema_decay=config.ema_decay, extra=dict(config.method_options))
-
-    # Backbone dropout: the run's setting, else the method's default where the backbone offers it.
-    dropout = config.dropout if config.dropout is not None else getattr(cls, "default_dropout", 0.0)
-    if config.dropout is None and not supports_dropout(config.network):
-        dropout = 0.0
-
-    def network_factory(name: str | None = None, out_channels: int | None = None):
-        return build_network(name or config.network, data.plan.dim, 1, out_channels or data.num_classes, config.size,
-                             dropout=dropout if name is None else 0.0)
-
-    return cls(settings, network_factory, data.num_classes, data.plan.dim)
-
-
-def build_optimisers(method: Method, config: TrainConfig) -> dict[str, torch.optim.Optimizer]:
-    """One optimiser per parameter group; a method may override a group's optimiser
-    (DAN's discriminator uses Adam) with ``optimiser_overrides``."""
-    overrides = getattr(method, "optimiser_overrides", {}) or {}
-    optimisers = {}
-    for name, params in method.parameter_groups().items():
-        spec = {"name": config.optimiser, "lr": config.lr, **overrides.get(name, {})}
-        kind = spec.pop("name")
-        if kind == "sgd":
-            spec.setdefault("momentum", config.momentum)
-            spec.setdefault("weight_decay", config.weight_decay)
-            optimisers[name] = torch.optim.SGD(params, **spec)
-        elif kind in ("adam", "adamw"):
-            spec.setdefault("weight_decay", config.weight_decay if kind == "adamw" else 0.0)
-            optimisers[name] = (torch.optim.AdamW if kind == "adamw" else torch.optim.Adam)(params, **spec)
-        else:
-            raise ValueError(f"unknown optimiser {kind!r} for group {name!r}")
-        for group in optimisers[name].param_groups:
-            group["initial_lr"] = group["lr"]
-    return optimisers
+def backward_each_group(losses: dict, groups: dict, names: list[str], scale=None) -> None:
+    """Back-propagate each group's loss into that group's parameters only, keeping the graph
+    until the last group (the loss of one group may share the graph of another)."""
+    for index, name in enumerate(names):
+        loss = losses[name] if scale is None else scale(losses[name])
+        loss.backward(inputs=groups[name], retain_graph=index < len(names) - 1)
 
 
 @dataclass
@@ -137,7 +69,7 @@ class TrainResult:
     model_source: str
 
 
-class Trainer:
+class Trainer(TrainerOutputs):
     """Runs one training run into a run folder (one rank of it under torchrun)."""
 
     def __init__(self, config: TrainConfig, dataset: Dataset, run: RunFolder, log: logging.Logger | None = None,
@@ -277,9 +209,7 @@ class Trainer:
         with autocast(self.device, self.amp):
             losses = self.method.training_step(labelled, unlabelled, StepInfo(0, self.config.iterations, 0.0))
         groups = self.method.parameter_groups()
-        names = list(groups)
-        for index, name in enumerate(names):
-            losses[name].backward(inputs=groups[name], retain_graph=index < len(names) - 1)
+        backward_each_group(losses, groups, list(groups))
         for p in self.method.parameters():
             p.grad = None
         del losses
@@ -425,8 +355,7 @@ class Trainer:
             losses = self.method.training_step(labelled, unlabelled, info)
         groups = self.method.parameter_groups()
         names = list(self.optimisers)
-        for index, name in enumerate(names):
-            self.scaler.scale(losses[name]).backward(inputs=groups[name], retain_graph=index < len(names) - 1)
+        backward_each_group(losses, groups, names, self.scaler.scale)
         self.ddp.average_loose_gradients()
         for name in names:
             self.scaler.step(self.optimisers[name])
@@ -450,50 +379,6 @@ class Trainer:
             scores.append(float(np.mean(list(dice.values()))))
         self.method.train()
         return float(np.mean(scores))
-
-    # --- outputs --------------------------------------------------------------------------
-    def _progress_record(self, done, total, losses_sum, steps, lr, weight, started, val_dice) -> dict[str, Any]:
-        elapsed = time.monotonic() - started
-        record = {"iteration": done, "total": total,
-                  "losses": {k: round(float(v) / steps, 6) for k, v in losses_sum.items()},
-                  "lr": lr, "elapsed_s": round(elapsed, 2),
-                  "eta_s": round(elapsed / max(1, done - self.start_iteration) * (total - done), 1)}
-        if self.method.uses_unlabelled:
-            record["consistency_weight"] = round(weight, 6)
-        if val_dice is not None:
-            record["val_dice"] = round(val_dice, 5)
-        return record
-
-    def _show(self, record: dict) -> None:
-        if not self.progress_bar:
-            return
-        done, total = record["iteration"], record["total"]
-        filled = int(30 * done / total)
-        loss = next(iter(record["losses"].values()), float("nan"))
-        val = f" val Dice {record['val_dice']:.3f}" if "val_dice" in record else ""
-        sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{total} loss {loss:.4f}{val} "
-                         f"ETA {record['eta_s']:.0f}s ")
-        if done == total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
-
-    def _save_checkpoint(self, kind: str, iteration: int, best_dice: float | None) -> None:
-        check_weights(self.method, iteration, self.config)
-        payload = {"iteration": iteration, "best_dice": best_dice, "method": self.method.name,
-                   "state": {k: v.detach().cpu() for k, v in self.method.state_dict().items()},
-                   "optimisers": {name: opt.state_dict() for name, opt in self.optimisers.items()}}
-        with atomic_path(self.run.checkpoint(kind)) as tmp:
-            torch.save(payload, tmp)
-
-    def _save_model(self, source: str, best_dice: float | None) -> None:
-        if source == "best":
-            state = torch.load(self.run.checkpoint("best"), map_location="cpu", weights_only=True)["state"]
-            self.method.load_state_dict(state)
-        save_model(self.run.model, self.method.inference_network(), network_name=self.config.network,
-                   size=self.config.size, classes=self.data.classes, plan=self.data.plan, patch_size=self.data.patch,
-                   method=self.method.name, extra={"checkpoint": source, "best_val_dice": best_dice,
-                                                   "iterations": self.config.iterations},
-                   domain=describe_training_domain([c.image for c in self.dataset.labelled + self.dataset.unlabelled]))
 
     def predict_unlabelled(self) -> dict[str, float]:
         from ..inference import predict_cases  # noqa: PLC0415

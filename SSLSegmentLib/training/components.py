@@ -1,0 +1,93 @@
+"""What a run is built from: the device, the seeds, the memory format, the method with its
+settings and networks, and one optimiser per parameter group."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+from ..config import TrainConfig
+from ..errors import InputError
+from ..methods import Method, MethodSettings, method_class
+from ..networks import build_network, supports_channels_last, supports_dropout
+from ..settings_check import check_method_options
+from .data_setup import TrainingData
+from .distributed import DistributedContext
+
+
+def resolve_device(requested: str, context: DistributedContext | None = None) -> torch.device:
+    """The device to train on; with several ranks on CUDA, this rank's GPU (``LOCAL_RANK``)."""
+    device = _device_type(requested)
+    if device.type == "cuda" and context is not None and context.enabled:
+        return torch.device("cuda", context.local_rank)
+    return device
+
+
+def _device_type(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for but no CUDA GPU is available")
+    if requested not in ("cpu", "cuda"):
+        raise InputError(f"unknown device {requested!r}; choose auto, cpu or cuda")
+    return torch.device(requested)
+
+
+def channels_last_format(config: TrainConfig, dim: int, device: torch.device, mixed: bool = False):
+    """The memory format for networks and images, or None (see ``TrainConfig.channels_last``;
+    on CPU: channels-last in 3D under bf16, where oneDNN's bf16 kernels want it)."""
+    if device.type == "cpu" and mixed and dim == 3 and config.channels_last is not False:
+        return None if not supports_channels_last(config.network) else torch.channels_last_3d
+    wanted = config.channels_last if config.channels_last is not None else dim == 2
+    if device.type != "cuda" or not wanted or not supports_channels_last(config.network):
+        return None
+    return torch.channels_last_3d if dim == 3 else torch.channels_last
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_method(config: TrainConfig, data: TrainingData) -> Method:
+    cls = method_class(config.method)
+    check_method_options(config.method, config.method_options, cls.options)
+    settings = MethodSettings(
+        consistency=config.consistency if config.consistency is not None else cls.default_consistency,
+        rampup_fraction=config.rampup_fraction, ema_decay=config.ema_decay, extra=dict(config.method_options))
+
+    # Backbone dropout: the run's setting, else the method's default where the backbone offers it.
+    dropout = config.dropout if config.dropout is not None else cls.default_dropout
+    if config.dropout is None and not supports_dropout(config.network):
+        dropout = 0.0
+
+    def network_factory(name: str | None = None, out_channels: int | None = None):
+        return build_network(name or config.network, data.plan.dim, 1, out_channels or data.num_classes, config.size,
+                             dropout=dropout if name is None else 0.0)
+
+    return cls(settings, network_factory, data.num_classes, data.plan.dim)
+
+
+def build_optimisers(method: Method, config: TrainConfig) -> dict[str, torch.optim.Optimizer]:
+    """One optimiser per parameter group; a method may override a group's optimiser
+    (DAN's discriminator uses Adam) with ``optimiser_overrides``."""
+    overrides = method.optimiser_overrides
+    optimisers = {}
+    for name, params in method.parameter_groups().items():
+        spec = {"name": config.optimiser, "lr": config.lr, **overrides.get(name, {})}
+        kind = spec.pop("name")
+        if kind == "sgd":
+            spec.setdefault("momentum", config.momentum)
+            spec.setdefault("weight_decay", config.weight_decay)
+            optimisers[name] = torch.optim.SGD(params, **spec)
+        elif kind in ("adam", "adamw"):
+            spec.setdefault("weight_decay", config.weight_decay if kind == "adamw" else 0.0)
+            optimisers[name] = (torch.optim.AdamW if kind == "adamw" else torch.optim.Adam)(params, **spec)
+        else:
+            raise ValueError(f"unknown optimiser {kind!r} for group {name!r}")
+        for group in optimisers[name].param_groups:
+            group["initial_lr"] = group["lr"]
+    return optimisers
