@@ -84,11 +84,11 @@ def prepare_environment(options: ServeOptions) -> None:
 
 def run_serve(args) -> int:
     """The CLI entry: 2 on bad options or data, 0 when the server stops."""
+    options = options_from_args(args)  # bad options are named first, with or without the extra
     try:
         import trame_slicer  # noqa: F401, PLC0415
     except ImportError:
         raise InputError("the browser UI needs the web extra: pip install 'sslsegment[web]'") from None
-    options = options_from_args(args)
     prepare_environment(options)
     for name in ("trame", "trame_server", "trame_client", "trame_vuetify", "trame_slicer", "trame_rca", "wslink"):
         logging.getLogger(name).setLevel(logging.WARNING)
