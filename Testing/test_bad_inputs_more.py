@@ -1,0 +1,68 @@
+"""More bad inputs found by bench/bad_inputs.py: each is refused with exit 2 and a message
+naming the setting or path and the fix, before any run folder or output exists."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from SSLSegmentLib.cli import main
+
+
+def _write(path, array, spacing=(1.0, 1.0, 1.5)):
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path))
+
+
+@pytest.fixture
+def good(tmp_path):
+    """Two labelled cases of plain labelmaps; tests spoil one setting each."""
+    rng = np.random.default_rng(0)
+    for name in ("alpha", "beta"):
+        _write(tmp_path / "images" / f"{name}.nrrd", rng.normal(size=(8, 16, 16)).astype(np.float32))
+        label = np.zeros((8, 16, 16), np.uint8)
+        label[2:6, 4:12, 4:12] = 1
+        _write(tmp_path / "labels" / f"{name}.nrrd", label)
+    return tmp_path
+
+
+def _train(root, capsys, *extra):
+    out = root / "run"
+    code = main(["train", "--images", str(root / "images"), "--labels", str(root / "labels"), "--out", str(out),
+                 "--iterations", "1", "--size", "tiny", "--device", "cpu", *extra])
+    return code, capsys.readouterr().err, out
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**32)])
+def test_seed_out_of_range_is_refused_without_traceback(good, capsys, seed):
+    code, err, out = _train(good, capsys, "--seed", seed)
+    assert code == 2 and "--seed" in err and "Traceback" not in err, err
+    assert not (out / "model.pt").exists()
+
+
+def test_more_validation_cases_than_labelled_is_refused(good, capsys):
+    code, err, out = _train(good, capsys, "--val-cases", "5")
+    assert code == 2 and "--val-cases 5" in err and "2 labelled" in err, err
+    assert not (out / "model.pt").exists()
+
+
+def test_all_labelled_cases_for_validation_is_refused(good, capsys):
+    code, err, _ = _train(good, capsys, "--val-cases", "2")
+    assert code == 2 and "--val-cases 2" in err, err
+
+
+@pytest.mark.parametrize("threads", ["0", "-3"])
+def test_threads_below_one_is_refused(good, capsys, threads):
+    code, err, out = _train(good, capsys, "--threads", threads)
+    assert code == 2 and "--threads" in err, err
+    assert not out.exists()
+
+
+def test_predict_images_given_as_a_file_says_so(good, capsys, tmp_path):
+    image = good / "images" / "alpha.nrrd"
+    code = main(["predict", "--model", str(tmp_path / "nope"), "--images", str(image), "--out", str(tmp_path / "pred")])
+    err = capsys.readouterr().err
+    assert code == 2 and "is a file" in err and str(image.parent) in err, err
