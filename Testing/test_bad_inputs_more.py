@@ -62,7 +62,9 @@ def test_threads_below_one_is_refused(good, capsys, threads):
 
 
 def test_predict_images_given_as_a_file_says_so(good, capsys, tmp_path):
+    code, err, run = _train(good, capsys, "--val-cases", "0")
+    assert code == 0, err
     image = good / "images" / "alpha.nrrd"
-    code = main(["predict", "--model", str(tmp_path / "nope"), "--images", str(image), "--out", str(tmp_path / "pred")])
+    code = main(["predict", "--model", str(run), "--images", str(image), "--out", str(tmp_path / "pred")])
     err = capsys.readouterr().err
     assert code == 2 and "is a file" in err and str(image.parent) in err, err

@@ -85,6 +85,9 @@ def validation_split(cases: list[Case], requested: int | None, seed: int) -> set
     there are at least five (with fewer, every label is worth more in training)."""
     import numpy as np  # noqa: PLC0415
 
+    if requested is not None and requested > max(0, len(cases) - 1):
+        raise InputError(f"--val-cases {requested}: there are {len(cases)} labelled cases and at least one must "
+                         f"be left for training; give at most {max(0, len(cases) - 1)} (0: no validation)")
     count = requested if requested is not None else (len(cases) // 5 if len(cases) >= 5 else 0)
     count = max(0, min(count, len(cases) - 1))
     order = np.random.default_rng(seed).permutation(len(cases))
