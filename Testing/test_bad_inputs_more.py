@@ -3,6 +3,8 @@ naming the setting or path and the fix, before any run folder or output exists."
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -68,3 +70,12 @@ def test_predict_images_given_as_a_file_says_so(good, capsys, tmp_path):
     code = main(["predict", "--model", str(run), "--images", str(image), "--out", str(tmp_path / "pred")])
     err = capsys.readouterr().err
     assert code == 2 and "is a file" in err and str(image.parent) in err, err
+
+
+def test_predict_unlabelled_without_unlabelled_cases_still_ends_done(good, capsys):
+    """Every case labelled (as in a Slicer job of labelled volumes only): the run trained, so it
+    is done with its model; there is just nothing to predict (was: failed, 'no case to predict')."""
+    code, err, out = _train(good, capsys, "--val-cases", "0", "--predict-unlabelled")
+    assert code == 0, err
+    assert json.loads((out / "status.json").read_text())["state"] == "done"
+    assert (out / "model.pt").exists()
