@@ -107,7 +107,8 @@ def test_predict_refuses_a_model_with_nan_weights(data, capsys, tmp_path):
         load_model(tmp_path / "nan.pt")
     code = main(["predict", "--model", str(tmp_path / "nan.pt"), "--images", str(data / "images"),
                  "--out", str(tmp_path / "pred"), "--device", "cpu"])
-    assert code == 2 and not any((tmp_path / "pred").glob("*"))
+    assert code == 2 and not any((tmp_path / "pred").glob("*.nrrd"))  # only the failed status.json
+    assert json.loads((tmp_path / "pred" / "status.json").read_text())["state"] == "failed"
     code, err, _ = _train(data, capsys, "--init-model", str(tmp_path / "nan.pt"), out=tmp_path / "retrain")
     _refused(code, err, "nan.pt", "NaN or infinite")
 
