@@ -79,3 +79,26 @@ def test_predict_unlabelled_without_unlabelled_cases_still_ends_done(good, capsy
     assert code == 0, err
     assert json.loads((out / "status.json").read_text())["state"] == "done"
     assert (out / "model.pt").exists()
+
+
+def test_resume_with_other_settings_is_refused_naming_them(good, capsys):
+    """--resume goes on with the run's own settings: a changed one given with it must not be
+    dropped silently (was: exit 0, --lr 0.5 and --iterations 3 ignored without a word)."""
+    from SSLSegmentLib.training.cli_train import COMMAND_FILE, arguments_to_resume, saved_arguments
+    from SSLSegmentLib.cli import build_parser
+    from SSLSegmentLib.errors import InputError
+
+    run = good / "run"
+    run.mkdir()
+    original = build_parser().parse_args(["train", "--images", str(good / "images"), "--out", str(run),
+                                          "--iterations", "60", "--size", "tiny"])
+    (run / COMMAND_FILE).write_text(json.dumps({"arguments": saved_arguments(original)}))
+    same = build_parser().parse_args(["train", "--resume", str(run), "--iterations", "60", "--threads", "1"])
+    assert arguments_to_resume(same).iterations == 60  # repeating the run's own settings is fine
+    changed = build_parser().parse_args(["train", "--resume", str(run), "--iterations", "3", "--lr", "0.5"])
+    with pytest.raises(InputError) as refused:
+        arguments_to_resume(changed)
+    assert "--iterations 3" in str(refused.value) and "--lr 0.5" in str(refused.value)
+    same_patch = build_parser().parse_args(["train", "--resume", str(run), "--size", "tiny", "--patch-size", "16,16,16"])
+    with pytest.raises(InputError, match="--patch-size 16 16 16"):  # the run had no patch size given
+        arguments_to_resume(same_patch)
