@@ -654,6 +654,48 @@ def evaluate_json_is_a_folder(ws):
     return cli(ws, "evaluate", "--pred", ws / "pred", "--labels", labels, "--json", ws / "out.json")
 
 
+@case("refuse")
+def method_option_without_equals(ws):
+    dataset(ws)
+    return train(ws, "--method-option", "ema_decay")
+
+
+@case("refuse")
+def images_folder_of_junk_files(ws):
+    (ws / "images").mkdir()
+    (ws / "images" / "notes.txt").write_text("hello")
+    (ws / "images" / "scan.nrrd").write_bytes(b"")
+    dataset(ws, names=("a",), unlabelled=())
+    shutil.rmtree(ws / "images")
+    (ws / "images").mkdir()
+    (ws / "images" / "a.nrrd").write_bytes(b"NRRD0004\njunk")
+    result = train(ws)
+    return result.check("a.nrrd" in result.output, "message does not name the file")
+
+
+@case("refuse")
+def predict_model_truncated(ws):
+    run = trained(ws)
+    model = run / "model.pt"
+    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
+    return cli(ws, "predict", "--model", run, "--images", ws / "images", "--out", ws / "pred",
+               "--device", "cpu").status(ws / "pred")
+
+
+@case("refuse")
+def predict_out_is_a_file(ws):
+    run = trained(ws)
+    (ws / "pred").write_text("a person's notes")
+    result = cli(ws, "predict", "--model", run, "--images", ws / "images", "--out", ws / "pred", "--device", "cpu")
+    return result.check((ws / "pred").read_text() == "a person's notes", "the file was replaced")
+
+
+@case("refuse")
+def evaluate_labels_are_float_images(ws):
+    images, labels = dataset(ws, unlabelled=())
+    return cli(ws, "evaluate", "--pred", labels, "--labels", images)
+
+
 # --- headless Slicer logic (slicer-core), each in its own child process ------------------------
 
 SLICER_PRELUDE = """
