@@ -102,3 +102,16 @@ def test_resume_with_other_settings_is_refused_naming_them(good, capsys):
     same_patch = build_parser().parse_args(["train", "--resume", str(run), "--size", "tiny", "--patch-size", "16,16,16"])
     with pytest.raises(InputError, match="--patch-size 16 16 16"):  # the run had no patch size given
         arguments_to_resume(same_patch)
+
+
+@pytest.mark.parametrize("content", [b'{"method": "mean_teacher"}\n', b"not a model"])
+def test_a_text_file_given_as_model_is_called_what_it_is(tmp_path, content):
+    """A JSON or text file is not 'Python objects that could run code': it is no PyTorch file."""
+    from SSLSegmentLib.errors import InputError
+    from SSLSegmentLib.model_file import read_model_payload
+
+    path = tmp_path / "config.json"
+    path.write_bytes(content)
+    with pytest.raises(InputError, match="not a PyTorch file") as refused:
+        read_model_payload(path)
+    assert "Python objects" not in str(refused.value)
