@@ -136,10 +136,10 @@ def test_bad_input_is_refused_before_start(trained, tmp_path):
 
 
 def test_predict_status_tells_how_it_ended(tmp_path):
-    assert run_reporting_status(tmp_path / "ok", lambda: 0) == 0
+    assert run_reporting_status(tmp_path / "ok", lambda **_: 0) == 0
     assert json.loads((tmp_path / "ok" / "status.json").read_text())["state"] == "done"
 
-    def refuse():
+    def refuse(**_):
         raise InputError("case X: image is 4D")
 
     with pytest.raises(InputError):
@@ -147,10 +147,10 @@ def test_predict_status_tells_how_it_ended(tmp_path):
     status = json.loads((tmp_path / "bad" / "status.json").read_text())
     assert status["state"] == "failed" and "case X" in status["error"]
 
-    assert run_reporting_status(tmp_path / "partly", lambda: 1) == 1
+    assert run_reporting_status(tmp_path / "partly", lambda **_: 1) == 1
     assert json.loads((tmp_path / "partly" / "status.json").read_text())["state"] == "failed"
 
-    def wait_for_cancel():
+    def wait_for_cancel(**_):
         threading.Timer(0.3, lambda: (tmp_path / "cancelled" / "cancel").write_text("x")).start()
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
