@@ -339,6 +339,10 @@ def run_list(registry: dict[str, tuple[str, str]]) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    if getattr(args, "threads", None) is not None and args.threads < 1:
+        print(f"error: --threads must be 1 or more, got {args.threads}; leave it out for one per core",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
     if getattr(args, "threads", None):
         import torch  # noqa: PLC0415
 

@@ -26,6 +26,10 @@ def unloadable_message(path: Path, error: BaseException) -> str:
     text = str(error)
     if path.stat().st_size == 0:
         return f"{path}: the file is empty (0 bytes); {_NOT_OURS}"
+    with open(path, "rb") as file:
+        start = file.read(2)
+    if start[:1] != b"\x80" and start != b"PK":  # neither a pickle nor a zip archive, as torch.save writes
+        return f"{path}: not a PyTorch file (it starts with {start!r}: text or another format); {_NOT_OURS}"
     if isinstance(error, pickle.UnpicklingError) or "Weights only load failed" in text:
         return (f"{path}: the file holds Python objects that an SSLSegment model file never contains, so it was "
                 f"not loaded (loading it could run code); {_NOT_OURS}")

@@ -43,6 +43,10 @@ def check_train_settings(config: Any) -> None:
     _positive_int("--val-interval", config.val_interval, "validate every N steps, N >= 1")
     _positive_int("--checkpoint-interval", getattr(config, "checkpoint_interval", None),
                   "write a resumable checkpoint every N steps, N >= 1")
+    seed = getattr(config, "seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        raise InputError(f"--seed must be a whole number from 0 to {2**32 - 1} (what NumPy's generator takes), "
+                         f"got {seed!r}; e.g. --seed 1337")
     if config.val_cases is not None:
         _positive_int("--val-cases", config.val_cases, "give 0 for no validation", minimum=0)
     if config.consistency is not None:

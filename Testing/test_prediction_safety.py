@@ -217,7 +217,8 @@ def test_empty_or_junk_images_folder_is_named_as_such(phantom_data, tmp_path, ca
         for name in contents:
             (images / name).write_text("x")
         code = main(["train", "--images", str(images), "--labels", str(phantom_data["labels"]),
-                     "--out", str(tmp_path / "run"), "--iterations", "1", "--size", "tiny", "--device", "cpu"])
+                     "--out", str(tmp_path / f"run{len(contents)}"), "--iterations", "1", "--size", "tiny",
+                     "--device", "cpu"])
         err = capsys.readouterr().err
         assert code == 2 and "without an image" not in err and "no image" in err and expected in err, err
 

@@ -139,6 +139,9 @@ def _other_files(folder: str | Path) -> str:
 
 def _existing_folder(folder: str | Path, what: str) -> Path:
     folder = Path(folder)
+    if folder.is_file():
+        raise InputError(f"{folder}: is a file, but {what} must be a folder; give the folder that holds it "
+                         f"({folder.parent}), or put the file alone in a folder of its own")
     if not folder.is_dir():
         raise InputError(f"{folder}: {what} not found")
     return folder

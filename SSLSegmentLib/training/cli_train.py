@@ -46,6 +46,7 @@ def arguments_to_resume(args: argparse.Namespace) -> argparse.Namespace:
     status = read_run_status(folder) or {}
     if status.get("state") == "done":
         raise InputError(f"--resume {folder}: this run is already done; give --overwrite to train it again")
+    _refuse_changed_settings(args, saved, folder)
     restored = {k: Path(v) if k in _PATH_ARGUMENTS and v is not None else v for k, v in saved.items()}
     merged = {**restored, "resume": folder, "overwrite": False, "threads": getattr(args, "threads", None),
               "command": "train", "out": folder}
@@ -53,6 +54,25 @@ def arguments_to_resume(args: argparse.Namespace) -> argparse.Namespace:
     merged["ct_window"] = tuple(merged["ct_window"]) if merged.get("ct_window") else None
     merged["patch_size"] = tuple(merged["patch_size"]) if merged.get("patch_size") else None
     return argparse.Namespace(**merged)
+
+
+def _refuse_changed_settings(args: argparse.Namespace, saved: dict, folder: Path) -> None:
+    """A resumed run keeps its own settings, so one given with --resume that differs from
+    them would be dropped silently: refuse it, naming each."""
+    from ..cli import build_parser  # noqa: PLC0415
+
+    as_saved = lambda namespace: json.loads(json.dumps(saved_arguments(namespace)))  # noqa: E731 (tuples as lists)
+    defaults = as_saved(build_parser().parse_args(["train"]))
+    changed = [f"--{key.replace('_', '-')} {_shown(value)} (the run's: {_shown(saved.get(key))})"
+               for key, value in as_saved(args).items()
+               if key != "out" and key in defaults and value != defaults[key] and value != saved.get(key)]
+    if changed:
+        raise InputError(f"--resume {folder} goes on with the run's own settings, but other ones were given: "
+                         f"{'; '.join(changed)}. Leave them out to resume, or start a new run with --out")
+
+
+def _shown(value) -> str:
+    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 def _check_settings(args: argparse.Namespace) -> None:

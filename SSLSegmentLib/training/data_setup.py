@@ -101,6 +101,9 @@ def validation_split(cases: list[Case], requested: int | None, seed: int, mode: 
 
     if mode not in VALIDATION_MODES:
         raise ValueError(f"unknown validation mode {mode!r}; choose one of {', '.join(VALIDATION_MODES)}")
+    if requested is not None and requested > max(0, len(cases) - 1):
+        raise InputError(f"--val-cases {requested}: there are {len(cases)} labelled cases and at least one must "
+                         f"be left for training; give at most {max(0, len(cases) - 1)} (0: no validation)")
     if requested is not None:
         count = requested
     elif mode == "holdout" or (mode == "auto" and len(cases) >= HOLDOUT_MIN_LABELLED):

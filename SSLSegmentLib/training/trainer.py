@@ -383,8 +383,11 @@ class Trainer(TrainerOutputs):
     def predict_unlabelled(self) -> dict[str, float]:
         from ..inference import predict_cases  # noqa: PLC0415
 
-        model = load_model(self.run.model, self.device)
         cases = self.dataset.unlabelled
+        if not cases:  # every case is labelled: the run is still done, with nothing to predict
+            self.log.info("--predict-unlabelled: no unlabelled case to predict")
+            return {}
+        model = load_model(self.run.model, self.device)
 
         def report(done: int, total: int, name: str) -> None:
             self.run.add_progress({"phase": "predicting", "case": name, "done": done, "total": total})
