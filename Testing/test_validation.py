@@ -27,7 +27,9 @@ def test_modes_choose_how_many_cases_are_held_out():
     assert len(validation_split(cases(HOLDOUT_MIN_LABELLED), None, 0, "auto")) == HOLDOUT_MIN_LABELLED // 5
     assert validation_split(cases(30), None, 0, "none") == set()
     assert len(validation_split(cases(6), 2, 0, "none")) == 2  # an explicit count wins
-    assert len(validation_split(cases(2), 5, 0, "holdout")) == 1  # never every case
+    assert len(validation_split(cases(2), None, 0, "holdout")) == 1  # never every case
+    with pytest.raises(InputError, match="at least one must be left for training"):
+        validation_split(cases(2), 5, 0, "holdout")  # an explicit count is refused, never cut silently
     with pytest.raises(InputError, match="validation"):
         TrainConfig(validation="sometimes").resolved("cpu")
 
