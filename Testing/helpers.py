@@ -30,3 +30,27 @@ def write_volume(path: Path, array, spacing=(1.0, 1.0, 1.5)) -> None:
     image.SetSpacing(spacing)
     path.parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(image, str(path))
+
+
+def write_two_labelled_cases(root: Path) -> Path:
+    """``root/images`` and ``root/labels``: two small cases of plain labelmaps, one class."""
+    import numpy as np  # noqa: PLC0415
+
+    rng = np.random.default_rng(0)
+    for name in ("alpha", "beta"):
+        write_volume(root / "images" / f"{name}.nrrd", rng.normal(size=(8, 16, 16)).astype(np.float32))
+        label = np.zeros((8, 16, 16), np.uint8)
+        label[2:6, 4:12, 4:12] = 1
+        write_volume(root / "labels" / f"{name}.nrrd", label)
+    return root
+
+
+def train_in_process(root: Path, capsys, *extra: str):
+    """``sslsegment train`` (one tiny iteration) on ``root``'s images and labels, in this process:
+    (exit code, stderr, run folder)."""
+    from SSLSegmentLib.cli import main  # noqa: PLC0415
+
+    out = root / "run"
+    code = main(["train", "--images", str(root / "images"), "--labels", str(root / "labels"), "--out", str(out),
+                 "--iterations", "1", "--size", "tiny", "--device", "cpu", *extra])
+    return code, capsys.readouterr().err, out

@@ -12,26 +12,16 @@ import SimpleITK as sitk
 from SSLSegmentLib.cli import main
 from SSLSegmentLib.training.run_folder import RunFolder
 
-from helpers import write_volume
+from helpers import train_in_process, write_two_labelled_cases, write_volume
 
 
 @pytest.fixture
 def good(tmp_path):
     """Two labelled cases of plain labelmaps; tests spoil one thing each."""
-    rng = np.random.default_rng(0)
-    for name in ("alpha", "beta"):
-        write_volume(tmp_path / "images" / f"{name}.nrrd", rng.normal(size=(8, 16, 16)).astype(np.float32))
-        label = np.zeros((8, 16, 16), np.uint8)
-        label[2:6, 4:12, 4:12] = 1
-        write_volume(tmp_path / "labels" / f"{name}.nrrd", label)
-    return tmp_path
+    return write_two_labelled_cases(tmp_path)
 
 
-def _train(root, capsys, *extra):
-    out = root / "run"
-    code = main(["train", "--images", str(root / "images"), "--labels", str(root / "labels"), "--out", str(out),
-                 "--iterations", "1", "--size", "tiny", "--device", "cpu", *extra])
-    return code, capsys.readouterr().err, out
+_train = train_in_process  # (exit code, stderr, run folder)
 
 
 def _assert_rejected(code, err, out, *words):

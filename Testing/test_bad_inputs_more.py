@@ -5,37 +5,20 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
-import SimpleITK as sitk
 
 from SSLSegmentLib.cli import main
 
-
-def _write(path, array, spacing=(1.0, 1.0, 1.5)):
-    image = sitk.GetImageFromArray(array)
-    image.SetSpacing(spacing)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(image, str(path))
+from helpers import train_in_process, write_two_labelled_cases
 
 
 @pytest.fixture
 def good(tmp_path):
     """Two labelled cases of plain labelmaps; tests spoil one setting each."""
-    rng = np.random.default_rng(0)
-    for name in ("alpha", "beta"):
-        _write(tmp_path / "images" / f"{name}.nrrd", rng.normal(size=(8, 16, 16)).astype(np.float32))
-        label = np.zeros((8, 16, 16), np.uint8)
-        label[2:6, 4:12, 4:12] = 1
-        _write(tmp_path / "labels" / f"{name}.nrrd", label)
-    return tmp_path
+    return write_two_labelled_cases(tmp_path)
 
 
-def _train(root, capsys, *extra):
-    out = root / "run"
-    code = main(["train", "--images", str(root / "images"), "--labels", str(root / "labels"), "--out", str(out),
-                 "--iterations", "1", "--size", "tiny", "--device", "cpu", *extra])
-    return code, capsys.readouterr().err, out
+_train = train_in_process  # (exit code, stderr, run folder)
 
 
 @pytest.mark.parametrize("seed", ["-1", str(2**32)])
