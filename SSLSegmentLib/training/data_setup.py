@@ -136,15 +136,16 @@ def prepare_training_data(dataset: Dataset, config: TrainConfig, log: logging.Lo
     bring every case into the cache. With several ranks, the ranks of each node build the
     missing entries together (one in ``local_world_size`` each), then all read them."""
     context = context or DistributedContext()
-    if plan is None:
-        labelled_geometries = [read_geometry(case.image) for case in dataset.labelled]
+    geometries = {case.name: read_geometry(case.image) for case in [*dataset.labelled, *dataset.unlabelled]}
+    new_plan = plan is None
+    if new_plan:
+        labelled_geometries = [geometries[case.name] for case in dataset.labelled]
         plan = make_plan(labelled_geometries, dim=config.dim, normalisation=config.normalisation,
                          ct_window=config.ct_window)
-        check_patch_rank(config.patch_size, plan.dim)  # before the spacing rule reads the patch
+    check_patch_rank(config.patch_size, plan.dim)  # before the spacing rule reads the patch
+    if new_plan:
         plan.target_spacing = training_spacing(config.spacing_rule(), labelled_geometries, plan.dim,
                                                config.preset_patch(plan.dim), plan.target_spacing)
-    check_patch_rank(config.patch_size, plan.dim)
-    geometries = {case.name: read_geometry(case.image) for case in [*dataset.labelled, *dataset.unlabelled]}
     for warning in spacing_outliers({name: geometry.spacing for name, geometry in geometries.items()}):
         log.warning("%s", warning)
     for name, geometry in geometries.items():  # a wrong spacing unit: refused before any allocation
