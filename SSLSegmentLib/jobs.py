@@ -23,7 +23,7 @@ launcher. The process runner is injected (SlicerNNUnet style) so tests can use a
 
 This module holds the round's settings, its command line and :class:`Job`; the folder's files
 are in :mod:`.job_folder`, the process handling in :mod:`.child_process`, the progress reading
-in :mod:`.job_progress` (their names are re-exported here). Generic: it imports neither
+in :mod:`.run_protocol` and :mod:`.job_progress` (their names are re-exported here). Generic: it imports neither
 ``slicer`` nor ``qt``.
 """
 
@@ -43,12 +43,14 @@ from .child_process import (  # noqa: F401  (re-exported: jobs is the module the
     start_process,
 )
 from .job_folder import (  # noqa: F401  (re-exported)
-    CANCEL_GRACE_S, CANCELLED, DONE, FAILED, RUNNING, TERMINAL_STATES, JobFolder, case_manifest, now_iso, read_json,
-    round_summary,
+    CANCEL_GRACE_S, JobFolder, case_manifest, now_iso, read_json, round_summary,
 )
 from .fileio import atomic_write_json, file_sha256  # noqa: F401  (re-exported)
-from .job_progress import ProgressReader, format_duration, tail  # noqa: F401  (re-exported)
-from .training.run_folder import read_run_status
+from .job_progress import format_duration, tail  # noqa: F401  (re-exported)
+from .run_protocol import (  # noqa: F401  (the states and the reader: re-exported for the panel and the web UI)
+    CANCELLED, DONE, FAILED, LOG_FILE, MODEL_FILE, PREDICTIONS_DIR, PROGRESS_FILE, RUNNING, TERMINAL_STATES,
+    ProgressReader, read_run_status, request_cancel,
+)
 
 
 # --------------------------------------------------------------------------------------
@@ -136,7 +138,7 @@ class Job:
         self.started_at: float | None = None
         self._state = RUNNING
         self._cancel_deadline: float | None = None
-        self._reader = ProgressReader(self.run_dir / "progress.jsonl")
+        self._reader = ProgressReader(self.run_dir / PROGRESS_FILE)
 
     @classmethod
     def from_past_round(cls, folder: JobFolder, round_number: int) -> "Job":
@@ -162,11 +164,11 @@ class Job:
 
     @property
     def model_path(self) -> Path:
-        return self.run_dir / "model.pt"
+        return self.run_dir / MODEL_FILE
 
     @property
     def predictions_dir(self) -> Path:
-        return self.run_dir / "predictions"
+        return self.run_dir / PREDICTIONS_DIR
 
     @property
     def console_path(self) -> Path:
@@ -246,7 +248,7 @@ class Job:
         if self._state in TERMINAL_STATES:
             return
         try:
-            (self.run_dir / "cancel").write_text(now_iso(), encoding="utf-8")
+            request_cancel(self.run_dir)
         except OSError:
             pass  # the kill below still stops it
         grace = self.cancel_grace_s if grace_s is None else grace_s
@@ -277,7 +279,7 @@ class Job:
     # -- what the GUI shows --------------------------------------------------------------
     def log_tail(self, lines: int = 30) -> str:
         """Last lines of the engine's log, or of the console when the log is empty."""
-        return tail(self.run_dir / "log.txt", lines) or tail(self.console_path, lines)
+        return tail(self.run_dir / LOG_FILE, lines) or tail(self.console_path, lines)
 
     @property
     def phase(self) -> str:
