@@ -107,5 +107,6 @@ def round_summary(run_dir: Path, info: dict) -> dict:
         "iterations": steps[-1]["iteration"] if steps else 0,
         "valDice": dice[-1] if dice else None,
         "bestValDice": status.get("best_val_dice"),
+        "warnings": status.get("warnings", []),
         "model": str(run_dir / MODEL_FILE) if (run_dir / MODEL_FILE).exists() else None,
     }

@@ -307,12 +307,18 @@ class Job:
                 return record["val_dice"]
         return None
 
+    def warnings(self) -> list[str]:
+        """What the engine warned about (a run too short for its method), in order."""
+        return [r["message"] for r in self.history if r.get("event") == "warning" and r.get("message")]
+
 
 def status_text(job: Job) -> str:
     """One line for the GUI: round, iteration, ETA, loss and validation Dice (or the phase)."""
     state = job.poll()
     if state != RUNNING:
-        return f"Round {job.round}: {state}" + (f" - {job.error}" if job.error else "")
+        warnings = job.warnings()
+        return (f"Round {job.round}: {state}" + (f" - {job.error}" if job.error else "")
+                + (f" - warning: {warnings[0]}" if warnings and not job.error else ""))
     if job.cancel_requested:
         return f"Round {job.round}: cancelling..."
     if job.phase != "training":

@@ -87,6 +87,8 @@ class TrainingSectionMixin:
         finally:
             self.setState(IDLE)
             self.updateResults()
+        if self.job.warnings():  # e.g. a time budget too short for the method to gain from unlabelled scans
+            slicer.util.warningDisplay("\n\n".join(self.job.warnings()), windowTitle=_("Training finished with a warning"))
 
     def showLog(self):
         text = self.job.log_tail(200) if self.job is not None else ""

@@ -145,6 +145,7 @@ class TimeBudget:
                                reason)
         self._record("iterations fixed at %d (%.3f s per iteration; %.0f s kept for validation, %.0f s for "
                      "prediction)", iterations, seconds_per_iteration, validation_s, prediction_s)
+        self.trainer.warn_if_short_run(iterations)
 
     def _check(self, done: int, now: float) -> None:
         """Shorten the plan when the recent pace would overrun the deadline (never lengthen
@@ -169,6 +170,7 @@ class TimeBudget:
             self.plan.decided_at = done
             self._record("the machine got slower (%.3f s per iteration): iterations cut from %d to %d", pace,
                          planned, agreed)
+            self.trainer.warn_if_short_run(agreed)
 
     # --- estimates ----------------------------------------------------------------------------
     def _affordable(self, done: int, now: float, pace: float, prediction_s: float, slowdown: float = 1.0) -> int:

@@ -103,6 +103,7 @@ def train_run(run: RunFolder, inputs: Callable[[], tuple], log: logging.Logger |
             trainer.predict_unlabelled()
         context.barrier()
         trained = Trained(result, trainer.device, trainer.config, trainer.data, tuple(trainer.batch_sizes), setup_s)
+        warnings = list(trainer.warnings)
     except (Cancelled, KeyboardInterrupt):  # KeyboardInterrupt: Ctrl+C outside cancel_on_signals
         log.warning("cancelled")
         run.set_status(CANCELLED)
@@ -127,7 +128,8 @@ def train_run(run: RunFolder, inputs: Callable[[], tuple], log: logging.Logger |
         trainer = None
         gc.collect()
         distributed.shutdown(context)
-    run.set_status(DONE, best_val_dice=trained.result.best_dice, model=str(run.model))
+    run.set_status(DONE, best_val_dice=trained.result.best_dice, model=str(run.model),
+                   **({"warnings": warnings} if warnings else {}))
     log.info("done: %s", run.model)
     return trained
 

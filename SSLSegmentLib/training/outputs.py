@@ -10,12 +10,26 @@ import torch
 
 from ..domain import describe_training_domain
 from ..fileio import atomic_path
+from ..methods.base import short_run_warning
 from ..model_file import save_model
 from .divergence import check_weights
 
 
 class TrainerOutputs:
     """Part of :class:`SSLSegmentLib.training.trainer.Trainer` (uses its run, method, optimisers and data)."""
+
+    warnings: list[str]
+    """What the run's ``status.json`` lists under ``warnings`` when it ends done."""
+
+    def warn_if_short_run(self, iterations: int) -> None:
+        """Warn (log, progress, status) when ``iterations`` are too few for the method to gain."""
+        warning = short_run_warning(self.method, iterations)
+        if warning is None or warning in self.warnings:
+            return
+        self.warnings.append(warning)
+        self.run.add_progress({"event": "warning", "message": warning})
+        if self.context.is_main:
+            self.log.warning("warning: %s", warning)
 
     def _progress_record(self, done, total, losses_sum, steps, lr, weight, started, val_dice) -> dict[str, Any]:
         elapsed = time.monotonic() - started

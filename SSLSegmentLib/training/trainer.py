@@ -84,6 +84,7 @@ class Trainer(TrainerOutputs):
         self.dataset = dataset
         self.progress_bar = sys.stderr.isatty() and self.context.is_main
         self.check_memory = memory.FaultInjector.from_env()
+        self.warnings = []
         """Called with (batch sizes, patch) before each step: a simulated device for tests."""
         self.start_iteration, self.resumed_best_dice = 0, None
         """Where the loop starts, and the best Dice so far: set by ``resume.restore``."""
@@ -237,6 +238,8 @@ class Trainer(TrainerOutputs):
         config, context = self.config, self.context
         # A resumed run goes on to the count fixed before it stopped; a new one may have a budget.
         budget = TimeBudget.for_trainer(self) if self.start_iteration == 0 else None
+        if budget is None:  # a budget warns once it has fixed the count
+            self.warn_if_short_run(config.iterations)
         best_dice: float | None = self.resumed_best_dice
         started, losses_sum, logged_steps = time.monotonic(), {}, 0
         self._batches = iter(self.stream)

@@ -1,0 +1,78 @@
+"""A run too short for its method to gain from the unlabelled cases says so.
+
+BCP below about 1000 iterations did worse than supervised-only training on the same labels
+(``bench/results/time_budget.md``): a clinician who asks for 2 minutes must be told, in the
+log, the progress, ``status.json`` and the panel's status line, not find out from the result.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from helpers import train_in_process, write_two_labelled_cases
+
+from SSLSegmentLib import jobs
+from SSLSegmentLib.config import TrainConfig
+from SSLSegmentLib.data.cases import discover_dataset
+from SSLSegmentLib.job_folder import round_summary
+from SSLSegmentLib.methods import method_class
+from SSLSegmentLib.methods.base import short_run_warning
+from SSLSegmentLib.training.lifecycle import train_run
+from SSLSegmentLib.training.run_folder import RunFolder
+
+
+def _warnings_in(run) -> tuple[list[str], list[str]]:
+    status = json.loads((run / "status.json").read_text())
+    progress = [json.loads(line) for line in (run / "progress.jsonl").read_text().splitlines() if line.strip()]
+    return status.get("warnings", []), [r["message"] for r in progress if r.get("event") == "warning"]
+
+
+def test_the_rule_names_the_iterations_and_the_method():
+    bcp = method_class("bcp")
+    assert bcp.min_useful_iterations == 1000
+    assert short_run_warning(bcp, 1000) is None
+    message = short_run_warning(bcp, 420)
+    assert "420 iterations" in message and "1000" in message and "bcp" in message and "--method supervised" in message
+    assert short_run_warning(method_class("supervised"), 1) is None  # nothing to gain, nothing to lose
+
+
+def test_a_short_bcp_run_ends_done_with_the_warning_everywhere_a_watcher_looks(tmp_path, capsys):
+    code, _, run = train_in_process(write_two_labelled_cases(tmp_path), capsys, "--method", "bcp")
+    assert code == 0
+    in_status, in_progress = _warnings_in(run)
+    assert in_status == in_progress and len(in_status) == 1 and in_status[0].startswith("1 iterations")
+    assert "1000 that bcp needs" in (run / "log.txt").read_text()
+    assert round_summary(run, {})["warnings"] == in_status
+
+
+def test_a_short_supervised_run_has_no_warning(tmp_path, capsys):
+    code, _, run = train_in_process(write_two_labelled_cases(tmp_path), capsys, "--method", "supervised")
+    assert code == 0 and "fewer than the" not in (run / "log.txt").read_text()
+    assert _warnings_in(run) == ([], [])
+    assert "warnings" not in json.loads((run / "status.json").read_text())
+
+
+def test_a_time_budget_warns_once_it_has_fixed_a_count_too_short(phantom_data, tmp_path):
+    run = RunFolder(tmp_path / "run")
+    config = TrainConfig(method="bcp", size="tiny", dim="3", patch_size=(16, 32, 32), time_budget=0.05,
+                         iterations=5000, val_cases=0, device="cpu", cache_dir=str(tmp_path / "cache"), seed=3)
+    dataset = discover_dataset(phantom_data["images"], phantom_data["labels"])
+    train_run(run, lambda: (config, dataset), logging.getLogger("test_short_run"))
+    plan = json.loads(run.budget.read_text())
+    assert plan["iterations"] < 1000  # 3 seconds of tiny steps
+    in_status, in_progress = _warnings_in(run.path)
+    assert in_status and in_status == in_progress
+    assert in_status[-1].startswith(f"{plan['iterations']} iterations are fewer than the 1000")
+    progress = run.read_progress()
+    first_warning = next(i for i, r in enumerate(progress) if r.get("event") == "warning")
+    first_budget = next(i for i, r in enumerate(progress) if r.get("event") == "budget")
+    assert first_budget < first_warning  # said once the count was known, not before
+
+
+def test_the_panel_status_line_carries_the_warning_of_a_finished_round(tmp_path, capsys):
+    code, _, run = train_in_process(write_two_labelled_cases(tmp_path), capsys, "--method", "bcp")
+    job = jobs.Job(jobs.JobFolder(tmp_path / "job"), 1, ["true"])
+    job.history = [json.loads(line) for line in (run / "progress.jsonl").read_text().splitlines()]
+    job._state, job.error = jobs.DONE, None
+    assert job.warnings() and jobs.status_text(job).startswith("Round 1: done - warning: 1 iterations are fewer")
