@@ -114,10 +114,11 @@ class Method(nn.Module):
     optimiser_overrides: ClassVar[dict[str, dict[str, Any]]] = {}
     """Per parameter group, optimiser settings that replace the run's (``{"name": "adam", "lr": ...}``;
     DAN's discriminator uses Adam)."""
-    min_useful_iterations: ClassVar[int] = 0
-    """Below this many iterations the method was measured to do worse than supervised-only
-    training on the same labels; a shorter run (``--iterations`` or the count a time budget
-    fixes) is warned about in the log and ``status.json`` (:func:`short_run_warning`)."""
+    min_useful_iterations: ClassVar[dict[int, int]] = {}
+    """Per dimension (2, 3): below this many iterations the method was measured to do worse
+    than supervised-only training on the same labels; a shorter run (``--iterations`` or the
+    count a time budget fixes) is warned about in the log and ``status.json``
+    (:func:`short_run_warning`)."""
 
     def __init__(self, settings: MethodSettings, network_factory: NetworkFactory, num_classes: int, dim: int):
         super().__init__()
@@ -193,11 +194,11 @@ def method_class(name: str) -> type[Method]:
     return methods[name]
 
 
-def short_run_warning(method: "Method | type[Method]", iterations: int) -> str | None:
+def short_run_warning(method: "Method | type[Method]", iterations: int, dim: int) -> str | None:
     """The warning for a run too short for ``method`` to gain from its unlabelled cases, or None."""
-    needed = method.min_useful_iterations
+    needed = method.min_useful_iterations.get(dim, 0)
     if iterations >= needed:
         return None
-    return (f"{iterations} iterations are fewer than the {needed} that {method.name} needs to do better than "
-            f"supervised-only training (measured: bench/results/time_budget.md); train longer (more iterations "
-            f"or minutes) or choose --method supervised for a run this short")
+    return (f"{iterations} iterations are fewer than the {needed} that {method.name} needs in {dim}D to do better "
+            f"than supervised-only training (measured: bench/results/time_budget.md); train longer (more "
+            f"iterations or minutes) or choose --method supervised for a run this short")

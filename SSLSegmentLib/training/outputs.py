@@ -23,7 +23,7 @@ class TrainerOutputs:
 
     def warn_if_short_run(self, iterations: int) -> None:
         """Warn (log, progress, status) when ``iterations`` are too few for the method to gain."""
-        warning = short_run_warning(self.method, iterations)
+        warning = short_run_warning(self.method, iterations, self.data.plan.dim)
         if warning is None or warning in self.warnings:
             return
         self.warnings.append(warning)
