@@ -18,7 +18,7 @@ from SSLSegmentLib.methods import bcp as bcp_module
 from SSLSegmentLib.methods.base import consistency_weight, sigmoid_rampup
 from SSLSegmentLib.methods.helpers import color_jitter, perturbation_noise
 from SSLSegmentLib.methods.losses import confident_pseudo_label_loss, supervised_loss, symmetric_kl
-from SSLSegmentLib.methods.uamt import uncertainty_threshold
+from SSLSegmentLib.methods.uamt import masked_mse, uncertainty_threshold
 from SSLSegmentLib.networks import build_network, supports_dropout
 from SSLSegmentLib.training.trainer import build_method
 
@@ -99,6 +99,27 @@ def test_uamt_mask_with_four_classes(option, certain):
     method.teacher_target = lambda images: (target, torch.full((2, 1, 32, 32), 1.0))
     losses = method.training_step(labelled, unlabelled, StepInfo(10, 10, 0.1))
     assert float(losses["certain_fraction"]) == certain
+
+
+def test_uamt_mse_is_a_mean_over_classes_and_the_reference_divides_by_two():
+    """SSL4MIS divides the masked squared error by 2 * sum(mask) on every data set; here by C."""
+    student = torch.zeros(1, NUM_CLASSES, 2, 2)
+    teacher = torch.full((1, NUM_CLASSES, 2, 2), 0.5)
+    mask = torch.tensor([[[[1.0, 1.0], [0.0, 0.0]]]])
+    squared_sum = NUM_CLASSES * 2 * 0.25  # two certain voxels, every class off by 0.5
+    assert float(masked_mse(student, teacher, mask)) == pytest.approx(squared_sum / (NUM_CLASSES * 2))
+    assert float(masked_mse(student, teacher, mask, "reference")) == pytest.approx(squared_sum / (2 * 2))
+    torch.manual_seed(0)
+    method = make_method("uamt", uamt_mse_denominator="reference")
+    labelled, unlabelled = batches()
+    method.teacher_target = lambda images: (torch.full((2, NUM_CLASSES, 32, 32), 1.0 / NUM_CLASSES),
+                                            torch.zeros(2, 1, 32, 32))
+    ours = make_method("uamt")
+    ours.load_state_dict(method.state_dict())
+    ours.teacher_target = method.teacher_target
+    ratio = (method.training_step(labelled, unlabelled, StepInfo(10, 10, 0.1))["consistency"]
+             / ours.training_step(labelled, unlabelled, StepInfo(10, 10, 0.1))["consistency"])
+    assert float(ratio) == pytest.approx(NUM_CLASSES / 2, rel=1e-4)
 
 
 # --- FixMatch ----------------------------------------------------------------------------------

@@ -23,10 +23,12 @@ def entropy(probabilities: torch.Tensor) -> torch.Tensor:
     return -(probabilities * torch.log(probabilities + 1e-6)).sum(dim=1, keepdim=True)
 
 
-def masked_mse(student_probabilities, teacher_probabilities, mask) -> torch.Tensor:
+def masked_mse(student_probabilities, teacher_probabilities, mask, denominator: str = "classes") -> torch.Tensor:
     """``sum(mask * (p_s - p_t)^2) / (C * sum(mask))``: the mean squared error over classes
-    and certain voxels (the reference's ``2 * sum(mask)`` is C = 2 hard-coded)."""
-    num_classes = student_probabilities.shape[1]
+    and certain voxels. ``denominator="reference"`` divides by ``2 * sum(mask)`` as SSL4MIS
+    does for every data set: its LA code's C = 2 kept on ACDC, where it makes the term C / 2 = 2
+    times larger (a deliberate departure here; the same value at C = 2)."""
+    num_classes = 2 if denominator == "reference" else student_probabilities.shape[1]
     squared = (student_probabilities - teacher_probabilities) ** 2
     return (mask * squared).sum() / (num_classes * mask.sum() + 1e-16)
 
@@ -44,13 +46,14 @@ class UAMT(TeacherStudentMethod):
     dropout, as the paper); voxels with uncertainty below :func:`uncertainty_threshold` enter
     the softmax MSE. The threshold's scale is ``ln 2`` as the reference
     (``"uamt_threshold_log": "classes"`` takes ``ln C``, the paper's maximum entropy, which on
-    four classes masks almost nothing).
+    four classes masks almost nothing). The MSE is a mean over classes
+    (``"uamt_mse_denominator": "reference"`` divides by 2 whatever C, as the reference code).
     """
 
     name = "uamt"
     description = "Mean Teacher with an uncertainty-masked consistency (T noisy teacher passes)"
     reference = "Yu et al., MICCAI 2019"
-    options = ("uamt_passes", "uamt_threshold_log", "noise_std", "noise_clip", "noise_scale")
+    options = ("uamt_passes", "uamt_threshold_log", "uamt_mse_denominator", "noise_std", "noise_clip", "noise_scale")
     default_dropout = 0.1
 
     def training_step(self, labelled, unlabelled, step):
@@ -60,7 +63,8 @@ class UAMT(TeacherStudentMethod):
         target, uncertainty = self.teacher_target(unlabelled["image"])
         log_of = self.num_classes if extra(self.settings, "uamt_threshold_log", "reference") == "classes" else 2
         mask = (uncertainty < uncertainty_threshold(step.iteration, step.total, log_of)).to(target.dtype)
-        consistency = masked_mse(logits[n_labelled:].softmax(dim=1), target, mask)
+        consistency = masked_mse(logits[n_labelled:].softmax(dim=1), target, mask,
+                                 extra(self.settings, "uamt_mse_denominator", "classes"))
         loss = supervised + step.consistency_weight * consistency
         return {"main": loss, "supervised": supervised.detach(), "consistency": consistency.detach(),
                 "certain_fraction": mask.mean()}
