@@ -48,7 +48,7 @@ N_LABELLED, N_UNLABELLED, N_TEST = 2, 12, 4
 
 def run_demo(out: str | Path = "demo_output", iterations: int | None = None, seed: int = 7,
              methods: tuple[str, ...] = METHODS, shape: tuple[int, int, int] = SHAPE,
-             patch: tuple[int, int, int] = PATCH, size: str = "tiny", precision: str = "auto") -> dict:
+             patch: tuple[int, int, int] = PATCH, size: str = "tiny", precision: str = TrainConfig.precision) -> dict:
     """Train and compare ``methods``; returns ``{method: figures}``. The smaller ``shape``,
     ``patch`` and ``size`` are for tests; ``precision`` for the bf16 check."""
     out = Path(out)
@@ -79,8 +79,8 @@ def _compare(out: Path, iterations: int, seed: int, methods, shape, patch, size,
         run = RunFolder(out / "runs" / method)
         run.prepare()
         run.set_status("running")
-        config = TrainConfig(method=method, network="unet", size=size, dim="3", iterations=iterations,
-                             patch_size=patch, device="auto", seed=seed, validation="none",
+        config = TrainConfig(method=method, size=size, dim="3", iterations=iterations,
+                             patch_size=patch, seed=seed, validation="none",
                              precision=precision)
         trainer = Trainer(config, dataset, run, log)
         trainer.setup()
