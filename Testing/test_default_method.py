@@ -5,7 +5,6 @@ default network."""
 from __future__ import annotations
 
 import ast
-import inspect
 import logging
 import subprocess
 import sys

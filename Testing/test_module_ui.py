@@ -13,8 +13,6 @@ import struct
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 MODULE_FILE = ROOT / "SSLSegment" / "SSLSegment.py"
 UI_FILE = ROOT / "Resources" / "UI" / "SSLSegment.ui"
