@@ -110,15 +110,15 @@ def values_from_args(settings_class, args: argparse.Namespace) -> dict[str, Any]
 
 
 def to_argv(settings: Any, names: Iterable[str] | None = None, always: Iterable[str] = ()) -> list[str]:
-    """The command-line words for ``settings`` (an instance of a dataclass with options, or a
-    view with the same field names): every field in ``names`` (default: all) whose value
-    differs from its default, and those in ``always`` whatever their value."""
+    """The command-line words for ``settings`` (an instance of a dataclass with options): every
+    field in ``names`` (default: all) whose value differs from its default, and those in
+    ``always`` whatever their value (None is never written)."""
     always = set(always)
     wanted = None if names is None else set(names)
-    options = {f.name: (f, opt) for f, opt in cli_fields(_settings_class(settings))}
+    options = {f.name: (f, opt) for f, opt in cli_fields(type(settings))}
     argv: list[str] = []
     for name, (f, opt) in options.items():
-        if (wanted is not None and name not in wanted) or not hasattr(settings, name):
+        if wanted is not None and name not in wanted:
             continue
         value = getattr(settings, name)
         if value is None or (name not in always and value == field_default(f)):
@@ -140,7 +140,3 @@ def _flagged(flag: str, words: list[str], action: str | None) -> list[str]:
     if action == "append":
         return [part for word in words for part in (flag, word)]
     return [flag, *words]
-
-
-def _settings_class(settings: Any):
-    return getattr(settings, "OPTIONS_OF", type(settings))

@@ -38,6 +38,7 @@ SPACING_CHOICES = ("preset", "data", "fit")
 
 
 def _view_fields() -> list[tuple[str, Any, dataclasses.Field]]:
+    """``PANEL_FIELDS`` of ``TrainConfig``: type, default and option (metadata) as they are there."""
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     return [(name, fields[name].type, dataclasses.field(default=fields[name].default, metadata=fields[name].metadata))
             for name in PANEL_FIELDS]
@@ -58,7 +59,7 @@ def _to_argv(self) -> list[str]:
 
 TrainSettings = dataclasses.make_dataclass(
     "TrainSettings", [*_view_fields(), ("extra_args", list, dataclasses.field(default_factory=list))],
-    namespace={"OPTIONS_OF": TrainConfig, "to_dict": _to_dict, "to_argv": _to_argv,
+    namespace={"to_dict": _to_dict, "to_argv": _to_argv,
                "__doc__": "A round's settings: ``PANEL_FIELDS`` of ``TrainConfig`` (their names, defaults and "
                           "options), plus ``extra_args`` (more ``sslsegment train`` arguments)."})
 TrainSettings.__module__ = __name__
