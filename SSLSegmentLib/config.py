@@ -1,4 +1,5 @@
-"""Typed training settings and the presets that fill them.
+"""Typed training settings, each defined once with its command-line option (``TrainConfig``),
+and the presets that fill them. Torch-free: the Slicer panel imports it before torch exists.
 
 A preset picks the network size, patch and batch for a kind of machine; anything given
 explicitly (command line, Slicer panel) overrides the preset.
@@ -91,7 +92,13 @@ def _spacing_words(spacing) -> list[str]:
     if isinstance(spacing, str):
         return [spacing]
     values = spacing if isinstance(spacing, (tuple, list)) else (spacing,)
-    return [",".join(f"{float(v):g}" for v in values)]
+    return [",".join(_number(float(v)) for v in values)]
+
+
+def _number(value: float) -> str:
+    """Short where that loses nothing (``1.5``, ``3``), else every digit."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(value)
 
 
 def _method_options(items: list[str]) -> dict[str, Any]:

@@ -45,7 +45,7 @@ def test_a_config_goes_to_argv_and_back_unchanged():
     """``to_argv`` and the generated parser are inverse: every exposed field, off its default."""
     config = TrainConfig(method="cps", network="vnet", preset="balanced", size="tiny", dim="3", iterations=17,
                          time_budget=4.5,
-                         spacing=(1.5, 1.5, 3.0), patch_size=(16, 32, 32), labelled_batch=3, unlabelled_batch=5,
+                         spacing=(1.23456789, 1.5, 3.0), patch_size=(16, 32, 32), labelled_batch=3, unlabelled_batch=5,
                          optimiser="adamw", lr=0.002, consistency=0.3, dropout=0.2,
                          method_options={"a": 1, "b": "text", "c": [1, 2]}, normalisation="ct",
                          ct_window=(-100.0, 250.5), val_cases=2, validation="holdout", val_interval=7, seed=99,
