@@ -84,8 +84,8 @@ def parser_default(f: dataclasses.Field, opt: Option) -> Any:
 
 def add_arguments(parser: argparse.ArgumentParser, settings_class,
                   groups: dict[str, Any] | None = None) -> None:
-    """One argument per option of ``settings_class`` (in field order), its help ending with
-    the default where one is worth saying."""
+    """One argument per option of ``settings_class`` (in field order, flags with a ``group``
+    under that argparse group); ``{default}`` in a help text becomes the field's default."""
     for f, opt in cli_fields(settings_class):
         target = (groups or {}).get(opt.group, parser) if opt.group else parser
         text = opt.help.replace("{default}", str(field_default(f))) if opt.help else None
