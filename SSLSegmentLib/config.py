@@ -130,7 +130,8 @@ class TrainConfig:
     method: str = option(DEFAULT_METHOD, "--method", help="see `sslsegment methods` (default: {default})")
     network: str = option(DEFAULT_NETWORK, "--network", help="see `sslsegment networks` (default: {default})")
     preset: str | None = option(None, "--preset", choices=PRESET_NAMES,
-                                help="default: auto (patch and batch from the free GPU memory) on CUDA, fast-cpu on CPU")
+                                help="default: auto (patch and batch from the free GPU memory) on CUDA, "
+                                     "fast-cpu on CPU")
     """None: chosen from the device (fast-cpu on CPU, quality-gpu on CUDA)."""
     size: str | None = option(None, "--size", choices=NETWORK_SIZES, help="network size (default: the preset's)")
     dim: str = option("auto", "--dim", choices=("auto", "2", "3"))
@@ -167,7 +168,8 @@ class TrainConfig:
     """Maximum unsupervised weight; None: the method's own default."""
     rampup_fraction: float = 1.0
     """Share of the run over which the unsupervised weight ramps up: all of it, as SSL4MIS."""
-    dropout: float | None = option(None, "--dropout", type=float, help="backbone dropout (U-Net; default: the method's)")
+    dropout: float | None = option(None, "--dropout", type=float,
+                                   help="backbone dropout (U-Net; default: the method's)")
     """Dropout in the backbone (U-Net); None: the method's default (0.1 for methods that need a
     stochastic student, 0 otherwise)."""
     ema_decay: float = 0.99

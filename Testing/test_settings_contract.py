@@ -170,7 +170,8 @@ def _bound_literals(tree: ast.AST):
                         yield target.id, value
         elif isinstance(node, ast.Call):
             yield from ((k.arg, k.value) for k in node.keywords if k.arg)
-            if getattr(node.func, "attr", None) == "add_argument" and node.args and isinstance(node.args[0], ast.Constant):
+            argparse_call = getattr(node.func, "attr", None) == "add_argument"
+            if argparse_call and node.args and isinstance(node.args[0], ast.Constant):
                 flag = str(node.args[0].value).lstrip("-").replace("-", "_")
                 yield from ((flag, k.value) for k in node.keywords if k.arg == "default")
 
