@@ -8,17 +8,12 @@ holding another run), 3 cancelled (cancel file, SIGTERM, Ctrl+C).
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
-import os
-import signal
 import sys
-import traceback
 from pathlib import Path
 
 from .errors import InputError
-
-EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 1, 2, 3
+from .run_protocol import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED
 
 
 def _add_threads(p) -> None:
@@ -116,99 +111,12 @@ def load_dataset(args):
     return discover_dataset(args.images, args.labels)
 
 
-def _raise_cancel(signum, frame):
-    from .training.trainer import Cancelled  # noqa: PLC0415
-
-    for stop in (signal.SIGTERM, signal.SIGINT):  # one stop is enough: no second exception while cleaning up
-        signal.signal(stop, signal.SIG_IGN)
-    raise Cancelled()
-
-
 def run_train(args) -> int:
-    """Train into ``--out`` (one run per folder, locked while it runs). Under ``torchrun``
-    every rank runs this; rank 0 alone writes the run folder (status, progress, log,
-    checkpoints, model, predictions)."""
-    from .training.cli_train import run_folder_claimed  # noqa: PLC0415
-    from .training.trainer import Cancelled  # noqa: PLC0415
+    """``sslsegment train``: the run's life cycle (folder, signals, status, exit code) is
+    :mod:`.training.lifecycle`'s, shared with the demo and the benches."""
+    from .training.lifecycle import leave_if_distributed, train_command  # noqa: PLC0415
 
-    previous = {stop: signal.signal(stop, _raise_cancel) for stop in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        with run_folder_claimed(args) as (args, context, run):
-            return _train_in(args, context, run)
-    except Cancelled:  # stopped before the run began
-        print("cancelled", file=sys.stderr)
-        return EXIT_CANCELLED
-    finally:
-        for stop, handler in previous.items():
-            signal.signal(stop, handler)
-
-
-def _train_in(args, context, run) -> int:
-    from .training import distributed, resume  # noqa: PLC0415
-    from .training.divergence import Diverged  # noqa: PLC0415
-    from .training.trainer import Cancelled, Trainer  # noqa: PLC0415
-
-    log = run.logger()
-    if not context.is_main:
-        log.setLevel(logging.WARNING)
-    trainer = None
-    try:
-        run.prepare()
-        run.set_status("running", **({"world_size": context.world_size} if context.enabled else {}))
-        trainer = Trainer(config_from_args(args), load_dataset(args), run, log, context)
-        trainer.setup()
-        if args.resume:
-            resume.restore(trainer, resume.load(run.checkpoint(resume.KIND)))
-        result = trainer.train()
-        if args.predict_unlabelled and context.is_main:
-            trainer.predict_unlabelled()
-        context.barrier()
-    except Cancelled:
-        log.warning("cancelled")
-        run.set_status("cancelled")
-        return EXIT_CANCELLED
-    except InputError as error:
-        log.propagate = False  # log.txt only: the console gets the one line printed below
-        log.error("error: %s", error)
-        log.propagate = True
-        run.set_status("failed", error=str(error))
-        if context.is_main:
-            print(f"error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except Diverged as error:  # a failed run, told plainly: no traceback, no model
-        log.error("%s", error)
-        run.set_status("failed", error=str(error))
-        if context.is_main:
-            print(f"error: {error}", file=sys.stderr)
-        return EXIT_FAILED
-    except Exception as error:  # a crash must reach the watcher, with its traceback in the log
-        log.error("%s", traceback.format_exc())  # to log.txt and, once, to the console
-        run.set_status("failed", error=f"{error.__class__.__name__}: {error}")
-        return EXIT_FAILED
-    finally:
-        # The DDP wrappers hold the process group: free them now, or gloo's threads would be
-        # torn down at interpreter exit (std::terminate, SIGABRT) after a successful run.
-        trainer = None
-        gc.collect()
-        distributed.shutdown(context)
-    run.set_status("done", best_val_dice=result.best_dice, model=str(run.model))
-    log.info("done: %s", run.model)
-    return 0
-
-
-def _leave_if_distributed(code: int) -> int:
-    """Under torchrun, end the process as soon as the run is complete and the process group
-    destroyed: gloo's worker threads can otherwise abort the interpreter's finalisation
-    (``terminate called without an active exception``), turning a finished run into a
-    failed launch."""
-    from .training.distributed import launched_by_torchrun  # noqa: PLC0415
-
-    if not launched_by_torchrun():
-        return code
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    return leave_if_distributed(train_command(args, config_from_args, load_dataset))
 
 
 def run_predict(args, report_failure=None) -> int:
@@ -274,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(max(1, args.threads))
     try:
         if args.command == "train":
-            return _leave_if_distributed(run_train(args))
+            return run_train(args)
         if args.command == "predict":
             from .predict_status import run_reporting_status  # noqa: PLC0415
 
@@ -286,10 +194,9 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_list(listing(args.command[:-1]))
         if args.command == "demo":
-            from .demo import run_demo  # noqa: PLC0415
+            from .demo import demo_command  # noqa: PLC0415
 
-            run_demo(args.out, iterations=args.iterations, seed=args.seed)
-            return 0
+            return demo_command(args.out, iterations=args.iterations, seed=args.seed)
         if args.command == "serve":
             from .web.server import run_serve  # noqa: PLC0415
 

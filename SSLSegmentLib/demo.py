@@ -22,6 +22,7 @@ the third decimal (0.631 / 0.692 on average in both precisions).
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -34,8 +35,10 @@ from .fileio import atomic_path, atomic_write_json
 from .inference import predict_cases
 from .model_file import load_model
 from .phantoms import write_phantom_dataset
+from .run_protocol import CANCELLED, DONE, EXIT_CANCELLED, EXIT_OK, FAILED, RUNNING
+from .training.lifecycle import cancel_on_signals, train_run
 from .training.run_folder import RunFolder
-from .training.trainer import Trainer
+from .training.trainer import Cancelled
 
 METHODS = ("supervised", DEFAULT_METHOD)
 SHAPE = (32, 48, 48)
@@ -46,6 +49,18 @@ APPEARANCE_SHIFT = 1.0
 N_LABELLED, N_UNLABELLED, N_TEST = 2, 12, 4
 
 
+def demo_command(out: str | Path, iterations: int | None = None, seed: int = 7) -> int:
+    """``sslsegment demo``: SIGTERM and Ctrl+C end it as ``cancelled`` (exit 3), as they end
+    ``sslsegment train``."""
+    with cancel_on_signals():
+        try:
+            run_demo(out, iterations=iterations, seed=seed)
+        except Cancelled:
+            print("cancelled", file=sys.stderr)
+            return EXIT_CANCELLED
+    return EXIT_OK
+
+
 def run_demo(out: str | Path = "demo_output", iterations: int | None = None, seed: int = 7,
              methods: tuple[str, ...] = METHODS, shape: tuple[int, int, int] = SHAPE,
              patch: tuple[int, int, int] = PATCH, size: str = "tiny", precision: str = TrainConfig.precision) -> dict:
@@ -54,13 +69,16 @@ def run_demo(out: str | Path = "demo_output", iterations: int | None = None, see
     out = Path(out)
     demo = RunFolder(out)
     demo.prepare()
-    demo.set_status("running")
+    demo.set_status(RUNNING)
     try:
         results = _compare(out, iterations or DEFAULT_ITERATIONS, seed, methods, shape, patch, size, precision)
-    except BaseException as error:
-        demo.set_status("failed", error=f"{error.__class__.__name__}: {error}")
+    except (Cancelled, KeyboardInterrupt):
+        demo.set_status(CANCELLED)
         raise
-    demo.set_status("done", results=str(out / "results.json"), figure=str(out / "demo.png"),
+    except BaseException as error:
+        demo.set_status(FAILED, error=f"{error.__class__.__name__}: {error}")
+        raise
+    demo.set_status(DONE, results=str(out / "results.json"), figure=str(out / "demo.png"),
                     mean_dice={m: round(r["mean"]["all"]["dice"], 4) for m, r in results.items()})
     return results
 
@@ -77,17 +95,12 @@ def _compare(out: Path, iterations: int, seed: int, methods, shape, patch, size,
         log.info("training %s for %d iterations on %d labelled + %d unlabelled phantoms", method, iterations,
                  len(dataset.labelled), len(dataset.unlabelled))
         run = RunFolder(out / "runs" / method)
-        run.prepare()
-        run.set_status("running")
         config = TrainConfig(method=method, size=size, dim="3", iterations=iterations,
                              patch_size=patch, seed=seed, validation="none",
                              precision=precision)
-        trainer = Trainer(config, dataset, run, log)
-        trainer.setup()
-        trainer.train()
-        run.set_status("done", model=str(run.model))
+        device = train_run(run, lambda config=config: (config, dataset)).device  # `sslsegment train`'s life cycle
         predictions = out / "predictions" / method
-        predict_cases(load_model(run.model, trainer.device), test_cases, predictions, trainer.device,
+        predict_cases(load_model(run.model, device), test_cases, predictions, device,
                       overwrite=True)  # the demo's own folder
         results[method] = evaluate_folders(predictions, folders["test_labels"])
         results[method]["seconds"] = round(time.monotonic() - started, 1)

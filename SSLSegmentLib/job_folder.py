@@ -10,12 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .fileio import atomic_write_json, file_sha256
-from .job_progress import ProgressReader
-from .training.run_folder import read_run_status
-
-
-RUNNING, DONE, FAILED, CANCELLED = "running", "done", "failed", "cancelled"
-TERMINAL_STATES = (DONE, FAILED, CANCELLED)
+from .run_protocol import MODEL_FILE, PROGRESS_FILE, ProgressReader, read_run_status
 
 #: Seconds a cancelled child gets to stop cleanly before its process tree is killed.
 CANCEL_GRACE_S = 5.0
@@ -97,7 +92,7 @@ def case_manifest(folder: JobFolder, cases: dict[str, dict]) -> dict[str, dict]:
 def round_summary(run_dir: Path, info: dict) -> dict:
     """What the history view shows for one round."""
     status = read_run_status(run_dir) or {}  # "interrupted" when its process is gone
-    records = ProgressReader(run_dir / "progress.jsonl").read_new()
+    records = ProgressReader(run_dir / PROGRESS_FILE).read_new()
     dice = [r["val_dice"] for r in records if r.get("val_dice") is not None]
     steps = [r for r in records if "iteration" in r]
     cases = info.get("cases", {})
@@ -112,5 +107,5 @@ def round_summary(run_dir: Path, info: dict) -> dict:
         "iterations": steps[-1]["iteration"] if steps else 0,
         "valDice": dice[-1] if dice else None,
         "bestValDice": status.get("best_val_dice"),
-        "model": str(run_dir / "model.pt") if (run_dir / "model.pt").exists() else None,
+        "model": str(run_dir / MODEL_FILE) if (run_dir / MODEL_FILE).exists() else None,
     }

@@ -24,7 +24,7 @@ launcher. The process runner is injected (SlicerNNUnet style) so tests can use a
 This module holds the round's command line and :class:`Job` (the round's settings are
 :class:`.round_settings.TrainSettings`, a view on ``TrainConfig``); the folder's files
 are in :mod:`.job_folder`, the process handling in :mod:`.child_process`, the progress reading
-in :mod:`.job_progress` (their names are re-exported here). Generic: it imports neither
+in :mod:`.run_protocol` and :mod:`.job_progress` (their names are re-exported here). Generic: it imports neither
 ``slicer`` nor ``qt``.
 """
 
@@ -42,13 +42,15 @@ from .child_process import (  # noqa: F401  (re-exported: jobs is the module the
     start_process,
 )
 from .job_folder import (  # noqa: F401  (re-exported)
-    CANCEL_GRACE_S, CANCELLED, DONE, FAILED, RUNNING, TERMINAL_STATES, JobFolder, case_manifest, now_iso, read_json,
-    round_summary,
+    CANCEL_GRACE_S, JobFolder, case_manifest, now_iso, read_json, round_summary,
 )
 from .fileio import atomic_write_json, file_sha256  # noqa: F401  (re-exported)
-from .job_progress import ProgressReader, format_duration, tail  # noqa: F401  (re-exported)
+from .job_progress import format_duration, tail  # noqa: F401  (re-exported)
 from .round_settings import TrainSettings  # noqa: F401  (re-exported: the round's settings)
-from .training.run_folder import read_run_status
+from .run_protocol import (  # noqa: F401  (the states and the reader: re-exported for the panel and the web UI)
+    CANCELLED, DONE, FAILED, LOG_FILE, MODEL_FILE, PREDICTIONS_DIR, PROGRESS_FILE, RUNNING, TERMINAL_STATES,
+    ProgressReader, read_run_status, request_cancel,
+)
 
 
 # --------------------------------------------------------------------------------------
@@ -97,7 +99,7 @@ class Job:
         self.started_at: float | None = None
         self._state = RUNNING
         self._cancel_deadline: float | None = None
-        self._reader = ProgressReader(self.run_dir / "progress.jsonl")
+        self._reader = ProgressReader(self.run_dir / PROGRESS_FILE)
 
     @classmethod
     def from_past_round(cls, folder: JobFolder, round_number: int) -> "Job":
@@ -123,11 +125,11 @@ class Job:
 
     @property
     def model_path(self) -> Path:
-        return self.run_dir / "model.pt"
+        return self.run_dir / MODEL_FILE
 
     @property
     def predictions_dir(self) -> Path:
-        return self.run_dir / "predictions"
+        return self.run_dir / PREDICTIONS_DIR
 
     @property
     def console_path(self) -> Path:
@@ -207,7 +209,7 @@ class Job:
         if self._state in TERMINAL_STATES:
             return
         try:
-            (self.run_dir / "cancel").write_text(now_iso(), encoding="utf-8")
+            request_cancel(self.run_dir)
         except OSError:
             pass  # the kill below still stops it
         grace = self.cancel_grace_s if grace_s is None else grace_s
@@ -238,7 +240,7 @@ class Job:
     # -- what the GUI shows --------------------------------------------------------------
     def log_tail(self, lines: int = 30) -> str:
         """Last lines of the engine's log, or of the console when the log is empty."""
-        return tail(self.run_dir / "log.txt", lines) or tail(self.console_path, lines)
+        return tail(self.run_dir / LOG_FILE, lines) or tail(self.console_path, lines)
 
     @property
     def phase(self) -> str:

@@ -21,6 +21,7 @@ from .fileio import atomic_path
 from .model_validation import built, check_payload, unloadable_message
 from .networks import build_network
 from .preprocessing import Plan
+from .run_protocol import MODEL_FILE
 
 FORMAT = "sslsegment-model"
 VERSION = 1
@@ -67,7 +68,7 @@ def resolve_model_path(path: str | os.PathLike) -> Path:
     """A run folder or a model file -> the model file."""
     path = Path(path)
     if path.is_dir():
-        path = path / "model.pt"
+        path = path / MODEL_FILE
     if not path.is_file():
         raise InputError(f"{path}: no model file (train a model first, or give a run folder holding model.pt)")
     return path

@@ -1,7 +1,7 @@
 """``status.json`` for ``sslsegment predict``, so that whoever started it learns how it ended.
 
 The Slicer panel runs ``predict`` in a child process and polls its output folder, as it
-does for training (:mod:`SSLSegmentLib.training.run_folder`): ``status.json`` says
+does for training (:mod:`SSLSegmentLib.run_protocol`): ``status.json`` says
 ``running``, then ``done``, ``failed`` (with the error) or ``cancelled``. A file named
 ``cancel`` in the output folder, or SIGTERM, stops the run as ``cancelled`` (exit 3).
 """
@@ -16,10 +16,10 @@ from typing import Callable
 
 from .errors import InputError
 from .prediction_outputs import prepare_output_folder
+from .run_protocol import CANCELLED, DONE, EXIT_CANCELLED, FAILED, RUNNING
 from .training.run_folder import RunFolder
 
 CANCEL_POLL_S = 0.5
-EXIT_CANCELLED = 3
 
 
 class _CancelWatcher(threading.Thread):
@@ -48,28 +48,28 @@ def run_reporting_status(out_dir: str | os.PathLike, predict: Callable[..., int]
     # A file in the way or a read-only folder is bad input (exit 2), named before anything runs.
     run = RunFolder(prepare_output_folder(out_dir))
     run.prepare()
-    run.set_status("running")
+    run.set_status(RUNNING)
     watcher = _CancelWatcher(run)
     previous_handler = _on_sigterm(_interrupt)
     watcher.start()
     try:
-        code = predict(*args, report_failure=lambda message: run.set_status("failed", error=message))
+        code = predict(*args, report_failure=lambda message: run.set_status(FAILED, error=message))
     except KeyboardInterrupt:
-        run.set_status("cancelled")
+        run.set_status(CANCELLED)
         return EXIT_CANCELLED
     except InputError as error:
-        run.set_status("failed", error=str(error))
+        run.set_status(FAILED, error=str(error))
         raise
     except Exception as error:
-        run.set_status("failed", error=f"{error.__class__.__name__}: {error}")
+        run.set_status(FAILED, error=f"{error.__class__.__name__}: {error}")
         raise
     finally:
         watcher.stopped.set()
         _on_sigterm(previous_handler)
     if code == 0:
-        run.set_status("done")
-    elif (run.read_status() or {}).get("state") == "running":
-        run.set_status("failed", error=f"predict ended with exit code {code}")
+        run.set_status(DONE)
+    elif (run.read_status() or {}).get("state") == RUNNING:
+        run.set_status(FAILED, error=f"predict ended with exit code {code}")
     return code
 
 

@@ -30,6 +30,7 @@ from .config import TrainConfig
 from .errors import InputError
 from .fileio import atomic_write_json
 from .mrml import placeUnder, writeVolume
+from .run_protocol import MODEL_FILE, read_status
 
 ATTR_RUN = "SSLSegment.SegmentingRun"
 ROLE_SEGMENTATION = "segmentation"  # ATTR_ROLE of a new scan's result (a training prediction is "prediction")
@@ -55,7 +56,7 @@ class SegmentingRun(jobs.Job):
         if not request:
             raise InputError(f"{root}: not a segmenting run (no request.json)")
         run = cls(Path(root), request.get("modelRound") or 0, request.get("command", []), request["cases"])
-        status = jobs.read_json(run.run_dir / "status.json", default={}) or {}
+        status = read_status(run.run_dir) or {}
         state = status.get("state")
         if state in jobs.TERMINAL_STATES:
             run._finish(*run._checked(state, status.get("error")))
@@ -214,7 +215,7 @@ def _resolveModel(model) -> tuple[Path, int | None, Path | None]:
                              "choose a finished round")
         return model.model_path, model.round, model.folder.root
     path = Path(model)
-    path = path / "model.pt" if path.is_dir() else path
+    path = path / MODEL_FILE if path.is_dir() else path
     if not path.is_file():
         raise InputError(f"{path}: no model file (train a model first, or choose a round folder holding model.pt)")
     return path, None, None

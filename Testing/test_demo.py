@@ -47,8 +47,12 @@ def test_demo_compares_the_default_method_with_supervised_and_reports_done(tmp_p
     assert json.loads((out / "results.json").read_text())["supervised"]["mean"]["all"]["dice"] == \
         results["supervised"]["mean"]["all"]["dice"]
     assert (out / "demo.png").stat().st_size > 1000
-    for method in results:
-        assert RunFolder(out / "runs" / method).read_status()["state"] == "done"
+    for method in results:  # each run started through the life cycle of `sslsegment train`
+        run = RunFolder(out / "runs" / method)
+        run_status = run.read_status()
+        assert run_status["state"] == "done" and run_status["model"] == str(run.model)
+        assert "best_val_dice" in run_status and run.model.exists()
+        assert "done:" in run.log.read_text() and any("iteration" in r for r in run.read_progress())
         assert len(list((out / "predictions" / method).glob("*.seg.nrrd"))) == demo.N_TEST
         prediction = read_label(out / "predictions" / method / "test_000.seg.nrrd")
         assert prediction.array.shape == (16, 32, 32)

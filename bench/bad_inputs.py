@@ -492,7 +492,7 @@ def resume_with_changed_settings(ws):
 def sigkill_then_status_then_resume(ws):
     run = killed_run(ws)
     sys.path.insert(0, str(ROOT))
-    from SSLSegmentLib.training.run_folder import read_run_status  # noqa: PLC0415
+    from SSLSegmentLib.run_protocol import read_run_status  # noqa: PLC0415
     state = (read_run_status(run) or {}).get("state")
     result = cli(ws, "train", "--resume", run).status(run)
     return result.check(state == "interrupted", f"a killed run reads as {state}")

@@ -100,6 +100,7 @@ from SSLSegmentLib.data.io import read_image, write_image  # noqa: E402
 from SSLSegmentLib.data.labels import read_label, write_labelmap  # noqa: E402
 from SSLSegmentLib.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 from SSLSegmentLib.preprocessing import resample_image  # noqa: E402
+from SSLSegmentLib.run_protocol import read_progress  # noqa: E402
 
 DATA = (ROOT / ".." / "shared" / "data").resolve()
 RESULTS = ROOT / "bench" / "results"
@@ -271,9 +272,7 @@ def run_method(key: str, method: str, seed: int, prepared: dict, args) -> dict:
 def loop_seconds_per_iteration(train_folder: Path) -> float | None:
     """Seconds per iteration of the training loop alone (its last progress record's elapsed time
     over its iterations), without start-up, caching and saving: what a longer budget scales."""
-    progress = train_folder / "progress.jsonl"
-    records = [json.loads(line) for line in progress.read_text().splitlines() if line.strip()] if progress.exists() else []
-    records = [r for r in records if "iteration" in r and "elapsed_s" in r]
+    records = [r for r in read_progress(train_folder) if "iteration" in r and "elapsed_s" in r]
     return round(records[-1]["elapsed_s"] / records[-1]["iteration"], 4) if records else None
 
 

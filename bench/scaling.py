@@ -67,8 +67,8 @@ def child(args) -> dict:
 
     from SSLSegmentLib.config import TrainConfig  # noqa: PLC0415
     from SSLSegmentLib.data.cases import Dataset, discover_dataset  # noqa: PLC0415
+    from SSLSegmentLib.training.lifecycle import train_run  # noqa: PLC0415
     from SSLSegmentLib.training.run_folder import RunFolder  # noqa: PLC0415
-    from SSLSegmentLib.training.trainer import Trainer  # noqa: PLC0415
 
     baseline = _status_kib("VmRSS")
     sampler = AnonPeak()
@@ -80,21 +80,18 @@ def child(args) -> dict:
                       unlabelled=[type(c)(c.name, c.image, None) for c in cases[n_labelled:]], classes=full.classes)
     with tempfile.TemporaryDirectory() as tmp:
         run = RunFolder(Path(tmp) / "run")
-        run.prepare()
         config = TrainConfig(method="mean_teacher", network="unet", dim="3", iterations=args.iterations, val_cases=1,
                              val_interval=args.iterations, device="cpu", cache_dir=str(args.cache))
-        trainer = Trainer(config, dataset, run, logging.getLogger("bench"))
         started = time.perf_counter()
-        trainer.setup()
-        setup_s = time.perf_counter() - started
-        trainer.train()
+        trained = train_run(run, lambda: (config, dataset))  # status.json, progress, log.txt as `sslsegment train`
+        setup_s = trained.setup_s
         train_s = time.perf_counter() - started - setup_s
     anon = sampler.stop()
-    data = trainer.data
+    data = trained.data
     everything = data.train + data.validation + data.unlabelled
     in_memory = sum(int(np.prod(c.shape)) * (4 + (8 if c.labelled else 0)) for c in everything)
     return {"cases": len(cases), "labelled": n_labelled, "cache": data.cache, "patch": list(data.patch),
-            "batch": list(trainer.batch_sizes), "setup_s": round(setup_s, 1), "train_s": round(train_s, 1),
+            "batch": list(trained.batch_sizes), "setup_s": round(setup_s, 1), "train_s": round(train_s, 1),
             "baseline_rss": round(baseline / 1024, 1), "peak_rss": round(_status_kib("VmHWM") / 1024, 1),
             "peak_anon": round(anon / 1024, 1), "in_memory_equivalent": round(in_memory / 2**20, 1),
             "torch_threads": torch.get_num_threads()}

@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 from SSLSegmentLib.config import TrainConfig  # noqa: E402
 from SSLSegmentLib.data.cases import Dataset, discover_dataset  # noqa: E402
 from SSLSegmentLib.inference import autocast  # noqa: E402
+from SSLSegmentLib.run_protocol import read_progress  # noqa: E402
 from SSLSegmentLib.sampling import to_tensors  # noqa: E402
 from SSLSegmentLib.training.run_folder import RunFolder  # noqa: E402
 from SSLSegmentLib.training.trainer import Trainer  # noqa: E402
@@ -125,8 +126,7 @@ def ddp_iterations_per_second(processes: int, images: Path, labels: Path, cache:
         result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, check=False)
         if result.returncode != 0:
             raise SystemExit(result.stderr[-3000:])
-        steps = [json.loads(line) for line in (out / "progress.jsonl").read_text().splitlines()]
-        steps = [r for r in steps if "iteration" in r]
+        steps = [r for r in read_progress(out) if "iteration" in r]
     first, last = steps[0], steps[-1]
     rate = (last["iteration"] - first["iteration"]) / (last["elapsed_s"] - first["elapsed_s"])
     return {"processes": processes, "threads_per_process": threads, "batch_per_process": [per_process] * 2,

@@ -40,8 +40,8 @@ from SSLSegmentLib.data.cases import Dataset, discover_dataset  # noqa: E402
 from SSLSegmentLib.evaluation import evaluate_folders  # noqa: E402
 from SSLSegmentLib.inference import predict_cases  # noqa: E402
 from SSLSegmentLib.model_file import load_model  # noqa: E402
+from SSLSegmentLib.training.lifecycle import train_run  # noqa: E402
 from SSLSegmentLib.training.run_folder import RunFolder  # noqa: E402
-from SSLSegmentLib.training.trainer import Trainer  # noqa: E402
 
 VARIANTS = ("holdout", "none")
 
@@ -55,23 +55,20 @@ def few_labels(train: Path, labelled: int, unlabelled: int) -> Dataset:
 
 def run_variant(variant: str, seed: int, dataset: Dataset, evaluation: Path, work: Path, args) -> dict:
     run = RunFolder(work / f"{variant}_seed{seed}")
-    run.prepare()
     config = TrainConfig(method=args.method, network="unet", size=args.size, dim=args.dim,
                          iterations=args.iterations, validation=variant, seed=seed, device=args.device,
                          spacing=args.spacing, cache_dir=str(work / "cache"))
     started = time.monotonic()
-    trainer = Trainer(config, dataset, run, logging.getLogger("bench"))
-    trainer.setup()
-    result = trainer.train()
+    trained = train_run(run, lambda: (config, dataset))  # status.json, progress, log.txt as `sslsegment train`
     train_s = time.monotonic() - started
     evaluation_cases = discover_dataset(evaluation / "images", evaluation / "labels").labelled
     predictions = work / f"{variant}_seed{seed}_predictions"
-    predict_cases(load_model(run.model, trainer.device), evaluation_cases, predictions, trainer.device)
+    predict_cases(load_model(run.model, trained.device), evaluation_cases, predictions, trained.device)
     scores = evaluate_folders(predictions, evaluation / "labels")
-    held_out = [c.name for c in trainer.data.validation]
+    held_out = [c.name for c in trained.data.validation]
     return {"variant": variant, "seed": seed, "dice": round(scores["mean"]["all"]["dice"], 4),
-            "checkpoint": result.model_source, "best_val_dice": result.best_dice, "held_out": held_out,
-            "trained_on": len(trainer.data.train), "train_s": round(train_s, 1)}
+            "checkpoint": trained.result.model_source, "best_val_dice": trained.result.best_dice, "held_out": held_out,
+            "trained_on": len(trained.data.train), "train_s": round(train_s, 1)}
 
 
 def summary(runs: list[dict]) -> dict:

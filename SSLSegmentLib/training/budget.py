@@ -227,4 +227,4 @@ class TimeBudget:
         trainer.log.info("time budget: " + message, *args)
         trainer.run.add_progress({"event": "budget", **asdict(self.plan)})
         if trainer.context.is_main:
-            atomic_write_json(trainer.run.path / "budget.json", asdict(self.plan))
+            atomic_write_json(trainer.run.budget, asdict(self.plan))

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..fileio import atomic_write_json
-from .run_folder import RunFolder, read_run_status
+from ..run_protocol import COMMAND_FILE, DONE, read_run_status
+from .run_folder import RunFolder
 
-COMMAND_FILE = "command.json"
 _PATH_ARGUMENTS = ("images", "labels", "dataset", "out", "cache_dir", "init_model")
 _NOT_SAVED = ("resume", "overwrite", "threads", "command")
 
@@ -44,7 +44,7 @@ def arguments_to_resume(args: argparse.Namespace) -> argparse.Namespace:
         raise InputError(f"--resume {folder}: not a resumable run folder (no readable {COMMAND_FILE}); "
                          "give the folder of a run made by `sslsegment train`") from error
     status = read_run_status(folder) or {}
-    if status.get("state") == "done":
+    if status.get("state") == DONE:
         raise InputError(f"--resume {folder}: this run is already done; give --overwrite to train it again")
     _refuse_changed_settings(args, saved, folder)
     restored = {k: Path(v) if k in _PATH_ARGUMENTS and v is not None else v for k, v in saved.items()}

@@ -1,26 +1,16 @@
-"""The run folder: the only channel between a training process and whoever watches it.
-
-The training process writes; the command line, the Slicer logic and tests only read.
-Every file is replaced atomically (progress is appended a whole line at a time), so a
-reader polling at any moment sees complete records. A file named ``cancel`` written by
-the watcher asks the run to stop at the next iteration.
+"""The run folder as the training process writes it (the protocol, its file names, states
+and readers, is :mod:`SSLSegmentLib.run_protocol`; this class only puts it to use).
 """
 
 from __future__ import annotations
 
-import datetime
-import json
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
-from ..fileio import append_jsonl, atomic_write_json
-
-STATES = ("running", "done", "failed", "cancelled")
-INTERRUPTED = "interrupted"
-"""What readers report for a status left at ``running`` by a process that is gone (SIGKILL,
-power loss, full disk): never written, only read. ``train --resume`` goes on from it."""
+from .. import run_protocol as protocol
+from ..run_protocol import read_run_status
 
 
 class RunFolder:
@@ -31,16 +21,18 @@ class RunFolder:
         self.path = Path(path)
         self.writer = writer
 
-    config = property(lambda self: self.path / "config.json")
-    progress = property(lambda self: self.path / "progress.jsonl")
-    status = property(lambda self: self.path / "status.json")
-    log = property(lambda self: self.path / "log.txt")
-    cancel_file = property(lambda self: self.path / "cancel")
-    model = property(lambda self: self.path / "model.pt")
-    predictions = property(lambda self: self.path / "predictions")
+    config = property(lambda self: self.path / protocol.CONFIG_FILE)
+    progress = property(lambda self: self.path / protocol.PROGRESS_FILE)
+    status = property(lambda self: self.path / protocol.STATUS_FILE)
+    log = property(lambda self: self.path / protocol.LOG_FILE)
+    cancel_file = property(lambda self: self.path / protocol.CANCEL_FILE)
+    model = property(lambda self: self.path / protocol.MODEL_FILE)
+    predictions = property(lambda self: self.path / protocol.PREDICTIONS_DIR)
+    cases = property(lambda self: self.path / protocol.CASES_FILE)
+    budget = property(lambda self: self.path / protocol.BUDGET_FILE)
 
     def checkpoint(self, kind: str) -> Path:
-        return self.path / f"checkpoint_{kind}.pt"
+        return self.path / protocol.checkpoint_name(kind)
 
     # --- writer side ----------------------------------------------------------------------
     def prepare(self) -> None:
@@ -51,17 +43,12 @@ class RunFolder:
             self.cancel_file.unlink()
 
     def set_status(self, state: str, error: str | None = None, **extra: Any) -> None:
-        assert state in STATES, state
-        if not self.writer:
-            return
-        record = {"state": state, "error": error, "pid": os.getpid(),
-                  "updated": datetime.datetime.now().isoformat(timespec="seconds"), **extra}
-        atomic_write_json(self.status, record)
+        if self.writer:
+            protocol.write_status(self.path, state, error, **extra)
 
     def add_progress(self, record: dict) -> None:
-        if not self.writer:
-            return
-        append_jsonl(self.progress, record)
+        if self.writer:
+            protocol.append_progress(self.path, record)
 
     def cancel_requested(self) -> bool:
         return self.cancel_file.exists()
@@ -87,49 +74,8 @@ class RunFolder:
         return read_run_status(self.path)
 
     def read_progress(self) -> list[dict]:
-        if not self.progress.exists():
-            return []
-        records = []
-        for line in self.progress.read_text(encoding="utf-8").splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a line still being written
-        return records
+        """Every complete record; a corrupt line is skipped (:class:`run_protocol.ProgressReader`)."""
+        return protocol.read_progress(self.path)
 
     def request_cancel(self) -> None:
-        self.cancel_file.write_text("cancel\n", encoding="utf-8")
-
-
-def read_run_status(folder: str | os.PathLike) -> dict | None:
-    """``status.json`` of a run folder, its state ``interrupted`` when it says ``running`` but
-    the process is gone (the folder's lock is free; without a lock file, the pid is dead)."""
-    from .run_lock import LOCK_NAME, folder_in_use  # noqa: PLC0415
-
-    folder = Path(folder)
-    try:
-        status = json.loads((folder / "status.json").read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    if not isinstance(status, dict) or status.get("state") != "running":
-        return status
-    alive = folder_in_use(folder) if (folder / LOCK_NAME).exists() else _pid_alive(status.get("pid"))
-    if not alive:
-        status = {**status, "state": INTERRUPTED,
-                  "error": status.get("error") or "the training process ended without a final status (killed?); "
-                                                  f"go on with `sslsegment train --resume {folder}`"}
-    return status
-
-
-def _pid_alive(pid) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    if os.name == "nt":  # os.kill would terminate it there; without a lock file, assume alive
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
+        protocol.request_cancel(self.path)

@@ -10,25 +10,15 @@ Under ``torchrun`` rank 0 takes the lock for all ranks (they share the folder).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
 
 from ..errors import InputError
-
-LOCK_NAME = "run.lock"
-RUN_FILES = ("status.json", "config.json", "cases.json", "command.json", "progress.jsonl", "log.txt", "model.pt",
-             "cancel", "predictions")
-"""What a training run writes into its folder (besides ``checkpoint_*.pt``); anything else
-(a Slicer round's ``round.json`` and ``console.txt``) belongs to whoever put it there."""
-
-try:
-    import fcntl
-except ImportError:  # Windows
-    fcntl = None
-    import msvcrt
-
+from ..run_protocol import (  # noqa: F401  (folder_in_use: re-exported beside the lock)
+    CANCELLED, FAILED, LOCK_FILE, MODEL_FILE, PREDICTIONS_DIR, PROGRESS_FILE, RUN_FILES, folder_in_use, is_checkpoint,
+    read_status, try_lock,
+)
 
 _HELD: list = []
 """Lock files this process holds open."""
@@ -55,29 +45,17 @@ class RunFolderBusy(InputError):
     """Another live process trains into this folder."""
 
 
-def _try_lock(handle) -> bool:
-    try:
-        if fcntl is not None:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        else:
-            handle.seek(0)
-            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
-    except OSError:
-        return False
-    return True
-
-
 class RunLock:
     """The lock of one run folder, held from :meth:`acquire` until the process ends (or
     :meth:`release`)."""
 
     def __init__(self, folder: str | os.PathLike):
-        self.path = Path(folder) / LOCK_NAME
+        self.path = Path(folder) / LOCK_FILE
         self._handle = None
 
     def acquire(self) -> None:
         handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held open for the life of the run
-        if not _try_lock(handle):
+        if not try_lock(handle):
             try:
                 handle.seek(0)
                 holder = handle.read().strip() or "unknown"
@@ -100,26 +78,12 @@ class RunLock:
             self._handle = None
 
 
-def folder_in_use(folder: str | os.PathLike) -> bool:
-    """True while a live process holds the folder's lock (a reader's question: is the run
-    whose status says ``running`` still alive?)."""
-    path = Path(folder) / LOCK_NAME
-    try:
-        handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115
-    except OSError:
-        return False
-    try:
-        return not _try_lock(handle)
-    finally:
-        handle.close()
-
-
 def run_files(folder: Path) -> list[Path]:
     """The files of an earlier run in ``folder``."""
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if p.name in RUN_FILES or
-                  (p.name.startswith("checkpoint_") and p.name.endswith(".pt")))
+                  is_checkpoint(p.name))
 
 
 def create_run_folder(folder: Path) -> None:
@@ -154,7 +118,7 @@ def claim_run_folder(folder: str | os.PathLike, resume: bool = False, overwrite:
     try:
         lock.acquire()
     except OSError as error:
-        raise InputError(f"--out {folder}: cannot create {LOCK_NAME} ({error.strerror or error})") from error
+        raise InputError(f"--out {folder}: cannot create {LOCK_FILE} ({error.strerror or error})") from error
     try:
         _check_previous_run(folder, resume, overwrite)
     except BaseException:
@@ -166,14 +130,10 @@ def claim_run_folder(folder: str | os.PathLike, resume: bool = False, overwrite:
 def _nothing_to_keep(folder: Path, previous: list[Path]) -> bool:
     """An earlier attempt that failed or was cancelled before it trained anything (no model,
     checkpoint, progress or prediction): a rerun after fixing the input may replace it."""
-    trained = {"model.pt", "progress.jsonl", "predictions"}
-    if any(p.name in trained or p.name.startswith("checkpoint_") for p in previous):
+    trained = {MODEL_FILE, PROGRESS_FILE, PREDICTIONS_DIR}
+    if any(p.name in trained or is_checkpoint(p.name) for p in previous):
         return False
-    try:
-        state = json.loads((folder / "status.json").read_text(encoding="utf-8")).get("state")
-    except (OSError, ValueError, AttributeError):
-        state = None
-    return state in ("failed", "cancelled")
+    return (read_status(folder) or {}).get("state") in (FAILED, CANCELLED)
 
 
 def _check_previous_run(folder: Path, resume: bool, overwrite: bool) -> None:

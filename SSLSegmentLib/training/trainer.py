@@ -129,7 +129,7 @@ class Trainer(TrainerOutputs):
                 "config": config.to_dict(), "device": str(self.device), "world_size": context.world_size,
                 "plan": self.data.plan.to_dict(), "patch_size": list(self.data.patch),
                 "batch_sizes": list(self.batch_sizes), "classes": [c.name for c in self.data.classes]})
-            atomic_write_json(self.run.path / "cases.json", cases)
+            atomic_write_json(self.run.cases, cases)
             self.run.add_progress({"event": "data_cache", **self.data.cache})
 
     def _check_compatible(self, initial: dict) -> None:
