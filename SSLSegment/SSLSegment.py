@@ -44,12 +44,12 @@ from SSLSegmentGui.resultsSection import ResultsSectionMixin  # noqa: E402
 from SSLSegmentGui.segmentPanel import SegmentPanel  # noqa: E402
 from SSLSegmentGui.selfTest import SelfTestSteps  # noqa: E402
 from SSLSegmentGui.trainingSection import TrainingSectionMixin  # noqa: E402
-from SSLSegmentLib import dependencies, jobs  # noqa: E402
-from SSLSegmentLib.config import DEFAULT_METHOD  # noqa: E402
+from SSLSegmentLib import catalogue, dependencies, jobs  # noqa: E402
+from SSLSegmentLib.config import AUTO_PRESET, TrainConfig  # noqa: E402
 from SSLSegmentLib.errors import InputError  # noqa: E402
-from SSLSegmentLib.logic import (  # noqa: E402
-    DEVICE_CHOICES, DIM_CHOICES, EXPORT_FORMAT_CHOICES, METHOD_CHOICES, NETWORK_CHOICES, PRESET_CHOICES,
-    SIZE_CHOICES, SPACING_CHOICES, SSLSegmentLogic as _EngineLogic, defaultJobsRoot,
+from SSLSegmentLib.logic import EXPORT_FORMAT_CHOICES, SSLSegmentLogic as _EngineLogic, defaultJobsRoot  # noqa: E402
+from SSLSegmentLib.round_settings import (  # noqa: E402
+    DEVICE_CHOICES, DIM_CHOICES, METHOD_CHOICES, NETWORK_CHOICES, PRESET_CHOICES, SIZE_CHOICES, SPACING_CHOICES,
 )
 
 
@@ -101,19 +101,21 @@ class SSLSegment(ScriptedLoadableModule):
 
 @parameterNodeWrapper
 class SSLSegmentParameterNode:
-    """The panel's settings, saved with the scene and bound to the .ui (SlicerParameterName)."""
+    """The panel's settings, saved with the scene and bound to the .ui (SlicerParameterName).
+    Defaults and choices come from ``TrainConfig`` and the catalogue (the combo boxes are filled
+    from the choices); "preset" in size and spacing leaves them to the preset."""
 
-    method: Annotated[str, Choice(list(METHOD_CHOICES))] = DEFAULT_METHOD
-    network: Annotated[str, Choice(list(NETWORK_CHOICES))] = "unet"
-    preset: Annotated[str, Choice(list(PRESET_CHOICES))] = "auto"
-    iterations: Annotated[int, WithinRange(1, 1000000)] = 2000
+    method: Annotated[str, Choice(list(METHOD_CHOICES))] = TrainConfig.method
+    network: Annotated[str, Choice(list(NETWORK_CHOICES))] = TrainConfig.network
+    preset: Annotated[str, Choice(list(PRESET_CHOICES))] = AUTO_PRESET
+    iterations: Annotated[int, WithinRange(1, 1000000)] = TrainConfig.iterations
     trainMinutes: Annotated[int, WithinRange(0, 10000)] = 0
     """0: train for ``iterations``; else for this many minutes (the time budget)."""
-    dim: Annotated[str, Choice(list(DIM_CHOICES))] = "auto"
-    device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"
+    dim: Annotated[str, Choice(list(DIM_CHOICES))] = TrainConfig.dim
+    device: Annotated[str, Choice(list(DEVICE_CHOICES))] = TrainConfig.device
     size: Annotated[str, Choice(list(SIZE_CHOICES))] = "preset"
     spacing: Annotated[str, Choice(list(SPACING_CHOICES))] = "preset"
-    seed: Annotated[int, WithinRange(0, 2147483647)] = 1337
+    seed: Annotated[int, WithinRange(0, 2147483647)] = TrainConfig.seed
     jobsDirectory: pathlib.Path = pathlib.Path(".")
     retrainIterations: Annotated[int, WithinRange(1, 1000000)] = 500
     exportDirectory: pathlib.Path = pathlib.Path(".")
@@ -280,7 +282,16 @@ class SSLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, DataSe
             self._parameterNodeGuiTag = None
         self._parameterNode = parameterNode
         if parameterNode:
-            self._parameterNodeGuiTag = parameterNode.connectGui(self.ui)
+            self._parameterNodeGuiTag = parameterNode.connectGui(self.ui)  # fills the combo boxes from the choices
+            self.describeChoices()
+
+    def describeChoices(self):
+        """Each method's and network's item tooltip: its description and paper (the catalogue)."""
+        for combo, kind in ((self.ui.methodComboBox, "method"), (self.ui.networkComboBox, "network")):
+            entries = catalogue.listing(kind)
+            for index in range(combo.count):
+                description, reference = entries.get(combo.itemText(index), ("", ""))
+                combo.setItemData(index, f"{description} ({reference})", qt.Qt.ToolTipRole)
 
     # -- state machine -------------------------------------------------------------------
     def setState(self, state):

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any, Protocol
 
+from .config import TrainConfig
+
 
 def child_threads() -> int:
     """CPU threads for the training child: every core but one, which stays with Slicer's
@@ -18,7 +20,7 @@ def child_threads() -> int:
     return max(1, (os.cpu_count() or 2) - 1)
 
 
-def child_environment(package_parent: str | os.PathLike, device: str = "auto") -> dict[str, str]:
+def child_environment(package_parent: str | os.PathLike, device: str = TrainConfig.device) -> dict[str, str]:
     """Environment of the child: finds ``SSLSegmentLib``; no GPU when the CPU is asked for."""
     env = dict(os.environ)
     paths = [str(package_parent)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]

@@ -8,21 +8,12 @@ holding another run), 3 cancelled (cancel file, SIGTERM, Ctrl+C).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 
-from .config import DEFAULT_METHOD
 from .errors import InputError
 from .run_protocol import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED
-
-
-def _patch(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.replace("x", ",").split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"patch size {text!r}: expected numbers like 64,64,64") from None
 
 
 def _add_threads(p) -> None:
@@ -32,6 +23,10 @@ def _add_threads(p) -> None:
 
 
 def _add_train(sub) -> None:
+    """The run's inputs and folder here; every training setting from ``TrainConfig``'s options."""
+    from .config import TrainConfig  # noqa: PLC0415
+    from .options import add_arguments  # noqa: PLC0415
+
     p = sub.add_parser("train", help="train a model on labelled and unlabelled images")
     data = p.add_argument_group("data")
     data.add_argument("--images", type=Path, help="folder of images (labelled and unlabelled)")
@@ -43,66 +38,22 @@ def _add_train(sub) -> None:
                         "own settings and data")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run already in --out (its model, checkpoints, logs are deleted first)")
-    p.add_argument("--checkpoint-interval", type=int, metavar="N",
-                   help="write a resumable checkpoint every N iterations (default: a tenth of the run, at most 200)")
-    p.add_argument("--method", default=DEFAULT_METHOD, help=f"see `sslsegment methods` (default: {DEFAULT_METHOD})")
-    p.add_argument("--network", default="unet", help="see `sslsegment networks`")
-    p.add_argument("--preset", choices=["auto", "fast-cpu", "balanced", "quality-gpu"],
-                   help="default: auto (patch and batch from the free GPU memory) on CUDA, fast-cpu on CPU")
-    p.add_argument("--size", choices=["tiny", "small", "base"], help="network size (default: the preset's)")
-    p.add_argument("--dim", default="auto", choices=["auto", "2", "3"])
-    p.add_argument("--iterations", type=int,
-                   help="training iterations (default 2000); with --time-budget, the most it may choose")
-    p.add_argument("--time-budget", type=float, metavar="MINUTES",
-                   help="train for this many minutes, set-up and prediction of the unlabelled cases included: "
-                        "after a short warm-up the iteration count is fixed to fit (recorded in budget.json)")
-    p.add_argument("--patch-size", type=_patch, help="z,y,x in 3D or y,x in 2D")
-    p.add_argument("--spacing", metavar="RULE_OR_MM",
-                   help="training spacing: 'data' (median of the labelled cases), 'fit' (coarser until a case "
-                        "fits the patch), one number in mm (isotropic in 3D, in-plane in 2D) or x,y,z; default: "
-                        "the preset's (fit on fast-cpu, data otherwise). Predictions keep each image's grid")
-    p.add_argument("--labelled-batch", type=int)
-    p.add_argument("--unlabelled-batch", type=int)
-    p.add_argument("--optimiser", choices=["sgd", "adamw"], default="sgd")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--consistency", type=float, help="maximum unsupervised loss weight (default: the method's)")
-    p.add_argument("--dropout", type=float, help="backbone dropout (U-Net; default: the method's)")
-    p.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="method-specific setting, JSON value (repeatable)")
-    p.add_argument("--normalisation", choices=["zscore", "ct"], default="zscore")
-    p.add_argument("--ct-window", type=float, nargs=2, metavar=("LOW", "HIGH"))
-    p.add_argument("--val-cases", type=int, help="labelled cases held out for validation (overrides --validation)")
-    p.add_argument("--validation", choices=["auto", "holdout", "none"], default="auto",
-                   help="holdout: one labelled case in five validates, the best checkpoint is kept; none: every "
-                        "label trains, the last weights are kept; auto (default): holdout from 20 labelled cases on")
-    p.add_argument("--val-interval", type=int)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--seed", type=int, default=1337)
     _add_threads(p)
-    p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="auto: mixed precision on CUDA, bf16 on CPUs with native bf16 (AMX, AVX512-BF16), else fp32")
     scale = p.add_argument_group("scaling (multi-GPU: launch with `torchrun --nproc_per_node N -m SSLSegmentLib train ...`)")
-    scale.add_argument("--cache-dir", type=Path,
-                       help="preprocessed-case cache (default: $SSLSEGMENT_CACHE or .sslsegment-cache beside --out)")
-    scale.add_argument("--num-workers", type=int, help="batch-preparing processes (default: 0 on CPU, 4 on CUDA)")
-    scale.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
-                       help="channels-last tensors on CUDA (auto: on in 2D)")
-    p.add_argument("--init-model", type=Path, help="start from a previous model.pt (a retraining round)")
-    p.add_argument("--largest-component", action="store_true",
-                   help="keep only each class's largest connected component in the predictions")
-    p.add_argument("--predict-unlabelled", action="store_true",
-                   help="after training, predict every unlabelled case into OUT/predictions")
+    add_arguments(p, TrainConfig, groups={"scaling": scale})
 
 
 def _add_others(sub) -> None:
+    from .config import TrainConfig  # noqa: PLC0415
+    from .options import choices_of  # noqa: PLC0415
+
     p = sub.add_parser("predict", help="segment images with a trained model")
     p.add_argument("--model", type=Path, required=True, help="run folder or model.pt")
     p.add_argument("--images", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--overwrite", action="store_true",
                    help="replace files in --out that this model's predictions did not write (by default refused)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default=TrainConfig.device, choices=choices_of(TrainConfig, "device"))
     p.add_argument("--largest-component", action="store_true",
                    help="keep only each class's largest connected component")
     _add_threads(p)
@@ -138,40 +89,14 @@ def _add_serve(sub) -> None:
 
 
 def config_from_args(args):
-    """The run's TrainConfig from the parsed `train` arguments."""
-    from .config import TrainConfig  # noqa: PLC0415
-    from .spacing import parse_spacing  # noqa: PLC0415
+    """The run's TrainConfig from the parsed `train` arguments (each from its option)."""
+    from .config import BUDGET_ITERATION_CAP, TrainConfig  # noqa: PLC0415
+    from .options import values_from_args  # noqa: PLC0415
 
-    options = {}
-    for item in args.method_option:
-        key, _, value = item.partition("=")
-        try:
-            options[key] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key] = value
-    return TrainConfig(
-        method=args.method, network=args.network, preset=args.preset, size=args.size, dim=args.dim,
-        iterations=_iterations(args), time_budget=args.time_budget, spacing=parse_spacing(args.spacing),
-        patch_size=args.patch_size, labelled_batch=args.labelled_batch,
-        unlabelled_batch=args.unlabelled_batch, optimiser=args.optimiser, lr=args.lr, consistency=args.consistency, dropout=args.dropout,
-        method_options=options, normalisation=args.normalisation,
-        ct_window=tuple(args.ct_window) if args.ct_window else None, val_cases=args.val_cases,
-        validation=args.validation,
-        val_interval=args.val_interval, seed=args.seed, device=args.device, amp=not args.no_amp,
-        precision=args.precision,
-        init_model=str(args.init_model) if args.init_model else None, predict_unlabelled=args.predict_unlabelled,
-        largest_component=args.largest_component, checkpoint_interval=getattr(args, "checkpoint_interval", None),
-        cache_dir=str(args.cache_dir) if args.cache_dir else None, num_workers=args.num_workers,
-        channels_last={"auto": None, "on": True, "off": False}[args.channels_last])
-
-
-def _iterations(args) -> int:
-    from .config import TrainConfig  # noqa: PLC0415
-    from .training.budget import DEFAULT_CAP  # noqa: PLC0415
-
-    if args.iterations is not None:
-        return args.iterations
-    return DEFAULT_CAP if args.time_budget else TrainConfig.iterations
+    values = values_from_args(TrainConfig, args)
+    if values["iterations"] is None:  # the one default that depends on another setting
+        values["iterations"] = BUDGET_ITERATION_CAP if values["time_budget"] else TrainConfig.iterations
+    return TrainConfig(**values)
 
 
 def load_dataset(args):
@@ -264,14 +189,10 @@ def main(argv: list[str] | None = None) -> int:
             return run_reporting_status(args.out, run_predict, args)  # OUT/status.json for the panel
         if args.command == "evaluate":
             return run_evaluate(args)
-        if args.command == "methods":
-            from .methods import available_methods  # noqa: PLC0415
+        if args.command in ("methods", "networks"):
+            from .catalogue import listing  # noqa: PLC0415 (torch-free: the registries agree with it on load)
 
-            return run_list({n: (c.description, c.reference) for n, c in available_methods().items()})
-        if args.command == "networks":
-            from .networks import available_networks  # noqa: PLC0415
-
-            return run_list({n: (d, "") for n, d in available_networks().items()})
+            return run_list(listing(args.command[:-1]))
         if args.command == "demo":
             from .demo import demo_command  # noqa: PLC0415
 

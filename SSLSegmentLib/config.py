@@ -1,4 +1,5 @@
-"""Typed training settings and the presets that fill them.
+"""Typed training settings, each defined once with its command-line option (``TrainConfig``),
+and the presets that fill them. Torch-free: the Slicer panel imports it before torch exists.
 
 A preset picks the network size, patch and batch for a kind of machine; anything given
 explicitly (command line, Slicer panel) overrides the preset.
@@ -6,17 +7,17 @@ explicitly (command line, Slicer panel) overrides the preset.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from .catalogue import DEFAULT_METHOD, DEFAULT_NETWORK, NETWORK_SIZES  # noqa: F401  (DEFAULT_METHOD re-exported)
 from .errors import InputError
+from .options import option
 from .settings_check import check_train_settings
-
-DEFAULT_METHOD = "bcp"
-"""The method a user gets without asking: the one ``bench/label_efficiency.py`` measures best over
-3 seeds on both ACDC (2D) and LA (3D). Defined here only (this module imports no torch) and
-used by the CLI, the training settings, the jobs, the logic and the Slicer panel."""
 
 PRESETS: dict[str, dict[str, Any]] = {
     "fast-cpu": {
@@ -58,6 +59,8 @@ PRESET_NAMES = (AUTO_PRESET, *PRESETS)
 
 PROVISIONAL_ITERATIONS = 1_000_000
 """The iteration count of a time-budgeted run's warm-up, before the budget fixes it."""
+BUDGET_ITERATION_CAP = PROVISIONAL_ITERATIONS
+"""The most iterations a time budget may choose when no ``--iterations`` caps it."""
 
 
 def preset_table(name: str | None) -> dict[str, Any]:
@@ -68,74 +71,163 @@ def default_preset(device_type: str) -> str:
     return AUTO_PRESET if device_type == "cuda" else "fast-cpu"
 
 
+# How some options read and write their text (see ``TrainConfig``'s options).
+_CHANNELS_LAST = {"auto": None, "on": True, "off": False}
+
+
+def _patch(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"patch size {text!r}: expected numbers like 64,64,64") from None
+
+
+def _parse_spacing(text):
+    from .spacing import parse_spacing  # noqa: PLC0415 (numpy: only when a spacing is read)
+
+    return parse_spacing(text)
+
+
+def _spacing_words(spacing) -> list[str]:
+    if isinstance(spacing, str):
+        return [spacing]
+    values = spacing if isinstance(spacing, (tuple, list)) else (spacing,)
+    return [",".join(_number(float(v)) for v in values)]
+
+
+def _number(value: float) -> str:
+    """Short where that loses nothing (``1.5``, ``3``), else every digit."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(value)
+
+
+def _method_options(items: list[str]) -> dict[str, Any]:
+    """``--method-option KEY=VALUE`` (repeatable): the value as JSON, else as text."""
+    options = {}
+    for item in items or ():
+        key, _, value = item.partition("=")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+def _text_or_none(path) -> str | None:
+    return str(path) if path else None
+
+
 @dataclass
 class TrainConfig:
-    """Everything one training run needs; saved as the run's ``config.json``."""
+    """Everything one training run needs; saved as the run's ``config.json``.
 
-    method: str = DEFAULT_METHOD
-    network: str = "unet"
-    preset: str | None = None
+    The one definition of each training setting: its default, and for those the command line
+    exposes, its option (flag, help, choices, type; :func:`.options.option`). ``sslsegment
+    train``'s arguments, the child command line of a Slicer or web round (``to_argv``), the
+    panels' defaults and ``SSLSegmentLogic.startTraining`` all come from here.
+    """
+
+    method: str = option(DEFAULT_METHOD, "--method", help="see `sslsegment methods` (default: {default})")
+    network: str = option(DEFAULT_NETWORK, "--network", help="see `sslsegment networks` (default: {default})")
+    preset: str | None = option(None, "--preset", choices=PRESET_NAMES,
+                                help="default: auto (patch and batch from the free GPU memory) on CUDA, "
+                                     "fast-cpu on CPU")
     """None: chosen from the device (fast-cpu on CPU, quality-gpu on CUDA)."""
-    size: str | None = None
-    dim: str = "auto"
-    iterations: int = 2000
+    size: str | None = option(None, "--size", choices=NETWORK_SIZES, help="network size (default: the preset's)")
+    dim: str = option("auto", "--dim", choices=("auto", "2", "3"))
+    iterations: int = option(2000, "--iterations", type=int, parser_default=None,
+                             help="training iterations (default {default}); with --time-budget, the most it may "
+                                  "choose")
     """With ``time_budget``: the most the budget may choose."""
-    time_budget: float | None = None
+    time_budget: float | None = option(None, "--time-budget", type=float, metavar="MINUTES",
+                                       help="train for this many minutes, set-up and prediction of the unlabelled "
+                                            "cases included: after a short warm-up the iteration count is fixed to "
+                                            "fit (recorded in budget.json)")
     """Minutes for the whole run (set-up, training, validation, prediction of the unlabelled
     cases); the iteration count is fixed after a warm-up (``training/budget.py``)."""
-    spacing: str | float | tuple[float, float, float] | None = None
+    spacing: str | float | tuple[float, float, float] | None = option(
+        None, "--spacing", metavar="RULE_OR_MM", to_value=_parse_spacing, to_text=_spacing_words,
+        help="training spacing: 'data' (median of the labelled cases), 'fit' (coarser until a case fits the patch), "
+             "one number in mm (isotropic in 3D, in-plane in 2D) or x,y,z; default: the preset's (fit on fast-cpu, "
+             "data otherwise). Predictions keep each image's grid")
     """Training spacing: "data" (median), "fit" (coarser until a case fits the patch), or mm
     (one number: isotropic in 3D, in-plane in 2D; or x, y, z); None: the preset's. See
     ``spacing.py``. Predictions come back on each image's own grid."""
-    patch_size: tuple[int, ...] | None = None
+    patch_size: tuple[int, ...] | None = option(None, "--patch-size", type=_patch, help="z,y,x in 3D or y,x in 2D",
+                                                to_text=lambda patch: [",".join(map(str, patch))])
     """Patch in array order: (z, y, x) in 3D, (y, x) in 2D; None: the preset's."""
-    labelled_batch: int | None = None
-    unlabelled_batch: int | None = None
-    optimiser: str = "sgd"
-    lr: float | None = None
+    labelled_batch: int | None = option(None, "--labelled-batch", type=int)
+    unlabelled_batch: int | None = option(None, "--unlabelled-batch", type=int)
+    optimiser: str = option("sgd", "--optimiser", choices=("sgd", "adamw"))
+    lr: float | None = option(None, "--lr", type=float)
     """None: 0.01 for SGD (SSL4MIS), 3e-4 for AdamW."""
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    consistency: float | None = None
+    consistency: float | None = option(None, "--consistency", type=float,
+                                       help="maximum unsupervised loss weight (default: the method's)")
     """Maximum unsupervised weight; None: the method's own default."""
     rampup_fraction: float = 1.0
     """Share of the run over which the unsupervised weight ramps up: all of it, as SSL4MIS."""
-    dropout: float | None = None
+    dropout: float | None = option(None, "--dropout", type=float,
+                                   help="backbone dropout (U-Net; default: the method's)")
     """Dropout in the backbone (U-Net); None: the method's default (0.1 for methods that need a
     stochastic student, 0 otherwise)."""
     ema_decay: float = 0.99
-    method_options: dict[str, Any] = field(default_factory=dict)
-    normalisation: str = "zscore"
-    ct_window: tuple[float, float] | None = None
-    val_cases: int | None = None
+    method_options: dict[str, Any] = option(
+        flag="--method-option", default_factory=dict, action="append", metavar="KEY=VALUE",
+        help="method-specific setting, JSON value (repeatable)", to_value=_method_options,
+        to_text=lambda options: [f"{key}={json.dumps(value)}" for key, value in options.items()])
+    normalisation: str = option("zscore", "--normalisation", choices=("zscore", "ct"))
+    ct_window: tuple[float, float] | None = option(
+        None, "--ct-window", type=float, nargs=2, metavar=("LOW", "HIGH"),
+        to_value=lambda window: tuple(window) if window else None, to_text=lambda window: [str(v) for v in window])
+    val_cases: int | None = option(None, "--val-cases", type=int,
+                                   help="labelled cases held out for validation (overrides --validation)")
     """Labelled cases held out for validation; None: as ``validation`` says."""
-    validation: str = "auto"
+    validation: str = option("auto", "--validation", choices=("auto", "holdout", "none"),
+                             help="holdout: one labelled case in five validates, the best checkpoint is kept; none: "
+                                  "every label trains, the last weights are kept; auto (default): holdout from 20 "
+                                  "labelled cases on")
     """holdout: one labelled case in five validates and the best checkpoint is kept; none: every
     label trains and the last weights are kept; auto: holdout from 20 labelled cases on
     (``training/data_setup.py``, measured by ``bench/validation_holdout.py``)."""
-    val_interval: int | None = None
+    val_interval: int | None = option(None, "--val-interval", type=int)
     foreground_fraction: float = 0.33
     """Share of labelled patches centred on a foreground voxel (nnU-Net's oversampling)."""
-    seed: int = 1337
-    device: str = "auto"
-    amp: bool = True
+    seed: int = option(1337, "--seed", type=int)
+    device: str = option("auto", "--device", choices=("auto", "cpu", "cuda"))
+    amp: bool = option(True, "--no-amp", action="store_true", help="no mixed precision on CUDA",
+                       to_value=lambda no_amp: not no_amp, to_text=lambda amp: None if amp else [])
     """Mixed precision on CUDA (bf16 where supported) when ``precision`` is auto."""
-    precision: str = "auto"
+    precision: str = option("auto", "--precision", choices=("auto", "fp32", "bf16"),
+                            help="auto: mixed precision on CUDA, bf16 on CPUs with native bf16 (AMX, AVX512-BF16), "
+                                 "else fp32")
     """auto: mixed precision on CUDA (``amp``) and bf16 on CPUs with native bf16 (AMX,
     AVX512-BF16); fp32: none; bf16: always (``precision.py``)."""
-    channels_last: bool | None = None
+    channels_last: bool | None = option(
+        None, "--channels-last", choices=tuple(_CHANNELS_LAST), parser_default="auto", group="scaling",
+        help="channels-last tensors on CUDA (auto: on in 2D)", to_value=_CHANNELS_LAST.__getitem__,
+        to_text=lambda on: [next(k for k, v in _CHANNELS_LAST.items() if v is on)])
     """Channels-last tensors on CUDA; None: on for 2D convolutional networks (where cuDNN's
     NHWC kernels are known to help with mixed precision), off otherwise. On CPU: 3D under
     bf16 unless False."""
-    num_workers: int | None = None
+    num_workers: int | None = option(None, "--num-workers", type=int, group="scaling",
+                                     help="batch-preparing processes (default: 0 on CPU, 4 on CUDA)")
     """Processes preparing batches; None: 0 on CPU (a background thread), 4 on CUDA."""
-    cache_dir: str | None = None
+    cache_dir: str | None = option(None, "--cache-dir", type=Path, group="scaling", to_value=_text_or_none,
+                                   help="preprocessed-case cache (default: $SSLSEGMENT_CACHE or .sslsegment-cache "
+                                        "beside --out)")
     """Preprocessed-case cache; None: ``$SSLSEGMENT_CACHE`` or ``.sslsegment-cache`` beside the run."""
-    checkpoint_interval: int | None = None
+    checkpoint_interval: int | None = option(None, "--checkpoint-interval", type=int, metavar="N",
+                                             help="write a resumable checkpoint every N iterations (default: a "
+                                                  "tenth of the run, at most 200)")
     """Iterations between resumable checkpoints; None: a tenth of the run, at most 200."""
-    init_model: str | None = None
-    predict_unlabelled: bool = False
-    largest_component: bool = False
+    init_model: str | None = option(None, "--init-model", type=Path, to_value=_text_or_none,
+                                    help="start from a previous model.pt (a retraining round)")
+    predict_unlabelled: bool = option(False, "--predict-unlabelled", action="store_true",
+                                      help="after training, predict every unlabelled case into OUT/predictions")
+    largest_component: bool = option(False, "--largest-component", action="store_true",
+                                     help="keep only each class's largest connected component in the predictions")
     """Keep only each class's largest connected component in the unlabelled predictions."""
 
     def resolved(self, device_type: str) -> "TrainConfig":

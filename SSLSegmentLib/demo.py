@@ -63,7 +63,7 @@ def demo_command(out: str | Path, iterations: int | None = None, seed: int = 7) 
 
 def run_demo(out: str | Path = "demo_output", iterations: int | None = None, seed: int = 7,
              methods: tuple[str, ...] = METHODS, shape: tuple[int, int, int] = SHAPE,
-             patch: tuple[int, int, int] = PATCH, size: str = "tiny", precision: str = "auto") -> dict:
+             patch: tuple[int, int, int] = PATCH, size: str = "tiny", precision: str = TrainConfig.precision) -> dict:
     """Train and compare ``methods``; returns ``{method: figures}``. The smaller ``shape``,
     ``patch`` and ``size`` are for tests; ``precision`` for the bf16 check."""
     out = Path(out)
@@ -95,8 +95,8 @@ def _compare(out: Path, iterations: int, seed: int, methods, shape, patch, size,
         log.info("training %s for %d iterations on %d labelled + %d unlabelled phantoms", method, iterations,
                  len(dataset.labelled), len(dataset.unlabelled))
         run = RunFolder(out / "runs" / method)
-        config = TrainConfig(method=method, network="unet", size=size, dim="3", iterations=iterations,
-                             patch_size=patch, device="auto", seed=seed, validation="none",
+        config = TrainConfig(method=method, size=size, dim="3", iterations=iterations,
+                             patch_size=patch, seed=seed, validation="none",
                              precision=precision)
         device = train_run(run, lambda config=config: (config, dataset)).device  # `sslsegment train`'s life cycle
         predictions = out / "predictions" / method

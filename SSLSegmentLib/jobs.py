@@ -21,7 +21,8 @@ Pattern from SlicerMONAIAuto3DSeg and MONAI Label: the work runs in a separate p
 that the GUI polls; cancelling kills the whole process tree (psutil), not just the
 launcher. The process runner is injected (SlicerNNUnet style) so tests can use a dummy.
 
-This module holds the round's settings, its command line and :class:`Job`; the folder's files
+This module holds the round's command line and :class:`Job` (the round's settings are
+:class:`.round_settings.TrainSettings`, a view on ``TrainConfig``); the folder's files
 are in :mod:`.job_folder`, the process handling in :mod:`.child_process`, the progress reading
 in :mod:`.run_protocol` and :mod:`.job_progress` (their names are re-exported here). Generic: it imports neither
 ``slicer`` nor ``qt``.
@@ -32,12 +33,10 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 from .config import PROVISIONAL_ITERATIONS
-from .config import DEFAULT_METHOD
 from .child_process import (  # noqa: F401  (re-exported: jobs is the module the logic and the panel use)
     ProcessHandle, ProcessRunner, child_environment, child_threads, kill_process_group, kill_process_tree,
     start_process,
@@ -47,6 +46,7 @@ from .job_folder import (  # noqa: F401  (re-exported)
 )
 from .fileio import atomic_write_json, file_sha256  # noqa: F401  (re-exported)
 from .job_progress import format_duration, tail  # noqa: F401  (re-exported)
+from .round_settings import TrainSettings  # noqa: F401  (re-exported: the round's settings)
 from .run_protocol import (  # noqa: F401  (the states and the reader: re-exported for the panel and the web UI)
     CANCELLED, DONE, FAILED, LOG_FILE, MODEL_FILE, PREDICTIONS_DIR, PROGRESS_FILE, RUNNING, TERMINAL_STATES,
     ProgressReader, read_run_status, request_cancel,
@@ -58,57 +58,18 @@ from .run_protocol import (  # noqa: F401  (the states and the reader: re-export
 # --------------------------------------------------------------------------------------
 
 
-@dataclass
-class TrainSettings:
-    """What the child trains with; the names are the CLI's (``sslsegment train``)."""
-
-    method: str = DEFAULT_METHOD
-    network: str = "unet"
-    dim: str = "auto"
-    iterations: int = 2000
-    device: str = "auto"
-    seed: int = 1337
-    size: str | None = None
-    preset: str | None = None
-    time_budget: float | None = None
-    """Minutes for the whole round (``--time-budget``); it then replaces ``iterations``."""
-    spacing: str | None = None
-    """Training spacing (``--spacing``: "data", "fit", mm); None: the preset's."""
-    extra_args: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-
 def train_command(python: Sequence[str], folder: JobFolder, round_number: int,
                   settings: TrainSettings, init_model: Path | None = None) -> list[str]:
     """The ``python -m SSLSegmentLib train ...`` command line of one round."""
     command = [*python, "-m", "SSLSegmentLib", "train",
                "--images", str(folder.images_dir),
                "--labels", str(folder.labels_dir(round_number)),
-               "--method", settings.method, "--network", settings.network,
-               "--dim", str(settings.dim), *_length_arguments(settings),
                "--out", str(folder.round_dir(round_number)),
-               "--device", settings.device, "--seed", str(int(settings.seed)),
                "--predict-unlabelled"]
-    if settings.preset:
-        command += ["--preset", settings.preset]
-    if settings.size:
-        command += ["--size", settings.size]
-    if settings.spacing:
-        command += ["--spacing", str(settings.spacing)]
     if init_model is not None:
         command += ["--init-model", str(init_model)]
     command += ["--threads", str(child_threads())]
-    return command + list(settings.extra_args)
-
-
-def _length_arguments(settings: TrainSettings) -> list[str]:
-    """``--time-budget`` when the round trains for a time (the budget fixes the iterations),
-    else ``--iterations``."""
-    if settings.time_budget:
-        return ["--time-budget", str(float(settings.time_budget))]
-    return ["--iterations", str(int(settings.iterations))]
+    return command + settings.to_argv()
 
 
 class Job:

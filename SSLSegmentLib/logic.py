@@ -38,7 +38,6 @@ import slicer
 
 from . import jobs
 from .data.class_names import check_classes_in_every_case, check_every_class_drawn
-from .config import DEFAULT_METHOD
 from .errors import InputError
 from .segmenting import SegmentingMixin
 from .mrml import (  # noqa: F401  (re-exported for the module and scripts)
@@ -61,20 +60,11 @@ from .slicer_logic.markings import (  # noqa: F401  (re-exported for the module,
     ATTR_CASE, ATTR_CONFIDENCE, ATTR_CORRECTED, ATTR_JOB, ATTR_OUT_OF_DOMAIN, ATTR_ROLE, ATTR_ROUND, EXCLUDED,
     LABELLED, UNLABELLED, MarkingsMixin,
 )
+from .round_settings import TrainSettings, settings_changes, settings_from_round
 from .slicer_logic.results import ResultsMixin
 
 log = logging.getLogger(__name__)
 
-#: What the panel offers. The engine's registries import torch, which Slicer may not have
-#: yet when the panel opens, so the names are listed here (a test keeps them equal).
-METHOD_CHOICES = ("bcp", "supervised", "mean_teacher", "uamt", "cps", "fixmatch", "cct", "urpc", "ict", "ctct",
-                  "entropy_minimization", "rdrop", "adversarial", "dct")
-NETWORK_CHOICES = ("unet", "dynunet", "attention_unet", "vnet", "enet", "swin_unet")
-PRESET_CHOICES = ("auto", "fast-cpu", "balanced", "quality-gpu")
-DIM_CHOICES = ("auto", "2", "3")
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
-SIZE_CHOICES = ("preset", "tiny", "small", "base")
-SPACING_CHOICES = ("preset", "data", "fit")
 EXPORT_FORMAT_CHOICES = ("seg.nrrd", "nrrd", "nii.gz")
 
 
@@ -127,33 +117,32 @@ class SSLSegmentLogic(SegmentingMixin, InputChecksMixin, ExportMixin, ResultsMix
     # Training
     # ----------------------------------------------------------------------------------
 
-    def startTraining(self, labeled: Sequence[tuple], unlabeled: Sequence = (), method: str = DEFAULT_METHOD,
-                      network: str = "unet", dim: str | int = "auto", iterations: int = 2000,
-                      device: str = "auto", seed: int = 1337, size: str | None = None,
-                      preset: str | None = None, extraArgs: Sequence[str] = (),
-                      timeBudget: float | None = None, spacing: str | None = None,
-                      jobFolder: str | os.PathLike | None = None,
-                      waitForCompletion: bool = False) -> jobs.Job:
+    def startTraining(self, labeled: Sequence[tuple], unlabeled: Sequence = (),
+                      jobFolder: str | os.PathLike | None = None, waitForCompletion: bool = False,
+                      **settings) -> jobs.Job:
         """Export the cases to a new job folder and start round 1 in a child process.
 
         ``labeled``: ``[(volumeNode, segmentationNode), ...]``; ``unlabeled``: volume nodes.
         Classes are the segment names (union, in order of first appearance). Bad input
         raises :class:`InputError` before any process starts. Returns the running job
-        (finished when ``waitForCompletion``). ``timeBudget``: train for this many minutes
-        (prediction included) instead of ``iterations``. ``spacing``: the training spacing
-        ("data", "fit" or mm, see ``SSLSegmentLib.spacing``); None: the preset's.
+        (finished when ``waitForCompletion``).
+
+        ``settings``: the round's training settings, by the names of
+        :class:`SSLSegmentLib.round_settings.TrainSettings` (``method``, ``network``, ``dim``,
+        ``iterations``, ``device``, ``seed``, ``size``, ``preset``, ``time_budget`` or
+        ``timeBudget``: train for this many minutes, prediction included, instead of
+        ``iterations``; ``spacing``: "data", "fit" or mm, see ``SSLSegmentLib.spacing``;
+        ``extra_args`` or ``extraArgs``: more ``sslsegment train`` arguments). Each one left out
+        takes ``TrainConfig``'s default; an unknown name is refused.
         """
         labeled, unlabeled = list(labeled), list(unlabeled)
         self.validateInputs(labeled, unlabeled)
         classes = self.classesFromSegmentations([seg for _, seg in labeled])
         check_classes_in_every_case(_segmentNamesPerVolume(labeled))
-        folder = jobs.JobFolder(jobFolder or self._newJobFolder(method))
+        settings = _roundSettings({}, settings)
+        folder = jobs.JobFolder(jobFolder or self._newJobFolder(settings.method))
         if folder.job_file.exists():
             raise InputError(f"job folder {folder.root} is already used by another job")
-        settings = jobs.TrainSettings(method=method, network=network, dim=str(dim), iterations=int(iterations),
-                                      device=device, seed=int(seed), size=size, preset=preset,
-                                      extra_args=list(extraArgs), time_budget=_positiveOrNone(timeBudget),
-                                      spacing=_spacingText(spacing))
         _checkSettings(folder, settings)
         names = uniqueCaseNames([volume for volume, _ in labeled] + unlabeled)
         round_number = 1
@@ -186,7 +175,7 @@ class SSLSegmentLogic(SegmentingMixin, InputChecksMixin, ExportMixin, ResultsMix
         classes = job_info["classes"]
         self._checkNoNewClasses(corrected, classes)
         previous = folder.read_round(job.round)
-        settings = jobs.TrainSettings(**{**_settingsFrom(previous), **_settingsChanges(iterations, settingsChanges)})
+        settings = _roundSettings(settings_from_round(previous), _withIterations(iterations, settingsChanges))
         _checkSettings(folder, settings)
         round_number = folder.next_round()
         with _removedOnError(folder.labels_dir(round_number)):
@@ -200,7 +189,7 @@ class SSLSegmentLogic(SegmentingMixin, InputChecksMixin, ExportMixin, ResultsMix
         folder.write_job(job_info)
         return self._startRound(folder, round_number, cases, settings, job, waitForCompletion)
 
-    def _startRound(self, folder: jobs.JobFolder, round_number: int, cases: dict, settings: jobs.TrainSettings,
+    def _startRound(self, folder: jobs.JobFolder, round_number: int, cases: dict, settings: TrainSettings,
                     previous: jobs.Job | None, waitForCompletion: bool) -> jobs.Job:
         init_model = previous.model_path if previous is not None else None
         command = jobs.train_command(self.pythonCommand, folder, round_number, settings, init_model)
@@ -312,7 +301,7 @@ def _removedOnError(path: Path):
         raise
 
 
-def _checkSettings(folder: jobs.JobFolder, settings: jobs.TrainSettings) -> None:
+def _checkSettings(folder: jobs.JobFolder, settings: TrainSettings) -> None:
     """The engine's own checks of the round's command line (``--lr``, ``--patch-size``...)."""
     from .training.cli_train import check_train_arguments  # noqa: PLC0415
 
@@ -333,21 +322,29 @@ def _jobCaseEntry(case: dict) -> dict:
     return {k: case[k] for k in ("image", "volumeNodeID", "volumeName") if k in case}
 
 
-def _settingsFrom(round_info: dict) -> dict:
-    known = jobs.TrainSettings.__dataclass_fields__
-    return {k: v for k, v in round_info.get("settings", {}).items() if k in known}
+def _roundSettings(base: dict, changes: dict) -> TrainSettings:
+    """``base`` (a previous round's settings) with ``changes`` (the logic's keywords), each
+    checked and in the form the command line takes."""
+    values = {**base, **settings_changes(changes)}
+    if "time_budget" in values:
+        values["time_budget"] = _positiveOrNone(values["time_budget"])
+    if "spacing" in values:
+        values["spacing"] = _spacingText(values["spacing"])
+    for name, kind in (("dim", str), ("iterations", int), ("seed", int), ("extra_args", list)):
+        if name in values:
+            values[name] = kind(values[name])
+    return TrainSettings(**values)
 
 
-def _settingsChanges(iterations: int | None, changes: dict) -> dict:
-    aliases = {"extraArgs": "extra_args", "timeBudget": "time_budget"}
-    result = {aliases.get(k, k): v for k, v in changes.items() if v is not None}
-    unknown = set(result) - set(jobs.TrainSettings.__dataclass_fields__)
-    if unknown:
-        raise InputError(f"unknown training settings: {', '.join(sorted(unknown))}")
+def _withIterations(iterations: int | None, changes: dict) -> dict:
+    """A retrain's changes: an explicit iteration count replaces the previous round's time
+    budget unless a budget is given too (0: no budget)."""
+    changes = dict(changes)
     if iterations is not None:
-        result["iterations"] = int(iterations)
-        result.setdefault("time_budget", None)  # an explicit count replaces the previous round's budget
-    return result
+        changes["iterations"] = iterations
+        if changes.get("time_budget") is None and changes.get("timeBudget") is None:
+            changes["time_budget"] = 0
+    return changes
 
 
 def _spacingText(spacing) -> str | None:

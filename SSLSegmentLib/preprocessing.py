@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from .config import TrainConfig
 from .data.geometry import Geometry
 
 ANISOTROPY_THRESHOLD = 3.0
@@ -40,7 +41,7 @@ class Plan:
 
     dim: int
     target_spacing: tuple[float, float, float]
-    normalisation: str = "zscore"
+    normalisation: str = TrainConfig.normalisation
     ct_window: tuple[float, float] | None = None
 
     def __post_init__(self):
@@ -67,8 +68,8 @@ class Plan:
                    tuple(window) if window is not None else None)
 
 
-def make_plan(geometries_of_labelled: Sequence[Geometry], dim: str | int = "auto",
-              normalisation: str = "zscore", ct_window: tuple[float, float] | None = None) -> Plan:
+def make_plan(geometries_of_labelled: Sequence[Geometry], dim: str | int = TrainConfig.dim,
+              normalisation: str = TrainConfig.normalisation, ct_window: tuple[float, float] | None = None) -> Plan:
     """Target spacing = median spacing of the labelled cases (nnU-Net). ``dim="auto"`` picks 2D
     when the median spacing is anisotropic (coarsest / finest > 3), else 3D.
 

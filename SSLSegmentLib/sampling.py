@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .cache import MAX_FOREGROUND_POINTS
+from .config import TrainConfig
 from .cache import foreground_points as cached_foreground_points
 
 
@@ -86,7 +87,7 @@ class PatchSampler:
     :meth:`from_cache` samples from memory-mapped cached cases instead.
     """
 
-    def __init__(self, images, labels, patch, dim, foreground_fraction=0.33, augment=True, seed=0, volumes=None):
+    def __init__(self, images, labels, patch, dim, foreground_fraction=TrainConfig.foreground_fraction, augment=True, seed=0, volumes=None):
         self.patch = tuple(patch)
         self.dim = dim
         self.augment = augment
@@ -98,7 +99,7 @@ class PatchSampler:
         self.foreground_fraction = foreground_fraction if any(v.labelled for v in volumes) else 0.0
 
     @classmethod
-    def from_cache(cls, cases, patch, dim, foreground_fraction=0.33, augment=True, labelled=True) -> "PatchSampler":
+    def from_cache(cls, cases, patch, dim, foreground_fraction=TrainConfig.foreground_fraction, augment=True, labelled=True) -> "PatchSampler":
         volumes = [Volume.from_cache(c) if labelled else Volume(None, None, {}, source=_Unlabelled(c)) for c in cases]
         return cls(None, None, patch, dim, foreground_fraction, augment, volumes=volumes)
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import jobs
+from .config import TrainConfig
 from .errors import InputError
 from .fileio import atomic_write_json
 from .mrml import placeUnder, writeVolume
@@ -127,7 +128,7 @@ class SegmentingMixin:
     (so a scene close stops the run too) and its helpers.
     """
 
-    def startSegmenting(self, model, volumes: Sequence, device: str = "auto", largestComponent: bool = False,
+    def startSegmenting(self, model, volumes: Sequence, device: str = TrainConfig.device, largestComponent: bool = False,
                         waitForCompletion: bool = False) -> SegmentingRun:
         """Export ``volumes`` and segment them with ``model`` in a child process.
 

@@ -34,8 +34,11 @@ def _positive_int(name: str, value: int | None, hint: str, minimum: int = 1) -> 
 
 def check_train_settings(config: Any) -> None:
     """Refuse settings no run can use (``config``: a :class:`~SSLSegmentLib.config.TrainConfig`)."""
+    from .config import TrainConfig  # noqa: PLC0415 (config imports this module: the examples are its defaults)
+
     _finite_positive("--lr", config.lr, "try 0.01 for sgd or 3e-4 for adamw (or leave it out)")
-    _positive_int("--iterations", config.iterations, "give the number of training steps, e.g. 2000")
+    _positive_int("--iterations", config.iterations,
+                  f"give the number of training steps, e.g. {TrainConfig.iterations}")
     _positive_int("--labelled-batch", config.labelled_batch, "give 1 or more labelled patches per step "
                   "(or leave it out for the preset's)")
     _positive_int("--unlabelled-batch", config.unlabelled_batch, "give 1 or more unlabelled patches per step "
@@ -46,7 +49,7 @@ def check_train_settings(config: Any) -> None:
     seed = getattr(config, "seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
         raise InputError(f"--seed must be a whole number from 0 to {2**32 - 1} (what NumPy's generator takes), "
-                         f"got {seed!r}; e.g. --seed 1337")
+                         f"got {seed!r}; e.g. --seed {TrainConfig.seed}")
     if config.val_cases is not None:
         _positive_int("--val-cases", config.val_cases, "give 0 for no validation", minimum=0)
     if config.consistency is not None:

@@ -1,15 +1,13 @@
-"""The default method: defined once (``config.DEFAULT_METHOD``), the same in the CLI, the training
+"""The default method: defined once (the catalogue's first method, ``config.DEFAULT_METHOD``), the same in the CLI, the training
 settings, the jobs, the logic, the panel and the demo, and it trains in 2D and 3D with the
 default network."""
 
 from __future__ import annotations
 
 import ast
-import inspect
 import logging
 import subprocess
 import sys
-import xml.etree.ElementTree as ET
 
 import pytest
 import torch
@@ -47,25 +45,29 @@ def test_every_entry_point_defaults_to_it():
 
 
 def test_logic_defaults_to_it():
+    """startTraining takes its settings from the one definition: a round started without a method
+    trains the default one, and the panels list it first."""
     pytest.importorskip("slicer")
-    from SSLSegmentLib.logic import METHOD_CHOICES, SSLSegmentLogic  # noqa: PLC0415
+    from SSLSegmentLib.logic import _roundSettings  # noqa: PLC0415
+    from SSLSegmentLib.round_settings import METHOD_CHOICES  # noqa: PLC0415
 
-    assert inspect.signature(SSLSegmentLogic.startTraining).parameters["method"].default == DEFAULT_METHOD
+    assert _roundSettings({}, {}).method == DEFAULT_METHOD
     assert METHOD_CHOICES[0] == DEFAULT_METHOD
 
 
 def test_panel_defaults_to_it_and_lists_it_first():
-    """SSLSegment.py imports qt (Slicer only): read as source. The parameter node's default is the
-    name imported from SSLSegmentLib.config, not a literal, and the combo box lists it first."""
+    """SSLSegment.py imports qt (Slicer only): read as source. The parameter node's default is
+    ``TrainConfig.method`` (imported from SSLSegmentLib.config), not a literal, and its choices
+    (which fill the combo box) list the default first."""
+    from SSLSegmentLib.round_settings import METHOD_CHOICES  # noqa: PLC0415
+
     tree = ast.parse((ROOT / "SSLSegment" / "SSLSegment.py").read_text(encoding="utf-8"))
     imports = [n for n in tree.body if isinstance(n, ast.ImportFrom) and n.module == "SSLSegmentLib.config"]
-    assert any(a.name == "DEFAULT_METHOD" for n in imports for a in n.names)
+    assert any(a.name == "TrainConfig" for n in imports for a in n.names)
     [node] = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SSLSegmentParameterNode"]
     [method] = [s for s in node.body if isinstance(s, ast.AnnAssign) and s.target.id == "method"]
-    assert isinstance(method.value, ast.Name) and method.value.id == "DEFAULT_METHOD"
-    ui = ET.parse(ROOT / "Resources" / "UI" / "SSLSegment.ui").getroot()
-    [combo] = [w for w in ui.iter("widget") if w.get("name") == "methodComboBox"]
-    assert combo.find("item/property/string").text == DEFAULT_METHOD
+    assert ast.unparse(method.value) == "TrainConfig.method"
+    assert "METHOD_CHOICES" in ast.unparse(method.annotation) and METHOD_CHOICES[0] == DEFAULT_METHOD
 
 
 @pytest.mark.parametrize("dim, patch", [("2", (32, 32)), ("3", (16, 32, 32))])

@@ -372,7 +372,7 @@ def test_retrain_refuses_new_classes_and_unfinished_rounds(scene, tmp_path):
 
 
 def test_time_budget_and_spacing_reach_the_command(scene, tmp_path):
-    from SSLSegmentLib.logic import _settingsChanges
+    from SSLSegmentLib.logic import _roundSettings, _withIterations
 
     logic = make_logic(scene, tmp_path, fake_engine_runner)
     labelled = [phantom_case(scene, "A", 1)]
@@ -382,8 +382,9 @@ def test_time_budget_and_spacing_reach_the_command(scene, tmp_path):
     assert command[command.index("--time-budget") + 1] == "3.0" and "--iterations" not in command
     assert round_info["settings"]["time_budget"] == 3.0
     previous = {**round_info["settings"]}
-    assert jobs.TrainSettings(**{**previous, **_settingsChanges(500, {})}).time_budget is None
-    assert jobs.TrainSettings(**{**previous, **_settingsChanges(None, {"timeBudget": 2})}).time_budget == 2
+    assert _roundSettings(previous, _withIterations(500, {})).time_budget is None
+    assert _roundSettings(previous, _withIterations(None, {"timeBudget": 2})).time_budget == 2
+    assert _roundSettings(previous, _withIterations(500, {"timeBudget": 2})).time_budget == 2
     with pytest.raises(InputError, match="time budget"):
         logic.startTraining(labeled=labelled, timeBudget=-1, **TINY)
     spaced = logic.startTraining(labeled=labelled, spacing="fit", waitForCompletion=True, **TINY)

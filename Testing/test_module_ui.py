@@ -13,8 +13,6 @@ import struct
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 MODULE_FILE = ROOT / "SSLSegment" / "SSLSegment.py"
 UI_FILE = ROOT / "Resources" / "UI" / "SSLSegment.ui"
@@ -143,18 +141,27 @@ def test_requirements_are_installable_names():
     assert "isTorch" in gui_source() and "PyTorchUtils" in gui_source()
 
 
-def test_panel_choices_match_the_engine():
-    """The panel lists names without importing torch; they must be the engine's."""
-    pytest.importorskip("torch")
-    pytest.importorskip("slicer")
-    from SSLSegmentLib.config import PRESET_NAMES
-    from SSLSegmentLib.logic import METHOD_CHOICES, NETWORK_CHOICES, PRESET_CHOICES
-    from SSLSegmentLib.methods import available_methods
-    from SSLSegmentLib.networks import available_networks
+def test_panel_choices_and_defaults_come_from_the_contract():
+    """The parameter node's choices are the torch-free lists of ``round_settings`` (the catalogue,
+    the presets, ``TrainConfig``'s options), its training defaults ``TrainConfig``'s; the .ui
+    lists no items of its own (the parameter node fills each combo box from its choices)."""
+    from SSLSegmentLib.round_settings import METHOD_CHOICES, NETWORK_CHOICES, PRESET_CHOICES
 
-    assert set(METHOD_CHOICES) == set(available_methods())
-    assert set(NETWORK_CHOICES) == set(available_networks())
-    assert set(PRESET_CHOICES) == set(PRESET_NAMES)
+    fields = parameter_fields()
+    for name, choices in (("method", "METHOD_CHOICES"), ("network", "NETWORK_CHOICES"), ("preset", "PRESET_CHOICES"),
+                          ("dim", "DIM_CHOICES"), ("device", "DEVICE_CHOICES")):
+        assert fields[name] == f"Annotated[str, Choice(list({choices}))]", fields[name]
+    tree = ast.parse(module_source())
+    [cls] = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SSLSegmentParameterNode"]
+    defaults = {s.target.id: ast.unparse(s.value) for s in cls.body if isinstance(s, ast.AnnAssign)}
+    for name in ("method", "network", "iterations", "seed", "dim", "device"):
+        assert defaults[name] == f"TrainConfig.{name}", (name, defaults[name])
+    assert "round_settings import" in module_source() and "METHOD_CHOICES" not in (
+        ROOT / "SSLSegmentLib" / "logic.py").read_text(encoding="utf-8")
+    assert METHOD_CHOICES and NETWORK_CHOICES and "auto" in PRESET_CHOICES
+    for widget in ui_widgets().values():
+        if widget.get("class") == "QComboBox":
+            assert not widget.findall("item"), f"{widget.get('name')} lists items: they would repeat the choices"
 
 
 def _class_source(name: str) -> str:

@@ -38,8 +38,6 @@ class Adversarial(Method):
     """
 
     name = "adversarial"
-    description = "Segmentation net + discriminator on (softmax, image) pairs (DAN)"
-    reference = "Zhang et al., MICCAI 2017"
     options = ("discriminator_width", "discriminator_dropout", "dan_discriminator_schedule", "dan_discriminator_inputs")
     optimiser_overrides = {"discriminator": {"name": "adam", "lr": 1e-4, "betas": (0.9, 0.99)}}
 

@@ -3,7 +3,8 @@
 A method owns its networks (student, EMA teacher, second network, discriminator...) and the
 losses of one training step. The trainer owns the loop, optimisers, learning-rate schedule,
 mixed precision, logging, checkpoints and devices. A new method is one new class with
-``@register_method``: the trainer never changes.
+``@register_method``, plus its entry in ``SSLSegmentLib/catalogue.py`` (name, description, paper,
+networks needed): the trainer never changes.
 
 Several optimisers (CPS's two networks, DAN's discriminator) are expressed as several
 *parameter groups*: ``training_step`` returns one loss per group name and the trainer
@@ -21,6 +22,8 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import nn
 
+from ..catalogue import method_info
+from ..config import TrainConfig
 from ..errors import InputError
 from ..training.schedules import poly_lr
 from .losses import supervised_loss
@@ -35,11 +38,12 @@ class MethodSettings:
     """Hyper-parameters common to all methods; ``extra`` carries method-specific ones."""
 
     consistency: float = 0.1
-    """Maximum weight of the unsupervised loss (lambda max)."""
-    rampup_fraction: float = 1.0
+    """Maximum weight of the unsupervised loss (lambda max); ``Method.default_consistency``
+    (a run's ``--consistency`` replaces it). Defined here only."""
+    rampup_fraction: float = TrainConfig.rampup_fraction
     """Fraction of the run over which the weight rises with the sigmoid ramp-up: the whole run,
     as SSL4MIS's ``sigmoid_rampup(iteration // 150, 200)`` spans its 30,000 iterations."""
-    ema_decay: float = 0.99
+    ema_decay: float = TrainConfig.ema_decay
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -90,7 +94,8 @@ def frozen_copy(network: nn.Module) -> nn.Module:
 
 
 class Method(nn.Module):
-    """Base class of all methods. Subclasses set ``name``, ``description``, ``reference``.
+    """Base class of all methods. Subclasses set ``name`` (their catalogue entry, in
+    ``SSLSegmentLib/catalogue.py``, gives ``description``, ``reference`` and ``extra_networks``).
 
     Subclasses build their networks in ``__init__`` with ``network_factory()`` and
     implement :meth:`training_step`. The default optimises one group, ``"main"``, holding
@@ -106,7 +111,7 @@ class Method(nn.Module):
     """The keys of ``settings.extra`` (``--method-option KEY=VALUE``) this method reads."""
     extra_networks: ClassVar[tuple[str, ...]] = ()
     """Backbones the method builds besides the run's network (CTCT's transformer): their
-    size constraints apply to the patch too."""
+    size constraints apply to the patch too. From the catalogue's ``networks``."""
     default_consistency: ClassVar[float] = MethodSettings.consistency
     """Lambda max when the run sets none (``--consistency``)."""
     default_dropout: ClassVar[float] = 0.0
@@ -174,17 +179,25 @@ _METHODS: dict[str, type[Method]] = {}
 
 
 def register_method(cls: type[Method]) -> type[Method]:
-    """Class decorator: make a method available by its ``name``."""
+    """Class decorator: make a method available by its ``name``. Its description, paper and
+    the networks it needs come from its entry in ``SSLSegmentLib/catalogue.py`` (torch-free, so
+    the panels can list it); a class without one is refused (:class:`CatalogueMismatch`)."""
     if not cls.name:
         raise TypeError(f"{cls.__name__} has no name")
+    info = method_info(cls.name)
+    cls.description, cls.reference, cls.extra_networks = info.description, info.reference, info.networks
     _METHODS[cls.name] = cls
     return cls
 
 
 def available_methods() -> dict[str, type[Method]]:
-    from . import _load_all  # noqa: F401  (imports every method module once)
+    from . import _load_all  # noqa: F401  (imports every method module once, then checks the catalogue)
 
     return dict(_METHODS)
+
+
+def registered_method_names() -> list[str]:
+    return list(_METHODS)
 
 
 def method_class(name: str) -> type[Method]:

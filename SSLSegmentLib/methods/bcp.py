@@ -76,8 +76,6 @@ class BCP(TeacherStudentMethod):
     """
 
     name = "bcp"
-    description = "Bidirectional copy-paste of labelled/unlabelled images, EMA pseudo-labels"
-    reference = "Bai et al., CVPR 2023"
     options = ("bcp_pretrain_fraction", "bcp_largest_component", "bcp_unlabelled_weight", "bcp_lr_schedule")
     min_useful_iterations = {2: 1000, 3: 300}
     """Self-training from a teacher pre-trained for a fifth of a short run hurts: on ACDC (2D,

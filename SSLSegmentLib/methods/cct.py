@@ -27,8 +27,6 @@ class CCT(Method):
     """
 
     name = "cct"
-    description = "Main decoder + auxiliary decoders on perturbed features, consistency"
-    reference = "Ouali et al., CVPR 2020"
     options = ("cct_aux_decoders",)
 
     def __init__(self, settings, network_factory, num_classes, dim):

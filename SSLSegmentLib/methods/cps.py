@@ -30,8 +30,6 @@ class CPS(TwoNetworkMethod):
     """
 
     name = "cps"
-    description = "Two networks supervise each other with argmax pseudo-labels"
-    reference = "Chen et al., CVPR 2021"
 
     def __init__(self, settings, network_factory, num_classes, dim):
         super().__init__(settings, network_factory, num_classes, dim)

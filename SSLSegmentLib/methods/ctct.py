@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from functools import partial
 
+from ..catalogue import DEFAULT_NETWORK
 from .base import register_method
 from .helpers import TwoNetworkMethod, joined_images
 from .losses import soft_dice_loss
-
-TRANSFORMER = "swin_unet"
 
 
 @register_method
@@ -18,24 +17,23 @@ class CTCT(TwoNetworkMethod):
     Luo, Hu, Song, Liao, Wang & Zhang, "Semi-Supervised Medical Image Segmentation via Cross
     Teaching between CNN and Transformer", MIDL 2022.
 
-    The CNN is the run's network (``unet`` by default; ``unet`` if the run asked for the
-    transformer itself) and predicts; the transformer is ``swin_unet`` (MONAI SwinUNETR, no
+    The CNN is the run's network (``unet`` by default; the default network if the run asked for
+    the transformer itself) and predicts; the transformer is the catalogue's ``networks`` entry,
+    ``swin_unet`` (MONAI SwinUNETR, no
     pretrained weights, patch sizes divisible by 32). Each: ``0.5 (CE + Dice)`` on the labels
     + lambda * Dice(its softmax on unlabelled images, the other's argmax). Groups ``"main"``
     (CNN) and ``"second"`` (transformer): separate optimisers as the reference.
     """
 
     name = "ctct"
-    extra_networks = (TRANSFORMER,)
-    description = "CNN and Swin transformer cross-teach with argmax pseudo-labels (Dice)"
-    reference = "Luo et al., MIDL 2022"
 
     def __init__(self, settings, network_factory, num_classes, dim):
         super().__init__(settings, network_factory, num_classes, dim)
+        (transformer,) = self.extra_networks
         self.student = network_factory()
-        if self.student.registry_name == TRANSFORMER:
-            self.student = network_factory(name="unet")
-        self.second = network_factory(name=TRANSFORMER)
+        if self.student.registry_name == transformer:
+            self.student = network_factory(name=DEFAULT_NETWORK)
+        self.second = network_factory(name=transformer)
 
     def training_step(self, labelled, unlabelled, step):
         images, n_labelled = joined_images(labelled, unlabelled)

@@ -40,8 +40,6 @@ class DCT(TwoNetworkMethod):
     """
 
     name = "dct"
-    description = "Two networks (views): JS agreement + adversarial view difference"
-    reference = "Qiao et al., ECCV 2018"
     options = ("dct_difference_ratio", "dct_epsilon")
     separate_optimisers = False
 

@@ -19,8 +19,6 @@ class EntropyMinimization(Method):
     """
 
     name = "entropy_minimization"
-    description = "One network, minimises the entropy of its unlabelled predictions"
-    reference = "Grandvalet & Bengio, NeurIPS 2004; Vu et al., CVPR 2019"
 
     def __init__(self, settings, network_factory, num_classes, dim):
         super().__init__(settings, network_factory, num_classes, dim)

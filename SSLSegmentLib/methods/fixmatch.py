@@ -32,10 +32,7 @@ class FixMatch(TeacherStudentMethod):
     """
 
     name = "fixmatch"
-    description = "EMA-teacher pseudo-labels on a weak view supervise a colour-jittered strong view"
-    reference = "Sohn et al., NeurIPS 2020"
     options = ("fixmatch_threshold", "fixmatch_jitter", "fixmatch_loss", "fixmatch_pseudo_labels")
-    default_consistency = 0.1
 
     def training_step(self, labelled, unlabelled, step):
         supervised = self.supervised_loss(self.student(labelled["image"]), labelled["label"])

@@ -29,8 +29,6 @@ class ICT(TeacherStudentMethod):
     """
 
     name = "ict"
-    description = "Student on mixed unlabelled images vs mixed EMA-teacher predictions"
-    reference = "Verma et al., IJCAI 2019"
     options = ("ict_alpha",)
 
     def training_step(self, labelled, unlabelled, step):

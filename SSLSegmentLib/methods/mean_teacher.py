@@ -29,8 +29,6 @@ class MeanTeacher(TeacherStudentMethod):
     """
 
     name = "mean_teacher"
-    description = "Student + EMA teacher, softmax MSE consistency on noisy unlabelled images"
-    reference = "Tarvainen & Valpola, NeurIPS 2017"
     options = ("noise_std", "noise_clip", "noise_scale")
     default_dropout = 0.1
 

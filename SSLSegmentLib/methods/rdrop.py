@@ -38,8 +38,6 @@ class RDrop(Method):
     """
 
     name = "rdrop"
-    description = "One network with dropout run twice, symmetric KL between the passes"
-    reference = "Wu et al., NeurIPS 2021"
     options = ("rdrop_dropout", "rdrop_kl", "rdrop_kl_axis", "rdrop_supervised")
     default_consistency = 0.5
     default_dropout = 0.1

@@ -13,8 +13,6 @@ class Supervised(Method):
     """
 
     name = "supervised"
-    description = "Labelled cases only (the baseline)"
-    reference = "Ronneberger et al., U-Net, MICCAI 2015"
     uses_unlabelled = False
 
     def __init__(self, settings, network_factory, num_classes, dim):

@@ -51,8 +51,6 @@ class UAMT(TeacherStudentMethod):
     """
 
     name = "uamt"
-    description = "Mean Teacher with an uncertainty-masked consistency (T noisy teacher passes)"
-    reference = "Yu et al., MICCAI 2019"
     options = ("uamt_passes", "uamt_threshold_log", "uamt_mse_denominator", "noise_std", "noise_clip", "noise_scale")
     default_dropout = 0.1
 

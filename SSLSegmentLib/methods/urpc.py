@@ -41,8 +41,6 @@ class URPC(Method):
     """
 
     name = "urpc"
-    description = "Uncertainty-rectified consistency between four decoder-scale predictions"
-    reference = "Luo et al., MICCAI 2021"
 
     def __init__(self, settings, network_factory, num_classes, dim):
         super().__init__(settings, network_factory, num_classes, dim)

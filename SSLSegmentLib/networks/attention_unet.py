@@ -8,7 +8,7 @@ from .registry import register_network
 from .unet import UNET_CHANNELS
 
 
-@register_network("attention_unet", "Attention U-Net (MONAI AttentionUnet, batch norm)")
+@register_network("attention_unet")
 def build_attention_unet(dim: int, in_channels: int, out_channels: int, size: str):
     """Oktay et al., "Attention U-Net: Learning Where to Look for the Pancreas", MIDL 2018.
 

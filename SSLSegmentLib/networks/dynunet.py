@@ -13,7 +13,7 @@ DYNUNET_FILTERS = {
 }
 
 
-@register_network("dynunet", "nnU-Net style U-Net (MONAI DynUNet, instance norm, LeakyReLU)")
+@register_network("dynunet")
 def build_dynunet(dim: int, in_channels: int, out_channels: int, size: str):
     """Isensee et al., "nnU-Net: a self-configuring method for deep learning-based biomedical
     image segmentation", Nature Methods 2021 (MONAI DynUNet).

@@ -168,7 +168,7 @@ class ENet(nn.Module):
         return self.full_conv(x)
 
 
-@register_network("enet", "ENet (hand-written: MONAI has none; batch norm, PReLU)")
+@register_network("enet")
 def build_enet(dim: int, in_channels: int, out_channels: int, size: str):
     """ENet (Paszke et al., arXiv:1606.02147, 2016), written here as MONAI lacks it; 2D and 3D.
 

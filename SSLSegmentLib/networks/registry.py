@@ -1,7 +1,7 @@
 """Registry of segmentation backbones, looked up by name.
 
 A backbone builder is ``f(dim, in_channels, out_channels, size) -> nn.Module`` registered with
-:func:`register_network`. Every network maps ``(B, C_in, *spatial)`` to logits
+:func:`register_network`, and listed in ``SSLSegmentLib/catalogue.py`` (description, dims, divisor). Every network maps ``(B, C_in, *spatial)`` to logits
 ``(B, C_out, *spatial)``; the builder's docstring says which spatial sizes it needs
 (divisible by 16 unless it says otherwise).
 """
@@ -14,10 +14,9 @@ from typing import Callable
 
 from torch import nn
 
+from ..catalogue import NETWORK_SIZES as SIZES
+from ..catalogue import network_info
 from ..errors import InputError
-
-SIZES = ("tiny", "small", "base")
-"""``tiny``: unit tests; ``small``: CPU default; ``base``: GPU."""
 
 Builder = Callable[[int, int, int, str], nn.Module]
 
@@ -38,15 +37,21 @@ class NetworkEntry:
 _NETWORKS: dict[str, NetworkEntry] = {}
 
 
-def register_network(name: str, description: str, dims: tuple[int, ...] = (2, 3), divisor: int = 16,
-                     channels_last: bool = True):
-    """Decorator: make ``builder(dim, in_channels, out_channels, size)`` available as ``name``."""
+def register_network(name: str, channels_last: bool = True):
+    """Decorator: make ``builder(dim, in_channels, out_channels, size)`` available as ``name``.
+    Its description, dims and divisor come from its entry in ``SSLSegmentLib/catalogue.py``
+    (torch-free, so the panels can list it); a network without one is refused."""
 
     def decorate(builder: Builder) -> Builder:
-        _NETWORKS[name] = NetworkEntry(name, description, tuple(dims), builder, divisor, channels_last)
+        info = network_info(name)
+        _NETWORKS[name] = NetworkEntry(name, info.description, info.dims, builder, info.divisor, channels_last)
         return builder
 
     return decorate
+
+
+def registered_network_names() -> list[str]:
+    return list(_NETWORKS)
 
 
 def available_networks() -> dict[str, str]:

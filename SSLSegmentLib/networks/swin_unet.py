@@ -22,8 +22,7 @@ SWIN_SETTINGS = {
 }
 
 
-@register_network("swin_unet", "Swin transformer U-Net (MONAI SwinUNETR); sizes divisible by 32", divisor=32,
-                  channels_last=False)
+@register_network("swin_unet", channels_last=False)
 def build_swin_unet(dim: int, in_channels: int, out_channels: int, size: str):
     """Hatamizadeh et al., "Swin UNETR: Swin Transformers for Semantic Segmentation of Brain
     Tumors in MRI Images", BrainLes 2021 (MONAI SwinUNETR), standing in for Cao et al.'s

@@ -17,7 +17,7 @@ INSTANCE_NORM = ("instance", {"affine": True})
 same with 2+2 batches, at inference on one case, and in an EMA teacher."""
 
 
-@register_network("unet", "U-Net (MONAI UNet, residual units, instance norm)")
+@register_network("unet")
 def build_unet(dim: int, in_channels: int, out_channels: int, size: str, dropout: float = 0.0):
     """Ronneberger et al., "U-Net: Convolutional Networks for Biomedical Image Segmentation",
     MICCAI 2015; MONAI's variant with residual units (Kerfoot et al., STACOM 2018).

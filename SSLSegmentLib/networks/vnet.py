@@ -8,7 +8,7 @@ from ..errors import InputError
 from .registry import register_network
 
 
-@register_network("vnet", "V-Net (MONAI VNet, fixed width, batch norm, dropout)")
+@register_network("vnet")
 def build_vnet(dim: int, in_channels: int, out_channels: int, size: str):
     """Milletari et al., "V-Net: Fully Convolutional Neural Networks for Volumetric Medical
     Image Segmentation", 3DV 2016 (the backbone of the LA / UA-MT recipes).

@@ -25,6 +25,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 
+from ..config import BUDGET_ITERATION_CAP as DEFAULT_CAP  # noqa: F401  (the settings' own: torch-free)
 from ..config import PROVISIONAL_ITERATIONS
 from ..fileio import atomic_write_json
 from ..inference import predict_probabilities
@@ -45,8 +46,6 @@ RECENT_CHECKS = 10
 """After the warm-up, the pace is measured over this many checks (progress records)."""
 FIXED_AFTER_S = 2.0
 """Saving the checkpoints and the model, closing the data stream."""
-DEFAULT_CAP = 1_000_000
-"""The most iterations a budget may choose when no ``--iterations`` caps it."""
 
 
 @dataclass

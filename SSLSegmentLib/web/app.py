@@ -21,6 +21,7 @@ from trame_slicer.app.logic import SegmentEditorLogic
 from trame_slicer.core import SlicerApp
 
 from .. import jobs
+from ..config import AUTO_PRESET, TrainConfig
 from ..errors import InputError
 from ..headless import _set_slicer_globals
 from ..logic import EXPORT_FORMAT_CHOICES, LABELLED, SSLSegmentLogic
@@ -67,7 +68,7 @@ class WebApp(TrameApp):
         s = self.state
         s.trame__title = "SSLSegment"
         s.update({"volumes": [], "results": [], "selected": None, "showing": "labels", "classes_text": "",
-                  "message": "", "error": "", "method": self.options.method, "network": "unet", "preset": "auto",
+                  "message": "", "error": "", "method": self.options.method, "network": TrainConfig.network, "preset": AUTO_PRESET,
                   "iterations": self.options.iterations, "training": False, "train_fraction": 0,
                   "train_text": "No training yet", "train_state": "idle", "train_eta": "-", "train_loss": None,
                   "train_dice": None, "export_format": "seg.nrrd", "export_folder": "", "show_3d": False,

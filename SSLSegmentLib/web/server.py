@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 import logging
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import DEFAULT_METHOD
+from ..catalogue import NETWORK_SIZES
+from ..config import TrainConfig
 from ..errors import InputError
+from ..options import choices_of
 from . import security
 
 DEFAULT_HOST = "127.0.0.1"
@@ -28,10 +29,10 @@ class ServeOptions:
     jobs_dir: Path | None = None
     max_volumes: int = 200
     max_upload_mb: int = 512
-    method: str = DEFAULT_METHOD
-    iterations: int = 2000
-    device: str = "auto"
-    dim: str = "auto"
+    method: str = TrainConfig.method
+    iterations: int = TrainConfig.iterations
+    device: str = TrainConfig.device
+    dim: str = TrainConfig.dim
     size: str | None = None
     patch_size: str | None = None
 
@@ -48,11 +49,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs-dir", type=Path, help="where training jobs and exports go")
     p.add_argument("--max-volumes", type=int, default=200)
     p.add_argument("--max-upload-mb", type=int, default=512)
-    p.add_argument("--method", help="the Train panel's first method (default: the logic's)")
-    p.add_argument("--iterations", type=int, help="the Train panel's first iterations (default: the logic's)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--dim", default="auto", choices=["auto", "2", "3"])
-    p.add_argument("--size", choices=["tiny", "small", "base"], help="network size (default: the preset's)")
+    p.add_argument("--method", help=f"the Train panel's first method (default: {TrainConfig.method})")
+    p.add_argument("--iterations", type=int,
+                   help=f"the Train panel's first iterations (default: {TrainConfig.iterations})")
+    p.add_argument("--device", default=TrainConfig.device, choices=choices_of(TrainConfig, "device"))
+    p.add_argument("--dim", default=TrainConfig.dim, choices=choices_of(TrainConfig, "dim"))
+    p.add_argument("--size", choices=NETWORK_SIZES, help="network size (default: the preset's)")
     p.add_argument("--patch-size", help="training patch z,y,x (default: the preset's)")
 
 
@@ -63,16 +65,9 @@ def options_from_args(args) -> ServeOptions:
         names = {i: n.strip() for i, n in enumerate(args.classes.split(","), start=1) if n.strip()}
     return ServeOptions(images=args.images, labels=args.labels, value_names=names, host=args.host, port=args.port,
                         secret=secret, jobs_dir=args.jobs_dir, max_volumes=args.max_volumes,
-                        max_upload_mb=args.max_upload_mb, method=args.method or _logic_default("method"),
-                        iterations=args.iterations or _logic_default("iterations"),
+                        max_upload_mb=args.max_upload_mb, method=args.method or TrainConfig.method,
+                        iterations=args.iterations or TrainConfig.iterations,
                         device=args.device, dim=args.dim, size=args.size, patch_size=args.patch_size)
-
-
-def _logic_default(name: str):
-    """The default of ``SSLSegmentLogic.startTraining``: the page starts where the panel does."""
-    from ..logic import SSLSegmentLogic  # noqa: PLC0415
-
-    return inspect.signature(SSLSegmentLogic.startTraining).parameters[name].default
 
 
 def prepare_environment(options: ServeOptions) -> None:

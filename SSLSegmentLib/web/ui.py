@@ -8,7 +8,7 @@ from trame.widgets import html
 from trame.widgets import vuetify3 as v
 from trame_slicer.app.ui import SegmentEditorUI
 
-from ..logic import METHOD_CHOICES, NETWORK_CHOICES, PRESET_CHOICES
+from ..round_settings import METHOD_CHOICES, NETWORK_CHOICES, PRESET_CHOICES
 
 TABS = (("data", "Data"), ("label", "Label"), ("train", "Train"), ("results", "Results"), ("export", "Export"))
 ROLE_ITEMS = ["labelled", "unlabelled", "excluded"]
