@@ -1,6 +1,6 @@
 """A run too short for its method to gain from the unlabelled cases says so.
 
-BCP below about 1000 iterations in 2D (300 in 3D) did worse than supervised-only training on the same labels
+BCP below about 1000 iterations in 2D (150 in 3D) did worse than supervised-only training on the same labels
 (``bench/results/time_budget.md``): a clinician who asks for 2 minutes must be told, in the
 log, the progress, ``status.json`` and the panel's status line, not find out from the result.
 """
@@ -30,12 +30,12 @@ def _warnings_in(run) -> tuple[list[str], list[str]]:
 
 def test_the_rule_names_the_iterations_and_the_method():
     bcp = method_class("bcp")
-    assert bcp.min_useful_iterations == {2: 1000, 3: 300}
-    assert short_run_warning(bcp, 1000, 2) is None and short_run_warning(bcp, 315, 3) is None
+    assert bcp.min_useful_iterations == {2: 1000, 3: 150}
+    assert short_run_warning(bcp, 1000, 2) is None and short_run_warning(bcp, 150, 3) is None
     message = short_run_warning(bcp, 420, 2)
     assert "420 iterations" in message and "1000" in message and "bcp" in message and "in 2D" in message
     assert "--method supervised" in message
-    assert "the 300 that bcp needs in 3D" in short_run_warning(bcp, 102, 3)
+    assert "the 150 that bcp needs in 3D" in short_run_warning(bcp, 102, 3)
     assert short_run_warning(method_class("supervised"), 1, 2) is None  # nothing to gain, nothing to lose
 
 
@@ -44,7 +44,7 @@ def test_a_short_bcp_run_ends_done_with_the_warning_everywhere_a_watcher_looks(t
     assert code == 0
     in_status, in_progress = _warnings_in(run)
     assert in_status == in_progress and len(in_status) == 1 and in_status[0].startswith("1 iterations")
-    assert "300 that bcp needs in 3D" in (run / "log.txt").read_text()
+    assert "150 that bcp needs in 3D" in (run / "log.txt").read_text()
     assert round_summary(run, {})["warnings"] == in_status
 
 
@@ -55,17 +55,18 @@ def test_a_short_supervised_run_has_no_warning(tmp_path, capsys):
     assert "warnings" not in json.loads((run / "status.json").read_text())
 
 
-def test_a_time_budget_warns_once_it_has_fixed_a_count_too_short(phantom_data, tmp_path):
+def test_a_time_budget_warns_once_it_has_fixed_a_count_too_short(phantom_data, tmp_path, monkeypatch):
+    # a bound no 3-second budget reaches, whatever the machine's pace
+    monkeypatch.setattr(method_class("bcp"), "min_useful_iterations", {3: 10**6})
     run = RunFolder(tmp_path / "run")
     config = TrainConfig(method="bcp", size="tiny", dim="3", patch_size=(16, 32, 32), time_budget=0.05,
                          iterations=5000, val_cases=0, device="cpu", cache_dir=str(tmp_path / "cache"), seed=3)
     dataset = discover_dataset(phantom_data["images"], phantom_data["labels"])
     train_run(run, lambda: (config, dataset), logging.getLogger("test_short_run"))
     plan = json.loads(run.budget.read_text())
-    assert plan["iterations"] < 300  # 3 seconds of tiny steps
     in_status, in_progress = _warnings_in(run.path)
     assert in_status and in_status == in_progress
-    assert in_status[-1].startswith(f"{plan['iterations']} iterations are fewer than the 300")
+    assert in_status[-1].startswith(f"{plan['iterations']} iterations are fewer than the 1000000")
     progress = run.read_progress()
     first_warning = next(i for i, r in enumerate(progress) if r.get("event") == "warning")
     first_budget = next(i for i, r in enumerate(progress) if r.get("event") == "budget")
