@@ -14,33 +14,8 @@ from pathlib import Path
 
 from .errors import InputError
 from .run_protocol import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED
-
-
-def _add_threads(p) -> None:
-    p.add_argument("--threads", type=int, metavar="N",
-                   help="CPU threads for torch (default: torch's, one per core). On a busy machine fewer "
-                        "threads than cores is much faster: threads waiting for a busy core stall every step")
-
-
-def _add_train(sub) -> None:
-    """The run's inputs and folder here; every training setting from ``TrainConfig``'s options."""
-    from .config import TrainConfig  # noqa: PLC0415
-    from .options import add_arguments  # noqa: PLC0415
-
-    p = sub.add_parser("train", help="train a model on labelled and unlabelled images")
-    data = p.add_argument_group("data")
-    data.add_argument("--images", type=Path, help="folder of images (labelled and unlabelled)")
-    data.add_argument("--labels", type=Path, help="folder of labels (labelmaps or .seg.nrrd), matched by case name")
-    data.add_argument("--dataset", type=Path, help="dataset.json (nnU-Net/MSD style) instead of --images/--labels")
-    p.add_argument("--out", type=Path, help="run folder to create (required unless --resume)")
-    p.add_argument("--resume", type=Path, metavar="RUN",
-                   help="go on with the interrupted run in folder RUN, from its last resumable checkpoint, with its "
-                        "own settings and data")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the run already in --out (its model, checkpoints, logs are deleted first)")
-    _add_threads(p)
-    scale = p.add_argument_group("scaling (multi-GPU: launch with `torchrun --nproc_per_node N -m SSLSegmentLib train ...`)")
-    add_arguments(p, TrainConfig, groups={"scaling": scale})
+from .train_arguments import add_threads as _add_threads
+from .train_arguments import add_train_parser, config_from_args, load_dataset  # noqa: F401  (tests import them here)
 
 
 def _add_others(sub) -> None:
@@ -76,7 +51,7 @@ def _add_others(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sslsegment", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_train(sub)
+    add_train_parser(sub)
     _add_others(sub)
     _add_serve(sub)
     return parser
@@ -86,29 +61,6 @@ def _add_serve(sub) -> None:
     from .web.server import add_arguments  # noqa: PLC0415 (light: no trame import)
 
     add_arguments(sub.add_parser("serve", help="the browser UI (needs the web extra); loopback by default"))
-
-
-def config_from_args(args):
-    """The run's TrainConfig from the parsed `train` arguments (each from its option)."""
-    from .config import BUDGET_ITERATION_CAP, TrainConfig  # noqa: PLC0415
-    from .options import values_from_args  # noqa: PLC0415
-
-    values = values_from_args(TrainConfig, args)
-    if values["iterations"] is None:  # the one default that depends on another setting
-        values["iterations"] = BUDGET_ITERATION_CAP if values["time_budget"] else TrainConfig.iterations
-    return TrainConfig(**values)
-
-
-def load_dataset(args):
-    from .data.cases import discover_dataset, load_dataset_json  # noqa: PLC0415
-
-    if args.dataset:
-        return load_dataset_json(args.dataset)
-    if not args.images:
-        raise InputError("give --images (and --labels) or --dataset")
-    if not args.labels:
-        raise InputError("give --labels: training needs at least one labelled case")
-    return discover_dataset(args.images, args.labels)
 
 
 def run_train(args) -> int:

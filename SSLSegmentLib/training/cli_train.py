@@ -59,10 +59,10 @@ def arguments_to_resume(args: argparse.Namespace) -> argparse.Namespace:
 def _refuse_changed_settings(args: argparse.Namespace, saved: dict, folder: Path) -> None:
     """A resumed run keeps its own settings, so one given with --resume that differs from
     them would be dropped silently: refuse it, naming each."""
-    from ..cli import build_parser  # noqa: PLC0415
+    from ..train_arguments import train_parser  # noqa: PLC0415
 
     as_saved = lambda namespace: json.loads(json.dumps(saved_arguments(namespace)))  # noqa: E731 (tuples as lists)
-    defaults = as_saved(build_parser().parse_args(["train"]))
+    defaults = as_saved(train_parser().parse_args(["train"]))
     changed = [f"--{key.replace('_', '-')} {_shown(value)} (the run's: {_shown(saved.get(key))})"
                for key, value in as_saved(args).items()
                if key != "out" and key in defaults and value != defaults[key] and value != saved.get(key)]
@@ -77,7 +77,7 @@ def _shown(value) -> str:
 
 def _check_settings(args: argparse.Namespace) -> None:
     """Settings refused before any folder exists (the trainer checks them again)."""
-    from ..cli import config_from_args  # noqa: PLC0415
+    from ..train_arguments import config_from_args  # noqa: PLC0415
     from ..settings_check import check_train_settings  # noqa: PLC0415
 
     if args.out is None:
@@ -87,7 +87,7 @@ def _check_settings(args: argparse.Namespace) -> None:
 
 def _check_method(args: argparse.Namespace) -> None:
     """The method and its options (needs the method registry, hence torch: not in Slicer)."""
-    from ..cli import config_from_args  # noqa: PLC0415
+    from ..train_arguments import config_from_args  # noqa: PLC0415
     from ..methods import method_class  # noqa: PLC0415
     from ..settings_check import check_method_options  # noqa: PLC0415
 
@@ -137,12 +137,12 @@ def check_train_arguments(argv: list[str]) -> None:
     import io  # noqa: PLC0415
     from contextlib import redirect_stderr  # noqa: PLC0415
 
-    from ..cli import build_parser  # noqa: PLC0415
+    from ..train_arguments import train_parser  # noqa: PLC0415
 
     messages = io.StringIO()
     try:
         with redirect_stderr(messages):
-            args = build_parser().parse_args(argv)
+            args = train_parser().parse_args(argv)
     except SystemExit:
         problem = messages.getvalue().strip().splitlines()
         raise InputError(f"training settings not understood: {problem[-1] if problem else ' '.join(argv)}") from None
