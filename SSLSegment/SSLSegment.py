@@ -153,10 +153,12 @@ class SSLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, DataSe
                        ResultsSectionMixin):
     """Wires the panel to the logic; polls the running job with a timer (never blocks)."""
 
-    def __init__(self, parent=None):
+    def __init__(self, parent=None, logic=None):
+        """``logic``: an :class:`SSLSegmentLogic` to drive (a test's, with its own process runner);
+        by default the widget makes its own in :meth:`setup`."""
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
-        self.logic = None
+        self.logic = logic
         self.job = None
         self.state = IDLE
         self._parameterNode = None
@@ -173,7 +175,8 @@ class SSLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, DataSe
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
-        self.logic = SSLSegmentLogic()
+        if self.logic is None:
+            self.logic = SSLSegmentLogic()
 
         self.timer = qt.QTimer()
         self.timer.setInterval(500)

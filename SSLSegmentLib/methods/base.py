@@ -119,6 +119,9 @@ class Method(nn.Module):
     optimiser_overrides: ClassVar[dict[str, dict[str, Any]]] = {}
     """Per parameter group, optimiser settings that replace the run's (``{"name": "adam", "lr": ...}``;
     DAN's discriminator uses Adam)."""
+    ddp_find_unused_parameters: ClassVar[bool | None] = None
+    """True for a method whose step leaves some trainable parameters without a gradient, so that
+    DistributedDataParallel must search for them each step; None: ``SSLSEGMENT_DDP_FIND_UNUSED``."""
     min_useful_iterations: ClassVar[dict[int, int]] = {}
     """Per dimension (2, 3): below this many iterations the method was measured to do worse
     than supervised-only training on the same labels; a shorter run (``--iterations`` or the

@@ -187,8 +187,9 @@ class DataParallelNetworks:
             self.loose: list[nn.Parameter] = []
             return
         device_ids = [device.index if device.index is not None else context.local_rank] if device.type == "cuda" else None
-        if find_unused_parameters is None:  # a method may declare it needs the search
-            find_unused_parameters = getattr(method, "ddp_find_unused_parameters", FIND_UNUSED)
+        if find_unused_parameters is None:  # a method may declare it needs the search (Method's attribute)
+            declared = method.ddp_find_unused_parameters
+            find_unused_parameters = FIND_UNUSED if declared is None else declared
         find_unused = bool(find_unused_parameters)
         covered: set[int] = set()
         for name, child in method.named_children():
