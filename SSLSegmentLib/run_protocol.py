@@ -48,8 +48,8 @@ BUDGET_FILE = "budget.json"
 LOCK_FILE = "run.lock"
 _CHECKPOINT_PREFIX, _CHECKPOINT_SUFFIX = "checkpoint_", ".pt"
 
-RUN_FILES = (STATUS_FILE, CONFIG_FILE, CASES_FILE, COMMAND_FILE, PROGRESS_FILE, LOG_FILE, MODEL_FILE, CANCEL_FILE,
-             PREDICTIONS_DIR)
+RUN_FILES = (STATUS_FILE, CONFIG_FILE, CASES_FILE, COMMAND_FILE, BUDGET_FILE, PROGRESS_FILE, LOG_FILE, MODEL_FILE,
+             CANCEL_FILE, PREDICTIONS_DIR)
 """What a training run writes into its folder (besides checkpoints); anything else (a Slicer
 round's ``round.json`` and ``console.txt``) belongs to whoever put it there."""
 
