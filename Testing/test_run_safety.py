@@ -29,7 +29,7 @@ from SSLSegmentLib.errors import InputError
 from SSLSegmentLib.model_file import load_model
 from SSLSegmentLib.training.run_folder import RunFolder
 
-from helpers import write_volume
+from helpers import train_in_process, write_two_labelled_cases, write_volume
 
 TINY = ("--size", "tiny", "--device", "cpu", "--threads", "1")
 
@@ -415,3 +415,13 @@ def test_the_lock_is_not_kept_by_forked_workers(tmp_path):
     finally:
         worker.kill()
         worker.join()
+
+
+def test_overwrite_removes_an_earlier_budgeted_runs_plan(tmp_path, capsys):
+    """A run trained for a fixed count over a budgeted one must not keep the old ``budget.json``
+    (a reader would take the old plan for the new run's)."""
+    root = write_two_labelled_cases(tmp_path)
+    code, _, run = train_in_process(root, capsys, "--method", "supervised")
+    (run / "budget.json").write_text('{"minutes": 2.0, "iterations": 818}')  # as a budgeted run leaves it
+    code, _, run = train_in_process(root, capsys, "--method", "supervised", "--overwrite")
+    assert code == 0 and not (run / "budget.json").exists()

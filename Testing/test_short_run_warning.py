@@ -80,12 +80,3 @@ def test_the_panel_status_line_carries_the_warning_of_a_finished_round(tmp_path,
     job._state, job.error = jobs.DONE, None
     assert job.warnings() and jobs.status_text(job).startswith("Round 1: done - warning: 1 iterations are fewer")
 
-
-def test_overwrite_removes_an_earlier_budgeted_runs_plan(tmp_path, capsys):
-    """A run trained for a fixed count over a budgeted one must not keep the old ``budget.json``
-    (a reader would take the old plan for the new run's)."""
-    root = write_two_labelled_cases(tmp_path)
-    code, _, run = train_in_process(root, capsys, "--method", "supervised")
-    (run / "budget.json").write_text('{"minutes": 2.0, "iterations": 818}')  # as a budgeted run leaves it
-    code, _, run = train_in_process(root, capsys, "--method", "supervised", "--overwrite")
-    assert code == 0 and not (run / "budget.json").exists()
