@@ -78,13 +78,15 @@ class BCP(TeacherStudentMethod):
     name = "bcp"
     options = ("bcp_pretrain_fraction", "bcp_largest_component", "bcp_unlabelled_weight", "bcp_lr_schedule")
     min_useful_iterations = {2: 1000, 3: 150}
-    """Self-training from a teacher pre-trained for a fifth of a short run hurts: on ACDC (2D,
-    CPU preset, seed 1337) BCP closed 16 % of the gap at 1000 iterations but fell far below
-    supervised-only at 420 and 475 (time budgets of 2 and 5 minutes on one core: Dice 0.29 and
-    0.30 against 0.42 and 0.43, ``bench/results/time_budget.md``). In 3D it fell far below on
-    LA at 102 iterations (0.54 against 0.71, 2 minutes), matched it at 315 (0.723 against
-    0.718, 5 minutes) and at 400 (the ``cpu/400it`` table), and was ahead on the demo's
-    phantoms at 150: the 3D bound lies between 102 and 150 (not measured finer)."""
+    """Self-training from a teacher pre-trained for a fifth of a short run hurts. Measured with
+    ``bench/time_budget.py`` (product defaults, one core, seed 1337; ``bench/results/time_budget.md``):
+    on ACDC (2D) BCP fell below supervised-only at 481 iterations (Dice 0.41 against 0.49, a
+    2-minute budget) and was ahead at 1562 (0.58 against 0.53, 5 minutes); the label-efficiency
+    bench had it ahead at 1000 (16 % of the gap). On LA (3D) it fell far below at 102 iterations
+    (0.54 against 0.71, SGD), was level or slightly below at 235 and 315 (0.739 against 0.750
+    with AdamW, 0.723 against 0.718 with SGD: within one seed's noise, sd 0.010), ahead at 733
+    (0.796 against 0.781), and ahead on the demo's phantoms at 150: the 3D bound lies between
+    102 and 235 (not measured finer)."""
 
     def pretraining_iterations(self, total: int) -> int:
         return int(float(extra(self.settings, "bcp_pretrain_fraction", 0.2)) * total)
