@@ -23,7 +23,11 @@ CANCEL_POLL_S = 0.5
 
 
 class _CancelWatcher(threading.Thread):
-    """Interrupts the main thread (KeyboardInterrupt) once the ``cancel`` file appears."""
+    """Interrupts the main thread (KeyboardInterrupt) once the ``cancel`` file appears.
+
+    It simulates SIGTERM, whose handler :func:`run_reporting_status` installs, not SIGINT: a
+    process started in the background by a shell ignores SIGINT, and ``interrupt_main`` does
+    nothing for an ignored signal, so the cancel file would go unnoticed."""
 
     def __init__(self, run: RunFolder):
         super().__init__(daemon=True, name="sslsegment-cancel-watcher")
@@ -33,7 +37,7 @@ class _CancelWatcher(threading.Thread):
     def run(self) -> None:  # noqa: D102  (threading.Thread API)
         while not self.stopped.wait(CANCEL_POLL_S):
             if self.folder.cancel_requested():
-                _thread.interrupt_main()
+                _thread.interrupt_main(signal.SIGTERM)
                 return
 
 

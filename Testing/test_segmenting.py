@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import threading
 import time
@@ -167,6 +168,27 @@ def test_predict_status_tells_how_it_ended(tmp_path):
 
     assert run_reporting_status(tmp_path / "cancelled", wait_for_cancel) == EXIT_CANCELLED
     assert json.loads((tmp_path / "cancelled" / "status.json").read_text())["state"] == "cancelled"
+
+
+def test_the_cancel_file_stops_a_prediction_started_with_sigint_ignored(tmp_path):
+    """A shell starts a background process with SIGINT ignored (``sslsegment predict ... &``):
+    the cancel file must still end it as cancelled, not let it run on to "done"."""
+    out = tmp_path / "background"
+
+    def wait_for_cancel(report_failure):
+        threading.Timer(0.3, lambda: (out / "cancel").write_text("x")).start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+        return 0
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        code = run_reporting_status(out, wait_for_cancel)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert code == EXIT_CANCELLED
+    assert json.loads((out / "status.json").read_text())["state"] == "cancelled"
 
 
 def save_scene(scene, folder: Path) -> Path:
