@@ -27,7 +27,7 @@ BUDGET_MINUTES = 0.25  # 15 s: long enough for tens of tiny steps after set-up a
 SLACK = 1.5
 
 
-def _budgeted_run(phantom_data, tmp_path, slow_down_after_plan: float = 0.0):
+def _budgeted_run(phantom_data, tmp_path, slow_down_after_plan: float = 0.0, recover: bool = False):
     """A whole budgeted run in this process: set-up, training, prediction of the unlabelled
     cases. Returns (seconds it took, run folder, trainer)."""
     run = RunFolder(tmp_path / "run")
@@ -47,8 +47,11 @@ def _budgeted_run(phantom_data, tmp_path, slow_down_after_plan: float = 0.0):
         measured = []
 
         def busy_machine(*_):
-            if not measured and (run.path / "budget.json").exists():
-                measured.append(json.loads((run.path / "budget.json").read_text())["seconds_per_iteration"])
+            plan = json.loads((run.path / "budget.json").read_text()) if (run.path / "budget.json").exists() else None
+            if not measured and plan:
+                measured.append(plan["seconds_per_iteration"])
+            if recover and plan and plan["reason"] != "warm-up":  # the load passed once the count was cut
+                return
             if measured:
                 time.sleep(slow_down_after_plan * measured[0])
 
@@ -115,3 +118,20 @@ def test_cli_time_budget_sets_minutes_and_lifts_the_iteration_default(tmp_path):
     assert plain.time_budget is None and plain.iterations == TrainConfig.iterations
     with pytest.raises(InputError, match="time budget"):
         TrainConfig(time_budget=0).resolved("cpu")
+
+
+def test_a_load_that_passes_lets_the_cut_plan_grow_back_but_not_beyond_the_first(phantom_data, tmp_path):
+    """A passing load must not waste the rest of the budget: the count cut while the machine was
+    busy grows back once it is fast again, never above what the warm-up fixed."""
+    seconds, run, trainer = _budgeted_run(phantom_data, tmp_path, slow_down_after_plan=3.0, recover=True)
+    assert seconds <= 2 * SLACK * 60 * BUDGET_MINUTES, f"the run took {seconds:.1f} s for a {60 * BUDGET_MINUTES:.0f} s budget"
+    events = [r for r in run.read_progress() if r.get("event") == "budget"]
+    if events[0]["iterations"] - events[0]["warmup_iterations"] < 12:
+        pytest.skip("the machine is too busy: the budget left too few iterations to cut and regrow")
+    reasons = [e["reason"] for e in events]
+    assert reasons[:2] == ["warm-up", "slower"] and "faster again" in reasons, reasons
+    cut = events[1]["iterations"]
+    grown = next(e for e in events if e["reason"] == "faster again")["iterations"]
+    assert cut < grown <= events[0]["iterations"]
+    steps = [r for r in run.read_progress() if "iteration" in r]
+    assert steps[-1]["iteration"] == steps[-1]["total"] == events[-1]["iterations"] == trainer.config.iterations

@@ -12,8 +12,10 @@ Validations are timed as they run (their seconds are kept out of the step pace, 
 measured cost replaces the estimate); their number follows the count (every tenth of the run,
 so every step of a run shorter than 20), which the budget solves for. A machine that becomes
 slower after the warm-up (another job starts) would overrun the budget, so the plan is
-checked again at every progress record, on the pace of the last ten, and only ever
-shortened: the poly schedule then ends at the new count (its remaining part is compressed).
+checked again at every progress record, on the pace of the last ten, and shortened: the
+poly schedule then ends at the new count (its remaining part is compressed). A cut plan
+grows back when the machine is fast again (a passing load must not waste the rest of the
+budget), never beyond the count the warm-up fixed.
 Every decision is a progress record (``{"event": "budget", ...}``) and ``budget.json`` in the
 run folder; the count is agreed over the ranks of a distributed run.
 """
@@ -44,6 +46,8 @@ AFTER_TRAINING_FACTOR = 1.5
 sliding-window time is multiplied by this."""
 RECENT_CHECKS = 10
 """After the warm-up, the pace is measured over this many checks (progress records)."""
+GROW_MARGIN = 1.1
+"""A cut plan grows back only to at least this many times its count (no back and forth)."""
 FIXED_AFTER_S = 2.0
 """Saving the checkpoints and the model, closing the data stream."""
 
@@ -135,7 +139,7 @@ class TimeBudget:
     def _fix(self, done: int, now: float, seconds_per_iteration: float, reason: str = "warm-up") -> None:
         prediction_s = self._prediction_s()
         iterations = self._agreed(self._affordable(done, now, seconds_per_iteration, prediction_s))
-        self.trainer.config.iterations = iterations
+        self.trainer.config.iterations = self._first_count = iterations
         self._planned_pace = seconds_per_iteration
         self._recent = collections.deque([(done, now, self._validation_s_total)], maxlen=RECENT_CHECKS)
         validation_s = self._validations_between(done, iterations) * self._one_validation_s()
@@ -161,14 +165,18 @@ class TimeBudget:
         remaining_s = (planned - done) * pace + validations_s + prediction_s + FIXED_AFTER_S
         proposal = planned
         if now + remaining_s > self.deadline:
-            proposal = self._affordable(done, now, pace, prediction_s, slowdown)
-        agreed = self._agreed(min(proposal, planned))
-        if agreed < planned:
+            proposal = min(planned, self._affordable(done, now, pace, prediction_s, slowdown))
+        elif planned < self._first_count:  # cut before, and on time now: grow back if much time is left
+            affordable = min(self._first_count, self._affordable(done, now, pace, prediction_s, slowdown))
+            proposal = affordable if affordable >= GROW_MARGIN * planned else planned
+        agreed = self._agreed(proposal)
+        if agreed != planned:
+            reason = "slower" if agreed < planned else "faster again"
             self.trainer.config.iterations = agreed
-            self.plan.iterations, self.plan.seconds_per_iteration, self.plan.reason = agreed, round(pace, 4), "slower"
+            self.plan.iterations, self.plan.seconds_per_iteration, self.plan.reason = agreed, round(pace, 4), reason
             self.plan.decided_at = done
-            self._record("the machine got slower (%.3f s per iteration): iterations cut from %d to %d", pace,
-                         planned, agreed)
+            self._record("the machine got %s (%.3f s per iteration): iterations %s from %d to %d", reason, pace,
+                         "cut" if agreed < planned else "raised", planned, agreed)
             self.trainer.warn_if_short_run(agreed)
 
     # --- estimates ----------------------------------------------------------------------------
