@@ -136,6 +136,17 @@ def test_bad_input_is_refused_before_start(trained, tmp_path):
     assert not (tmp_path / "jobs").exists()
 
 
+def cancelled_after(out: Path, seconds: float = 0.3):
+    """A stand-in prediction that runs 10 s; the cancel file appears in ``out`` after ``seconds``."""
+    def predict(report_failure):
+        threading.Timer(seconds, lambda: (out / "cancel").write_text("x")).start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+        return 0
+    return predict
+
+
 def test_predict_status_tells_how_it_ended(tmp_path):
     assert run_reporting_status(tmp_path / "ok", lambda report_failure: 0) == 0
     assert json.loads((tmp_path / "ok" / "status.json").read_text())["state"] == "done"
@@ -159,14 +170,7 @@ def test_predict_status_tells_how_it_ended(tmp_path):
     status = json.loads((tmp_path / "named" / "status.json").read_text())
     assert status["state"] == "failed" and "a: 0 bytes" in status["error"]
 
-    def wait_for_cancel(report_failure):
-        threading.Timer(0.3, lambda: (tmp_path / "cancelled" / "cancel").write_text("x")).start()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            time.sleep(0.05)
-        return 0
-
-    assert run_reporting_status(tmp_path / "cancelled", wait_for_cancel) == EXIT_CANCELLED
+    assert run_reporting_status(tmp_path / "cancelled", cancelled_after(tmp_path / "cancelled")) == EXIT_CANCELLED
     assert json.loads((tmp_path / "cancelled" / "status.json").read_text())["state"] == "cancelled"
 
 
@@ -174,17 +178,9 @@ def test_the_cancel_file_stops_a_prediction_started_with_sigint_ignored(tmp_path
     """A shell starts a background process with SIGINT ignored (``sslsegment predict ... &``):
     the cancel file must still end it as cancelled, not let it run on to "done"."""
     out = tmp_path / "background"
-
-    def wait_for_cancel(report_failure):
-        threading.Timer(0.3, lambda: (out / "cancel").write_text("x")).start()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            time.sleep(0.05)
-        return 0
-
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        code = run_reporting_status(out, wait_for_cancel)
+        code = run_reporting_status(out, cancelled_after(out))
     finally:
         signal.signal(signal.SIGINT, previous)
     assert code == EXIT_CANCELLED

@@ -18,14 +18,14 @@ from SSLSegmentLib.data.cases import discover_dataset
 from SSLSegmentLib.job_folder import round_summary
 from SSLSegmentLib.methods import method_class
 from SSLSegmentLib.methods.base import short_run_warning
+from SSLSegmentLib.run_protocol import read_progress
 from SSLSegmentLib.training.lifecycle import train_run
 from SSLSegmentLib.training.run_folder import RunFolder
 
 
 def _warnings_in(run) -> tuple[list[str], list[str]]:
     status = json.loads((run / "status.json").read_text())
-    progress = [json.loads(line) for line in (run / "progress.jsonl").read_text().splitlines() if line.strip()]
-    return status.get("warnings", []), [r["message"] for r in progress if r.get("event") == "warning"]
+    return status.get("warnings", []), [r["message"] for r in read_progress(run) if r.get("event") == "warning"]
 
 
 def test_the_rule_names_the_iterations_and_the_method():
@@ -76,7 +76,7 @@ def test_a_time_budget_warns_once_it_has_fixed_a_count_too_short(phantom_data, t
 def test_the_panel_status_line_carries_the_warning_of_a_finished_round(tmp_path, capsys):
     code, _, run = train_in_process(write_two_labelled_cases(tmp_path), capsys, "--method", "bcp")
     job = jobs.Job(jobs.JobFolder(tmp_path / "job"), 1, ["true"])
-    job.history = [json.loads(line) for line in (run / "progress.jsonl").read_text().splitlines()]
+    job.history = read_progress(run)
     job._state, job.error = jobs.DONE, None
     assert job.warnings() and jobs.status_text(job).startswith("Round 1: done - warning: 1 iterations are fewer")
 
