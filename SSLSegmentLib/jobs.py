@@ -108,7 +108,7 @@ class Job:
         A round whose process is gone without a final status counts as failed.
         """
         job = cls(folder, round_number, folder.read_round(round_number).get("command", []))
-        job._take(job._reader.read_new())
+        job._read_progress()
         status = read_run_status(job.run_dir) or {}
         state = status.get("state")
         if state in TERMINAL_STATES:
@@ -161,7 +161,7 @@ class Job:
         """Read new progress, notice the end of the process; kill it when a cancel timed out."""
         if self._state in TERMINAL_STATES:
             return self._state
-        self._take(self._reader.read_new())
+        self._read_progress()
         returncode = self.process.poll() if self.process is not None else None
         if returncode is None:
             if self._cancel_deadline is not None and time.monotonic() >= self._cancel_deadline:
@@ -171,6 +171,15 @@ class Job:
             kill_process_group(self.process.pid)
         self._finish(*self._outcome(returncode))
         return self._state
+
+    def _read_progress(self) -> None:
+        """The records written since the last read; a progress file started again from the
+        beginning (a run overwritten in the same folder) replaces the history."""
+        restarts = self._reader.restarts
+        records = self._reader.read_new()
+        if self._reader.restarts != restarts:
+            self.history.clear()
+        self._take(records)
 
     def _take(self, records: list[dict]) -> None:
         if not records:
@@ -184,7 +193,7 @@ class Job:
     def _outcome(self, returncode: int) -> tuple[str, str | None]:
         """Final state from the child's status.json and exit code."""
         # The last records may have been written between the read above and the exit.
-        self._take(self._reader.read_new())
+        self._read_progress()
         status = read_run_status(self.run_dir) or {}  # a killed child: interrupted, with how to resume
         if status.get("state") == DONE and returncode == 0:
             return DONE, None

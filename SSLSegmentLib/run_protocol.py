@@ -106,17 +106,22 @@ class ProgressReader:
     Only whole lines are parsed, so a record still being written is picked up, complete,
     by a later call. A corrupt line (not a JSON object: a torn write after a crash, a
     stray edit) is skipped and counted in :attr:`skipped`: a watcher must go on showing
-    the records after it, not stop at it.
+    the records after it, not stop at it. A file replaced or truncated under the reader
+    (a run started again in the same folder with ``--overwrite``) is read again from its
+    start, counted in :attr:`restarts`, instead of from the middle of a line.
     """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.skipped = 0
+        self.restarts = 0
         self._offset = 0
+        self._identity: tuple[int, int] | None = None
 
     def read_new(self) -> list[dict]:
         try:
             with open(self.path, "rb") as f:
+                self._follow(os.fstat(f.fileno()))
                 f.seek(self._offset)
                 data = f.read()
         except OSError:
@@ -138,6 +143,15 @@ class ProgressReader:
             else:
                 self.skipped += 1
         return records
+
+    def _follow(self, stat: os.stat_result) -> None:
+        """Starts again at offset 0 when the file is another one or shorter than the offset."""
+        identity = (stat.st_dev, stat.st_ino)
+        replaced = self._identity is not None and identity != self._identity
+        if replaced or stat.st_size < self._offset:
+            self._offset = 0
+            self.restarts += 1
+        self._identity = identity
 
 
 def read_progress(folder: str | os.PathLike) -> list[dict]:

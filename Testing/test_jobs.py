@@ -29,6 +29,9 @@ FAKE_TRAINER = textwrap.dedent("""
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
         open(os.path.join(run, "grandchild.pid"), "w").write(str(child.pid))
     for i in range(1, iterations + 1):
+        if mode == "restart" and i == 4:  # the run started again in its folder: a new, empty file
+            open(os.path.join(run, "progress.new"), "w").close()
+            os.replace(os.path.join(run, "progress.new"), os.path.join(run, "progress.jsonl"))
         if os.path.exists(os.path.join(run, "cancel")) and mode != "stubborn":
             status("cancelled"); sys.exit(0)
         with open(os.path.join(run, "progress.jsonl"), "a") as f:
@@ -111,6 +114,15 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_a_progress_file_started_again_replaces_the_history(tmp_path):
+    job = make_job(tmp_path, "restart", iterations=7)
+    while job.poll() == jobs.RUNNING and len(job.history) < 2:
+        time.sleep(0.05)
+    assert job.wait(timeout_s=30) == jobs.DONE
+    assert [r["iteration"] for r in job.history] == [4, 5, 6, 7]  # not 1, 2, 3 from the file it replaced
+    assert job.progress["iteration"] == 7
 
 
 def test_progress_reader_skips_partial_and_corrupt_lines(tmp_path):

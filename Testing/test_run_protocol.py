@@ -57,6 +57,25 @@ def test_a_partial_last_line_is_read_once_it_is_complete(tmp_path):
     assert reader.read_new() == [{"iteration": 3}]
 
 
+def test_a_progress_file_started_again_is_read_from_its_start(tmp_path):
+    """A run started again in the same folder (``--overwrite``) replaces or truncates the file;
+    the watcher must show the new run's records, not wait for the old offset or read from the
+    middle of a line."""
+    path = tmp_path / run_protocol.PROGRESS_FILE
+    path.write_text("".join(json.dumps({"iteration": i}) + "\n" for i in range(1, 6)), encoding="utf-8")
+    reader = ProgressReader(path)
+    assert len(reader.read_new()) == 5
+    path.write_text('{"iteration": 1, "run": 2}\n', encoding="utf-8")  # truncated in place, shorter
+    assert reader.read_new() == [{"iteration": 1, "run": 2}] and reader.restarts == 1
+    replacement = tmp_path / "new.jsonl"  # replaced by rename, as long as what was read
+    replacement.write_text("".join(json.dumps({"iteration": i, "run": 3}) + "\n" for i in range(1, 4)), encoding="utf-8")
+    replacement.replace(path)
+    assert [r["run"] for r in reader.read_new()] == [3, 3, 3]
+    assert reader.restarts == 2 and reader.skipped == 0
+    run_protocol.append_progress(tmp_path, {"iteration": 4, "run": 3})
+    assert reader.read_new() == [{"iteration": 4, "run": 3}] and reader.restarts == 2
+
+
 def test_status_is_written_atomically_and_read_with_interrupted(tmp_path):
     with pytest.raises(ValueError, match="not a run state"):
         run_protocol.write_status(tmp_path, "finished")
