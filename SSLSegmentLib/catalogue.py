@@ -54,6 +54,8 @@ METHODS: tuple[MethodInfo, ...] = (
     MethodInfo("cps", "Two networks supervise each other with argmax pseudo-labels", "Chen et al., CVPR 2021"),
     MethodInfo("fixmatch", "EMA-teacher pseudo-labels on a weak view supervise a colour-jittered strong view",
                "Sohn et al., NeurIPS 2020"),
+    MethodInfo("unimatch", "Confident weak-view predictions supervise two CutMixed strong views and a "
+               "feature-dropout pass", "Yang et al., CVPR 2023"),
     MethodInfo("cct", "Main decoder + auxiliary decoders on perturbed features, consistency",
                "Ouali et al., CVPR 2020"),
     MethodInfo("urpc", "Uncertainty-rectified consistency between four decoder-scale predictions",

@@ -15,10 +15,11 @@ from SSLSegmentLib.methods.helpers import color_jitter, copy_paste_mask, random_
 from SSLSegmentLib.methods.ict import mix_unlabelled
 from SSLSegmentLib.methods.losses import confident_pseudo_label_ce, normalised_entropy, symmetric_kl
 from SSLSegmentLib.methods.uamt import uncertainty_threshold
+from SSLSegmentLib.methods.unimatch import cutmix, cutmix_boxes, random_blur
 from SSLSegmentLib.networks import build_network
 
 METHODS = ["entropy_minimization", "adversarial", "uamt", "ict", "urpc", "cps", "cct", "dct", "ctct",
-           "fixmatch", "rdrop", "bcp"]
+           "fixmatch", "rdrop", "bcp", "unimatch"]
 NUM_CLASSES = 3
 EXTRA = {"discriminator_width": 4, "uamt_passes": 2}
 
@@ -277,3 +278,46 @@ def test_bcp_pretraining_stage_is_supervised_copy_paste():
     method = make_method("bcp", 2, bcp_pretrain_fraction=0.5)
     losses = method.training_step(*make_batches(2), StepInfo(iteration=1, total=10))
     assert set(losses) == {"main", "supervised"}
+
+
+def test_unimatch_cutmix_boxes_follow_the_reference():
+    torch.manual_seed(0)
+    for spatial in ((64, 64), (32, 48, 48)):
+        images = torch.zeros(400, 1, *spatial)
+        boxes = cutmix_boxes(images)
+        fractions = boxes.flatten(1).mean(1)
+        assert 0.35 < (fractions > 0).float().mean() < 0.65  # probability 0.5
+        drawn = fractions[fractions > 0]
+        assert drawn.min() > 0.005 and drawn.max() < 0.5  # 2 % to 40 % of the image, rounded
+        for box in boxes[fractions > 0][:20]:  # one solid box
+            sides = [int(box.flatten(0, 0).amax(dim=tuple(a for a in range(1, box.ndim) if a != axis)).sum())
+                     for axis in range(1, box.ndim)]
+            assert math.prod(sides) == int(box.sum())
+
+
+def test_unimatch_pseudo_labels_follow_the_pasted_box():
+    images = torch.arange(3.0).view(3, 1, 1, 1).expand(3, 1, 4, 4).clone()
+    probabilities = torch.zeros(3, 2, 4, 4)
+    probabilities[:, 0] = torch.arange(3.0).view(3, 1, 1)
+    boxes = torch.zeros(3, 1, 4, 4)
+    boxes[0, :, :2, :2] = 1
+    mixed, mixed_probabilities = cutmix(images, probabilities, boxes)
+    assert mixed[0, 0, 0, 0] == 2 and mixed[0, 0, 3, 3] == 0  # image 0 holds image 2's box (rolled by one)
+    assert torch.equal(mixed_probabilities[:, :1], mixed) and torch.equal(mixed[1:], images[1:])
+
+
+def test_unimatch_strong_views_and_feature_perturbation():
+    torch.manual_seed(0)
+    images = torch.randn(6, 1, 16, 16)
+    assert not torch.equal(random_blur(images, p=1.0), images) and torch.equal(random_blur(images, p=0.0), images)
+    method = make_method("unimatch", 2).train()
+    image = torch.randn(1, 1, 32, 32)
+    assert not torch.equal(method.network(image), method.network(image))  # channel dropout
+    assert torch.equal(method.network.backbone(image), method.network.backbone(image))  # the clean pass
+    assert any(isinstance(m, torch.nn.Dropout2d) and m.p == 0.5 for m in method.network.modules())
+    labelled, unlabelled = make_batches(2)
+    losses = method.training_step(labelled, unlabelled, STEP)
+    assert losses["main"].item() == pytest.approx(
+        (losses["supervised"] + 0.5 * losses["strong"] + 0.5 * losses["feature_perturbed"]).item() / 2, rel=1e-5)
+    certain = make_method("unimatch", 2, unimatch_threshold=0.0)  # every voxel counts
+    assert certain.training_step(labelled, unlabelled, STEP)["confident_fraction"] == 1.0

@@ -100,6 +100,16 @@ def confident_pseudo_label_loss(logits: torch.Tensor, target_probabilities: torc
     return 0.5 * (ce + dice), mask
 
 
+def confident_pseudo_label_dice(logits: torch.Tensor, target_probabilities: torch.Tensor,
+                                threshold: float, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Soft Dice against the argmax of ``target_probabilities`` over the voxels whose confidence
+    ``max_c q_c >= threshold`` (others IGNORED): UniMatch's unlabelled loss (its medical code's
+    ``DiceLoss(..., ignore=conf < thresh)``). Returns ``(loss, mask)``."""
+    confidence, pseudo_label = target_probabilities.max(dim=1, keepdim=True)
+    mask = (confidence >= threshold).to(logits.dtype)
+    return _masked_soft_dice(torch.softmax(logits, dim=1), pseudo_label, mask, num_classes), mask[:, 0]
+
+
 def _masked_soft_dice(probabilities, target, weights, num_classes, smooth=1e-5) -> torch.Tensor:
     """``1 - mean_c Dice_c`` over the voxels weighted by ``weights`` (B, 1, *)."""
     one_hot = F.one_hot(target[:, 0].long(), num_classes).movedim(-1, 1).to(probabilities.dtype)

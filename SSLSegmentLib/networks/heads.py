@@ -246,12 +246,13 @@ class AuxiliaryDecoders(TappedBackbone):
 
 class WithDropout(TappedBackbone):
     """A backbone with ``nn.Dropout(p)`` on its decoder feature maps (levels 1-3) in training
-    mode, for methods that need a stochastic network (R-Drop, Wu et al. NeurIPS 2021).
-    Returns plain logits in both modes; in eval mode it is the bare backbone."""
+    mode, for methods that need a stochastic network (R-Drop, Wu et al. NeurIPS 2021), or with
+    ``channelwise=True`` whole channels dropped (``nn.Dropout2d``/``3d``: UniMatch's feature
+    perturbation). Returns plain logits in both modes; in eval mode it is the bare backbone."""
 
-    def __init__(self, backbone, dim, in_channels, p=0.1, levels=(1, 2, 3), probe_spatial=None):
+    def __init__(self, backbone, dim, in_channels, p=0.1, levels=(1, 2, 3), probe_spatial=None, channelwise=False):
         super().__init__(backbone, dim, in_channels, levels, probe_spatial)
-        self.dropout = nn.Dropout(p)
+        self.dropout = (nn.Dropout3d(p) if dim == 3 else nn.Dropout2d(p)) if channelwise else nn.Dropout(p)
 
     def rewrite_feature(self, level, features):
         return self.dropout(features)

@@ -1,0 +1,119 @@
+"""UniMatch."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from monai.networks.layers import GaussianFilter
+
+from ..networks.heads import WithDropout
+from .base import Method, register_method
+from .helpers import INPUT_CHANNELS, color_jitter, extra, random_flip_rot90
+from .losses import confident_pseudo_label_dice
+
+
+def cutmix_boxes(images: torch.Tensor, p: float = 0.5, area=(0.02, 0.4), ratio: float = 0.3) -> torch.Tensor:
+    """``(B, 1, *spatial)`` masks, per sample with probability ``p`` a box (1 inside) covering a
+    fraction ``U(area)`` of the image, else empty: UniMatch's ``obtain_cutmix_box`` (after
+    CutMix, Yun et al. ICCV 2019) for any number of axes. The sides' aspect ratios lie within
+    ``[ratio, 1 / ratio]`` (the reference's 0.3), the box lies inside the image."""
+    spatial = images.shape[2:]
+    masks = torch.zeros((images.shape[0], 1, *spatial), device=images.device, dtype=images.dtype)
+    spread = math.log(1.0 / ratio) / 2
+    for mask in masks:
+        if float(torch.rand(())) >= p:
+            continue
+        fraction = float(torch.empty(()).uniform_(*area))
+        log_aspect = torch.empty(len(spatial)).uniform_(-spread, spread)
+        log_aspect -= log_aspect.mean()  # the sides' product keeps the drawn area
+        box = []
+        for size, aspect in zip(spatial, log_aspect.exp().tolist()):
+            length = min(size, max(1, int(size * fraction ** (1 / len(spatial)) * aspect)))
+            start = int(torch.randint(size - length + 1, ()))
+            box.append(slice(start, start + length))
+        mask[(slice(None), *box)] = 1.0
+    return masks
+
+
+def random_blur(images: torch.Tensor, p: float = 0.5, sigma=(0.1, 2.0)) -> torch.Tensor:
+    """Per sample with probability ``p``, a Gaussian blur of sigma ``U(sigma)`` voxels
+    (MONAI's ``GaussianFilter``): the strong view's ``blur`` of UniMatch's code."""
+    blurred = []
+    for image in images:
+        if float(torch.rand(())) < p:
+            width = float(torch.empty(()).uniform_(*sigma))
+            image = GaussianFilter(images.ndim - 2, width).to(images.device)(image.unsqueeze(0))[0]
+        blurred.append(image)
+    return torch.stack(blurred)
+
+
+def strong_view(weak: torch.Tensor, settings) -> torch.Tensor:
+    """Colour jitter (probability 0.8; brightness and contrast x0.5 to 1.5, the reference's
+    ``ColorJitter(0.5, 0.5, ...)``) then blur, per sample; the geometry stays the weak view's."""
+    jitter = float(extra(settings, "unimatch_jitter", 0.5))
+    jittered = color_jitter(weak, brightness=jitter, contrast=jitter)
+    chosen = (torch.rand((weak.shape[0],) + (1,) * (weak.ndim - 1), device=weak.device) < 0.8).to(weak.dtype)
+    return random_blur(jittered * chosen + weak * (1 - chosen))
+
+
+def cutmix(images: torch.Tensor, probabilities: torch.Tensor, boxes: torch.Tensor):
+    """Each image gets its batch neighbour's (rolled by one) content inside its box, and the
+    pseudo-label probabilities follow: ``(images, probabilities)``."""
+    return (torch.where(boxes.bool(), images.roll(1, 0), images),
+            torch.where(boxes.bool(), probabilities.roll(1, 0), probabilities))
+
+
+@register_method
+class UniMatch(Method):
+    """Weak-to-strong consistency, unified: the network's confident predictions on a weakly
+    augmented view supervise two strong views and a feature-perturbed pass of the weak view.
+
+    Yang, Qi, Feng, Zhang & Shi, "Revisiting Weak-to-Strong Consistency in Semi-Supervised
+    Semantic Segmentation", CVPR 2023; settings of its medical-image code (``unimatch.py``,
+    ``configs/acdc.yaml``):
+
+    - weak view: flips and rot90; pseudo-labels: the same network's detached softmax on it (no
+      teacher), voxels below confidence 0.95 ignored (``"unimatch_threshold"``);
+    - two strong views drawn independently (:func:`strong_view`), each CutMixed (:func:`cutmix_boxes`,
+      probability 0.5) with another unlabelled image, whose pseudo-labels follow the box;
+    - feature perturbation: the weak view again with channel dropout 0.5 (``"unimatch_fp_dropout"``);
+    - loss ``(L_x + 0.25 L_s1 + 0.25 L_s2 + 0.5 L_fp) / 2``: ``L_x`` the supervised
+      ``0.5 (CE + Dice)``, the others soft Dice on the confident voxels; fixed weights as in the
+      paper (``step.consistency_weight`` is not used).
+
+    Departures, for any backbone and one unlabelled batch: the channel dropout sits on the
+    decoder's feature maps at 1/2, 1/4 and 1/8 resolution (hooks,
+    :class:`~SSLSegmentLib.networks.heads.WithDropout`), where the reference's own U-Net drops
+    its encoder features before decoding; and the CutMix partner is the next image of the same
+    unlabelled batch with the pseudo-labels of the same pass, where the reference draws a second
+    unlabelled batch and labels it with an extra eval-mode pass.
+    """
+
+    name = "unimatch"
+    options = ("unimatch_threshold", "unimatch_fp_dropout", "unimatch_jitter")
+
+    def __init__(self, settings, network_factory, num_classes, dim):
+        super().__init__(settings, network_factory, num_classes, dim)
+        p = float(extra(settings, "unimatch_fp_dropout", 0.5))
+        self.network = WithDropout(network_factory(), dim, INPUT_CHANNELS, p=p, channelwise=True)
+
+    def training_step(self, labelled, unlabelled, step):
+        backbone, n_labelled = self.network.backbone, labelled["image"].shape[0]
+        weak = random_flip_rot90(unlabelled["image"])
+        logits = backbone(torch.cat([labelled["image"], weak]))
+        supervised = self.supervised_loss(logits[:n_labelled], labelled["label"])
+        pseudo = logits[n_labelled:].detach().softmax(dim=1)
+        strong_1, pseudo_1 = cutmix(strong_view(weak, self.settings), pseudo, cutmix_boxes(weak))
+        strong_2, pseudo_2 = cutmix(strong_view(weak, self.settings), pseudo, cutmix_boxes(weak))
+        logits_1, logits_2 = backbone(torch.cat([strong_1, strong_2])).chunk(2)
+        threshold = float(extra(self.settings, "unimatch_threshold", 0.95))
+        loss_1, _ = confident_pseudo_label_dice(logits_1, pseudo_1, threshold, self.num_classes)
+        loss_2, _ = confident_pseudo_label_dice(logits_2, pseudo_2, threshold, self.num_classes)
+        loss_fp, confident = confident_pseudo_label_dice(self.network(weak), pseudo, threshold, self.num_classes)
+        loss = (supervised + 0.25 * loss_1 + 0.25 * loss_2 + 0.5 * loss_fp) / 2
+        return {"main": loss, "supervised": supervised.detach(), "strong": (loss_1 + loss_2).detach() / 2,
+                "feature_perturbed": loss_fp.detach(), "confident_fraction": confident.mean()}
+
+    def inference_network(self):
+        return self.network.backbone
