@@ -88,3 +88,20 @@ def test_default_method_trains_with_the_default_network(phantom_data, tmp_path, 
     assert {"inward", "outward", "supervised"} <= set().union(*(r["losses"] for r in records))
     model = torch.load(run.model, weights_only=True)
     assert model["method"] == "bcp" and model["plan"]["dim"] == int(dim)
+
+
+@pytest.mark.parametrize("optimiser, steps", [("keep", 6), ("new", 3)])
+def test_bcp_optimiser_state_across_its_stages(phantom_data, tmp_path, optimiser, steps):
+    """``bcp_optimiser=new`` clears the optimiser's state when self-training starts (iteration 3
+    of 6), as the official code's newly built optimiser; by default it is kept."""
+    run = RunFolder(tmp_path / "run")
+    run.prepare()
+    dataset = discover_dataset(phantom_data["images"], phantom_data["labels"])
+    config = TrainConfig(size="tiny", dim="2", patch_size=(32, 32), iterations=6, val_cases=0, device="cpu",
+                         optimiser="adamw", labelled_batch=2, unlabelled_batch=2, cache_dir=str(tmp_path / "cache"),
+                         method_options={"bcp_pretrain_fraction": 0.5, "bcp_optimiser": optimiser})
+    trainer = Trainer(config, dataset, run, logging.getLogger("test_default_method"))
+    trainer.setup()
+    trainer.train()
+    states = trainer.optimisers["main"].state.values()
+    assert states and {int(state["step"]) for state in states} == {steps}

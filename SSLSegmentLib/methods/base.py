@@ -151,6 +151,11 @@ class Method(nn.Module):
         it (BCP's self-training) or keep a group's constant (DAN's discriminator)."""
         return poly_lr(1.0, step.iteration, step.total)
 
+    def restarts_optimiser(self, step: StepInfo, group: str = "main") -> bool:
+        """True at the step before which ``group``'s optimiser forgets its state (momenta, step
+        counts), as a newly built one would (BCP's official self-training stage). Never by default."""
+        return False
+
     def inference_network(self) -> nn.Module:
         """The network whose logits predict (the student unless a method says otherwise)."""
         return self.student

@@ -53,8 +53,11 @@ class BCP(TeacherStudentMethod):
     the student, so self-training starts from the pre-trained model as in the paper. Each
     stage has its own poly learning-rate schedule, restarted at the full rate for
     self-training as the official code's new optimiser does (:meth:`learning_rate_factor`;
-    ``"bcp_lr_schedule": "whole"`` keeps one decay over the run; the optimiser's momentum is
-    kept across stages). Stage 2:
+    ``"bcp_lr_schedule": "whole"`` keeps one decay over the run). The optimiser's state
+    (momenta, AdamW's moment estimates) is kept across the stages by default, as every
+    measurement here ran; ``"bcp_optimiser": "new"`` clears it when self-training starts, as
+    the official code's newly built optimiser (:meth:`restarts_optimiser`; not measured yet).
+    Stage 2:
     :func:`bidirectional_copy_paste` with a box of 2/3 the image sides; loss = ``0.5 (CE +
     Dice)`` on the labelled region + alpha (0.5, ``"bcp_unlabelled_weight"``) times it on the
     pseudo-labelled region, for both mixed batches. Pseudo-labels are the teacher's argmax with
@@ -76,7 +79,8 @@ class BCP(TeacherStudentMethod):
     """
 
     name = "bcp"
-    options = ("bcp_pretrain_fraction", "bcp_largest_component", "bcp_unlabelled_weight", "bcp_lr_schedule")
+    options = ("bcp_pretrain_fraction", "bcp_largest_component", "bcp_unlabelled_weight", "bcp_lr_schedule",
+               "bcp_optimiser")
     min_useful_iterations = {2: 1000, 3: 150}
     """Self-training from a teacher pre-trained for a fifth of a short run hurts. Measured with
     ``bench/time_budget.py`` (product defaults, one core, seed 1337; ``bench/results/time_budget.md``):
@@ -102,6 +106,12 @@ class BCP(TeacherStudentMethod):
         if step.iteration < pretraining:
             return poly_lr(1.0, step.iteration, pretraining)
         return poly_lr(1.0, step.iteration - pretraining, step.total - pretraining)
+
+    def restarts_optimiser(self, step, group="main"):
+        new = extra(self.settings, "bcp_optimiser", "keep")
+        if new not in ("keep", "new"):
+            raise ValueError(f"bcp_optimiser must be keep or new, not {new!r}")
+        return new == "new" and step.iteration == self.pretraining_iterations(step.total)
 
     def training_step(self, labelled, unlabelled, step):
         mask = copy_paste_mask(labelled["image"])

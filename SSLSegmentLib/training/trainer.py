@@ -349,6 +349,8 @@ class Trainer(TrainerOutputs):
         info = StepInfo(iteration, self.config.iterations,
                         consistency_weight(self.method.settings, iteration, self.config.iterations))
         for name, optimiser in self.optimisers.items():
+            if self.method.restarts_optimiser(info, name):
+                optimiser.state.clear()  # momenta and step counts: as a newly built optimiser
             factor = self.method.learning_rate_factor(info, name)
             for group in optimiser.param_groups:
                 group["lr"] = group["initial_lr"] * factor
