@@ -50,3 +50,32 @@ def test_goals_are_checked_per_table():
     report = {"tables": {"acdc/cuda": {"results": results}}}
     text = "\n".join(goals.markdown_lines(report))
     assert "| acdc/cuda | 3 | e (-6 %) |" in text and "| a | 60 % |" in text
+
+
+def test_teacher_model_carries_the_ema_teachers_weights(tmp_path):
+    """bench/teacher_vs_student.py writes a model file the predictor loads, with the teacher's
+    weights in place of the student's; a method without a teacher gives none."""
+    import torch  # noqa: PLC0415
+
+    import teacher_vs_student  # noqa: PLC0415
+    from SSLSegmentLib.methods import MethodSettings, method_class  # noqa: PLC0415
+    from SSLSegmentLib.networks import build_network  # noqa: PLC0415
+
+    def factory(name=None, out_channels=None):
+        return build_network("unet", 2, 1, 3, size="tiny")
+
+    method = method_class("mean_teacher")(MethodSettings(), factory, 3, 2)
+    with torch.no_grad():
+        for parameter in method.teacher.parameters():
+            parameter.add_(1.0)  # the teacher differs from the student
+    train = tmp_path / "train"
+    train.mkdir()
+    torch.save({"state": method.state_dict()}, train / "checkpoint_last.pt")
+    torch.save({"format": "sslsegment-model", "state_dict": method.student.state_dict(), "extra": {}}, train / "model.pt")
+    assert teacher_vs_student.teacher_model(train, tmp_path / "teacher")
+    model = torch.load(tmp_path / "teacher" / "model.pt", weights_only=True)
+    teacher = method.teacher.state_dict()
+    assert model["extra"]["weights"] == "ema_teacher" and set(model["state_dict"]) == set(teacher)
+    assert all(torch.equal(model["state_dict"][k], teacher[k]) for k in teacher)
+    torch.save({"state": method.student.state_dict()}, train / "checkpoint_last.pt")
+    assert not teacher_vs_student.teacher_model(train, tmp_path / "none")
