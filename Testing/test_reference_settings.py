@@ -23,6 +23,7 @@ from SSLSegmentLib.networks import build_network, supports_dropout
 from SSLSegmentLib.training.trainer import build_method
 
 NUM_CLASSES = 4
+STEP = StepInfo(iteration=5, total=10, consistency_weight=0.5)
 
 
 def make_method(name, dim=2, dropout=0.0, **extra):
@@ -288,3 +289,61 @@ def test_trainer_sets_each_groups_learning_rate_from_the_method(phantom_data, tm
     assert trainer.optimisers["main"].param_groups[0]["lr"] < 0.01 * 0.5
     records = [r for r in run.read_progress() if "iteration" in r]
     assert "discriminator_accuracy" in records[-1]["losses"]
+
+
+# --- departures from SSL4MIS that follow the papers: the reference one option away -----------
+def test_entropy_minimisation_on_the_unlabelled_images_or_the_whole_batch():
+    from SSLSegmentLib.methods.losses import normalised_entropy  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    labelled, unlabelled = batches()
+    for option, first in (("unlabelled", 2), ("all", 0)):
+        method = make_method("entropy_minimization", em_images=option).train()
+        torch.manual_seed(1)
+        entropy = method.training_step(labelled, unlabelled, STEP)["entropy"]
+        with torch.no_grad():
+            logits = method.student(torch.cat([labelled["image"], unlabelled["image"]]))
+        assert entropy.item() == pytest.approx(normalised_entropy(logits[first:].softmax(dim=1)).mean().item(), rel=1e-5)
+
+
+def test_cps_pseudo_loss_of_the_paper_or_ssl4mis():
+    from SSLSegmentLib.methods.cps import cross_pseudo_loss  # noqa: PLC0415
+    from SSLSegmentLib.methods.losses import soft_dice_loss  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    labelled, unlabelled = batches()
+    images = torch.cat([labelled["image"], unlabelled["image"]])
+    for option in ("ce_all", "dice_unlabelled"):
+        method = make_method("cps", cps_pseudo_loss=option).train()
+        losses = method.training_step(labelled, unlabelled, STEP)
+        with torch.no_grad():
+            first, second = method.student(images), method.second(images)
+        if option == "ce_all":
+            expected = cross_pseudo_loss(first, second)
+        else:
+            expected = soft_dice_loss(first[2:].softmax(dim=1), second[2:].argmax(dim=1, keepdim=True), NUM_CLASSES)
+        assert losses["main_pseudo"].item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="cps_pseudo_loss"):
+        make_method("cps", cps_pseudo_loss="dice").training_step(labelled, unlabelled, STEP)
+
+
+@pytest.mark.parametrize("supervise_auxiliary, target", [(False, "detached"), (True, "attached")])
+def test_cct_as_the_paper_or_ssl4mis(supervise_auxiliary, target):
+    torch.manual_seed(0)
+    labelled, unlabelled = batches()
+    method = make_method("cct", cct_auxiliary_supervision=supervise_auxiliary, cct_main_target=target).train()
+    state = torch.random.get_rng_state()
+    losses = method.training_step(labelled, unlabelled, STEP)
+    torch.random.set_rng_state(state)  # the same perturbations
+    main, *auxiliary = method.network(torch.cat([labelled["image"], unlabelled["image"]]))
+    outputs = [main, *auxiliary] if supervise_auxiliary else [main]
+    expected = sum(supervised_loss(o[:2], labelled["label"], NUM_CLASSES) for o in outputs) / len(outputs)
+    assert losses["supervised"].item() == pytest.approx(expected.item(), rel=1e-4)
+    # the consistency reaches the layers after the tapped feature map only when attached (SSL4MIS)
+    last = list(method.network.backbone.parameters())[-1]
+    gradients = []
+    for weight in (0.0, 1.0):
+        torch.random.set_rng_state(state)
+        loss = method.training_step(labelled, unlabelled, StepInfo(iteration=5, total=10, consistency_weight=weight))["main"]
+        gradients.append(torch.autograd.grad(loss, last)[0])
+    assert (not torch.allclose(gradients[0], gradients[1])) == (target == "attached")

@@ -20,14 +20,16 @@ class CCT(Method):
     The run's backbone is wrapped in :class:`~SSLSegmentLib.networks.heads.AuxiliaryDecoders`
     with K (default 3, ``settings.extra["cct_aux_decoders"]``) auxiliary decoders, each on
     its own perturbation (feature noise U(-0.3, 0.3), dropout 0.3, feature dropout) of a
-    decoder feature map. Labelled: main output only (the paper; the reference also
-    supervises the auxiliary ones). Unlabelled: mean over decoders of the MSE between the
-    auxiliary softmax and the main softmax, DETACHED as in the paper (the reference
-    back-propagates into the main decoder too). Predicts with the bare backbone.
+    decoder feature map. Labelled: main output only, as the paper
+    (``"cct_auxiliary_supervision": true`` supervises the auxiliary outputs too and averages
+    the four losses, as SSL4MIS). Unlabelled: mean over decoders of the MSE between the
+    auxiliary softmax and the main softmax, the main one DETACHED as in the paper
+    (``"cct_main_target": "attached"`` back-propagates into the main decoder too, as SSL4MIS).
+    Predicts with the bare backbone.
     """
 
     name = "cct"
-    options = ("cct_aux_decoders",)
+    options = ("cct_aux_decoders", "cct_auxiliary_supervision", "cct_main_target")
 
     def __init__(self, settings, network_factory, num_classes, dim):
         super().__init__(settings, network_factory, num_classes, dim)
@@ -37,8 +39,11 @@ class CCT(Method):
     def training_step(self, labelled, unlabelled, step):
         images, n_labelled = joined_images(labelled, unlabelled)
         main, *auxiliary = self.network(images)
-        supervised = self.supervised_loss(main[:n_labelled], labelled["label"])
-        target = main[n_labelled:].detach().softmax(dim=1)
+        supervised_outputs = [main, *auxiliary] if extra(self.settings, "cct_auxiliary_supervision", False) else [main]
+        supervised = torch.stack([self.supervised_loss(o[:n_labelled], labelled["label"])
+                                  for o in supervised_outputs]).mean()
+        attached = {"detached": False, "attached": True}[extra(self.settings, "cct_main_target", "detached")]
+        target = (main if attached else main.detach())[n_labelled:].softmax(dim=1)
         consistency = torch.stack([F.mse_loss(a[n_labelled:].softmax(dim=1), target) for a in auxiliary]).mean()
         loss = supervised + step.consistency_weight * consistency
         return {"main": loss, "supervised": supervised.detach(), "consistency": consistency.detach()}
