@@ -79,3 +79,17 @@ def test_teacher_model_carries_the_ema_teachers_weights(tmp_path):
     assert all(torch.equal(model["state_dict"][k], teacher[k]) for k in teacher)
     torch.save({"state": method.student.state_dict()}, train / "checkpoint_last.pt")
     assert not teacher_vs_student.teacher_model(train, tmp_path / "none")
+
+
+def test_label_efficiency_runs_every_catalogued_method_and_refuses_an_unknown_one():
+    """A method added to the catalogue (UniMatch) is run, not silently left out; a misspelt
+    name stops the bench instead of running only the baselines."""
+    import pytest  # noqa: PLC0415
+
+    import label_efficiency  # noqa: PLC0415
+    from SSLSegmentLib import catalogue  # noqa: PLC0415
+
+    assert set(label_efficiency.METHODS) == {m.name for m in catalogue.METHODS} - {"supervised"}
+    assert label_efficiency.selected_methods("bcp,unimatch,fixmatch") == ["fixmatch", "bcp", "unimatch"]
+    with pytest.raises(SystemExit, match="unknown method unimatc"):
+        label_efficiency.selected_methods("unimatc")

@@ -96,6 +96,7 @@ from schedule import RunQueue  # noqa: E402  (bench/schedule.py)
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from SSLSegmentLib import catalogue  # noqa: E402
 from SSLSegmentLib.data.io import read_image, write_image  # noqa: E402
 from SSLSegmentLib.data.labels import read_label, write_labelmap  # noqa: E402
 from SSLSegmentLib.fileio import atomic_write_json, atomic_write_text  # noqa: E402
@@ -106,9 +107,12 @@ DATA = (ROOT / ".." / "shared" / "data").resolve()
 RESULTS = ROOT / "bench" / "results"
 SCRATCH = ROOT / "bench" / "runs" / "label_efficiency"
 BASELINES = ("supervised", "fully_supervised")
-# Baselines first (the gap needs both), then the methods in the order of the earlier results.
-METHODS = ("fixmatch", "urpc", "cps", "ctct", "bcp", "mean_teacher", "cct", "entropy_minimization", "uamt",
-           "ict", "rdrop", "dct", "adversarial")
+# Baselines first (the gap needs both), then the methods in the order of the earlier results,
+# then any other method of the catalogue (a method added later runs too).
+_EARLIER_ORDER = ("fixmatch", "urpc", "cps", "ctct", "bcp", "mean_teacher", "cct", "entropy_minimization", "uamt",
+                  "ict", "rdrop", "dct", "adversarial")
+METHODS = tuple(sorted((m.name for m in catalogue.METHODS if m.name != "supervised"),
+                       key=lambda m: (_EARLIER_ORDER + (m,)).index(m)))
 
 DATASETS = {
     "acdc": {"title": "ACDC 2D (7 of 70 patients labelled; eval: ACDC/val, 20 volumes)",
@@ -613,6 +617,18 @@ def start_table(key: str, methods: list[str], prepared: dict, args, command: str
     return root
 
 
+def selected_methods(text: str) -> list[str]:
+    """``--methods``: "all" or comma-separated names, in :data:`METHODS` order; an unknown name
+    is an error, not a run left out."""
+    if text == "all":
+        return list(METHODS)
+    asked = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in asked if m not in METHODS]
+    if unknown:
+        raise SystemExit(f"unknown method {', '.join(unknown)}; choose from: {', '.join(METHODS)}")
+    return [m for m in METHODS if m in asked]
+
+
 def main(argv=None) -> int:
     global SCRATCH, RESULTS  # noqa: PLW0603  (one bench per process; every helper reads them)
     args = parse_args(argv)
@@ -620,7 +636,7 @@ def main(argv=None) -> int:
     if args.report_only:
         write_reports()
         return 0
-    methods = [m for m in METHODS if args.methods == "all" or m in args.methods.split(",")]
+    methods = selected_methods(args.methods)
     keys = [k.strip() for k in args.datasets.split(",") if k.strip()]
     command = ("env OMP_NUM_THREADS=" + os.environ.get("OMP_NUM_THREADS", "?")
                + " .venv/bin/python bench/label_efficiency.py " + " ".join(sys.argv[1:] if argv is None else argv))
