@@ -347,3 +347,16 @@ def test_cct_as_the_paper_or_ssl4mis(supervise_auxiliary, target):
         loss = method.training_step(labelled, unlabelled, StepInfo(iteration=5, total=10, consistency_weight=weight))["main"]
         gradients.append(torch.autograd.grad(loss, last)[0])
     assert (not torch.allclose(gradients[0], gradients[1])) == (target == "attached")
+
+
+def test_ict_draws_one_lambda_per_image_as_ssl4mis_when_asked(monkeypatch):
+    from SSLSegmentLib.methods import ict as ict_module  # noqa: PLC0415
+
+    seen = []
+    original = ict_module.mix_unlabelled
+    monkeypatch.setattr(ict_module, "mix_unlabelled", lambda *a: seen.append(a[2]) or original(*a))
+    labelled, unlabelled = batches(n=4)
+    for option in ("batch", "sample"):
+        make_method("ict", ict_lambda=option).train().training_step(labelled, unlabelled, STEP)
+    assert isinstance(seen[0], float)
+    assert seen[1].shape == (4, 1, 1, 1) and len(set(seen[1].flatten().tolist())) == 4

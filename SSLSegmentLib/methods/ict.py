@@ -9,9 +9,10 @@ from .base import register_method
 from .helpers import TeacherStudentMethod, extra, interpolate
 
 
-def mix_unlabelled(images, targets, lam: float, permutation):
+def mix_unlabelled(images, targets, lam, permutation):
     """Mixes each unlabelled image with its partner ``images[permutation]`` and the targets
-    with the SAME ``lam`` and partners: ``(mixed images, mixed targets)``."""
+    with the SAME ``lam`` (a number, or one per image broadcast over the rest) and partners:
+    ``(mixed images, mixed targets)``."""
     return interpolate(images, images[permutation], lam), interpolate(targets, targets[permutation], lam)
 
 
@@ -23,13 +24,14 @@ class ICT(TeacherStudentMethod):
     Verma, Lamb, Kannala, Bengio & Lopez-Paz, "Interpolation Consistency Training for
     Semi-Supervised Learning", IJCAI 2019.
 
-    ``lam ~ Beta(alpha, alpha)`` with alpha 0.2 (``settings.extra["ict_alpha"]``); partners are
-    a random permutation of the unlabelled batch (the reference splits it in halves, which
-    needs an even batch). Softmax MSE consistency.
+    ``lam ~ Beta(alpha, alpha)`` with alpha 0.2 (``settings.extra["ict_alpha"]``), one for the
+    batch as every measurement here ran (``"ict_lambda": "sample"`` draws one per image, as
+    SSL4MIS's ``ict_mix_factors``); partners are a random permutation of the unlabelled batch
+    (the reference splits it in halves, which needs an even batch). Softmax MSE consistency.
     """
 
     name = "ict"
-    options = ("ict_alpha",)
+    options = ("ict_alpha", "ict_lambda")
 
     def training_step(self, labelled, unlabelled, step):
         supervised = self.supervised_loss(self.student(labelled["image"]), labelled["label"])
@@ -37,7 +39,14 @@ class ICT(TeacherStudentMethod):
         with torch.no_grad():
             teacher_probabilities = self.teacher(images).softmax(dim=1)
         alpha = float(extra(self.settings, "ict_alpha", 0.2))
-        lam = float(torch.distributions.Beta(alpha, alpha).sample())
+        per = extra(self.settings, "ict_lambda", "batch")
+        if per not in ("batch", "sample"):
+            raise ValueError(f"ict_lambda must be batch or sample, not {per!r}")
+        beta = torch.distributions.Beta(alpha, alpha)
+        if per == "batch":
+            lam = float(beta.sample())
+        else:
+            lam = beta.sample((images.shape[0],) + (1,) * (images.ndim - 1)).to(images.device, images.dtype)
         permutation = torch.randperm(images.shape[0], device=images.device)
         mixed, mixed_target = mix_unlabelled(images, teacher_probabilities, lam, permutation)
         consistency = F.mse_loss(self.student(mixed).softmax(dim=1), mixed_target)
