@@ -15,10 +15,12 @@ class EntropyMinimization(Method):
     Grandvalet & Bengio, "Semi-supervised Learning by Entropy Minimization", NeurIPS 2004
     (for segmentation: Vu et al., ADVENT, CVPR 2019). Entropy ``-sum p log p / ln C`` over the
     class axis, so it is in [0, 1] for any number of classes C. Applied to the unlabelled
-    images, as the paper does (SSL4MIS averages it over the whole batch).
+    images, as the paper does (``"em_images": "all"`` averages it over the whole batch,
+    labelled images included, as SSL4MIS's ``train_entropy_minimization_2D.py``).
     """
 
     name = "entropy_minimization"
+    options = ("em_images",)
 
     def __init__(self, settings, network_factory, num_classes, dim):
         super().__init__(settings, network_factory, num_classes, dim)
