@@ -91,3 +91,16 @@ def build_optimisers(method: Method, config: TrainConfig) -> dict[str, torch.opt
         for group in optimisers[name].param_groups:
             group["initial_lr"] = group["lr"]
     return optimisers
+
+
+def prepare_optimisers(method: Method, optimisers: dict[str, torch.optim.Optimizer], step) -> None:
+    """Before a step: each group's learning rate from the method's schedule, its gradients
+    zeroed, and its state (momenta, step counts) cleared where the method restarts it, as a
+    newly built optimiser would be (BCP's self-training)."""
+    for name, optimiser in optimisers.items():
+        if method.restarts_optimiser(step, name):
+            optimiser.state.clear()
+        factor = method.learning_rate_factor(step, name)
+        for group in optimiser.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+        optimiser.zero_grad(set_to_none=True)

@@ -40,7 +40,8 @@ from ..sampling import BatchStream, PatchSampler, to_tensors
 from . import memory, resume
 from .budget import TimeBudget
 from .components import (  # noqa: F401  (re-exported: the CLI and tests import them from here)
-    build_method, build_optimisers, channels_last_format, resolve_device, seed_everything,
+    build_method, build_optimisers, channels_last_format, prepare_optimisers, resolve_device,
+    seed_everything,
 )
 from .data_setup import prepare_training_data
 from .distributed import (DataParallelNetworks, DistributedContext, broadcast_state, convert_batchnorm, shard,
@@ -348,13 +349,7 @@ class Trainer(TrainerOutputs):
         unlabelled = to_tensors(batch[1], self.device, self.memory_format) if batch[1] is not None else None
         info = StepInfo(iteration, self.config.iterations,
                         consistency_weight(self.method.settings, iteration, self.config.iterations))
-        for name, optimiser in self.optimisers.items():
-            if self.method.restarts_optimiser(info, name):
-                optimiser.state.clear()  # momenta and step counts: as a newly built optimiser
-            factor = self.method.learning_rate_factor(info, name)
-            for group in optimiser.param_groups:
-                group["lr"] = group["initial_lr"] * factor
-            optimiser.zero_grad(set_to_none=True)
+        prepare_optimisers(self.method, self.optimisers, info)
         self.method.train()
         with self.ddp.active(), autocast(self.device, self.amp):
             losses = self.method.training_step(labelled, unlabelled, info)
