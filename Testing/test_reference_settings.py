@@ -360,3 +360,15 @@ def test_ict_draws_one_lambda_per_image_as_ssl4mis_when_asked(monkeypatch):
         make_method("ict", ict_lambda=option).train().training_step(labelled, unlabelled, STEP)
     assert isinstance(seen[0], float)
     assert seen[1].shape == (4, 1, 1, 1) and len(set(seen[1].flatten().tolist())) == 4
+
+
+@pytest.mark.parametrize("name, key", [("bcp", "bcp_optimiser"), ("cct", "cct_main_target"), ("cps", "cps_pseudo_loss"),
+                                       ("entropy_minimization", "em_images"), ("ict", "ict_lambda"),
+                                       ("mean_teacher", "noise_scale")])
+def test_a_choice_option_with_another_value_is_an_error_naming_it(name, key):
+    labelled, unlabelled = batches()
+    method = make_method(name, **{key: "sometimes"}).train()
+    step = StepInfo(iteration=5, total=10, consistency_weight=0.5)
+    with pytest.raises(ValueError, match=f"{key} must be .* not 'sometimes'"):
+        method.restarts_optimiser(step)  # what the trainer asks before each step (BCP reads it here)
+        method.training_step(labelled, unlabelled, step)

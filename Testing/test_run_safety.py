@@ -386,7 +386,7 @@ def test_every_method_option_a_method_reads_is_declared():
     for name, cls in available_methods().items():
         source = "".join(inspect.getsource(klass) for klass in cls.__mro__
                          if klass.__module__.startswith("SSLSegmentLib.methods"))
-        read = set(re.findall(r"""extra\(\s*[\w.]+\s*,\s*["'](\w+)["']""", source))
+        read = set(re.findall(r"""extra(?:_choice)?\(\s*[\w.]+\s*,\s*["'](\w+)["']""", source))
         assert read <= set(cls.options), (name, sorted(read - set(cls.options)))
 
 

@@ -8,7 +8,7 @@ import torch
 from ..postprocessing import keep_largest_component
 from ..training.schedules import poly_lr
 from .base import ema_update, register_method
-from .helpers import TeacherStudentMethod, copy_paste, copy_paste_mask, extra
+from .helpers import TeacherStudentMethod, copy_paste, copy_paste_mask, extra, extra_choice
 from .losses import weighted_supervised_loss
 
 
@@ -108,10 +108,8 @@ class BCP(TeacherStudentMethod):
         return poly_lr(1.0, step.iteration - pretraining, step.total - pretraining)
 
     def restarts_optimiser(self, step, group="main"):
-        new = extra(self.settings, "bcp_optimiser", "keep")
-        if new not in ("keep", "new"):
-            raise ValueError(f"bcp_optimiser must be keep or new, not {new!r}")
-        return new == "new" and step.iteration == self.pretraining_iterations(step.total)
+        new = extra_choice(self.settings, "bcp_optimiser", ("keep", "new")) == "new"
+        return new and step.iteration == self.pretraining_iterations(step.total)
 
     def training_step(self, labelled, unlabelled, step):
         mask = copy_paste_mask(labelled["image"])

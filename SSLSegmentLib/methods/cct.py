@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from ..networks.heads import AuxiliaryDecoders
 from .base import Method, register_method
-from .helpers import INPUT_CHANNELS, extra, joined_images
+from .helpers import INPUT_CHANNELS, extra, extra_choice, joined_images
 
 
 @register_method
@@ -42,7 +42,7 @@ class CCT(Method):
         supervised_outputs = [main, *auxiliary] if extra(self.settings, "cct_auxiliary_supervision", False) else [main]
         supervised = torch.stack([self.supervised_loss(o[:n_labelled], labelled["label"])
                                   for o in supervised_outputs]).mean()
-        attached = {"detached": False, "attached": True}[extra(self.settings, "cct_main_target", "detached")]
+        attached = extra_choice(self.settings, "cct_main_target", ("detached", "attached")) == "attached"
         target = (main if attached else main.detach())[n_labelled:].softmax(dim=1)
         consistency = torch.stack([F.mse_loss(a[n_labelled:].softmax(dim=1), target) for a in auxiliary]).mean()
         loss = supervised + step.consistency_weight * consistency

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import register_method
-from .helpers import TwoNetworkMethod, extra, joined_images
+from .helpers import TwoNetworkMethod, extra_choice, joined_images
 from .losses import soft_dice_loss
 
 
@@ -50,11 +50,8 @@ class CPS(TwoNetworkMethod):
     def training_step(self, labelled, unlabelled, step):
         images, n_labelled = joined_images(labelled, unlabelled)
         logits = [self.student(images), self.second(images)]
-        kind = extra(self.settings, "cps_pseudo_loss", "ce_all")
-        if kind == "ce_all":
+        if extra_choice(self.settings, "cps_pseudo_loss", ("ce_all", "dice_unlabelled")) == "ce_all":
             pseudo_loss = cross_pseudo_loss
-        elif kind == "dice_unlabelled":
-            pseudo_loss = partial(unlabelled_dice_to_argmax, n_labelled=n_labelled, num_classes=self.num_classes)
         else:
-            raise ValueError(f"cps_pseudo_loss must be ce_all or dice_unlabelled, not {kind!r}")
+            pseudo_loss = partial(unlabelled_dice_to_argmax, n_labelled=n_labelled, num_classes=self.num_classes)
         return self.mutual_losses(logits, labelled, n_labelled, step.consistency_weight, pseudo_loss, "pseudo")

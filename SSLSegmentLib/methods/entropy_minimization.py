@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .base import Method, register_method
-from .helpers import extra, joined_images
+from .helpers import extra_choice, joined_images
 from .losses import normalised_entropy
 
 
@@ -30,7 +30,7 @@ class EntropyMinimization(Method):
         images, n_labelled = joined_images(labelled, unlabelled)
         logits = self.student(images)
         supervised = self.supervised_loss(logits[:n_labelled], labelled["label"])
-        first = {"unlabelled": n_labelled, "all": 0}[extra(self.settings, "em_images", "unlabelled")]
+        first = n_labelled if extra_choice(self.settings, "em_images", ("unlabelled", "all")) == "unlabelled" else 0
         entropy = normalised_entropy(logits[first:].softmax(dim=1)).mean()
         loss = supervised + step.consistency_weight * entropy
         return {"main": loss, "supervised": supervised.detach(), "entropy": entropy.detach()}

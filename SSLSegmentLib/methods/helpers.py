@@ -17,6 +17,15 @@ def extra(settings, key: str, default: Any) -> Any:
     return settings.extra.get(key, default)
 
 
+def extra_choice(settings, key: str, choices: tuple[str, ...]) -> str:
+    """A method-specific setting that must be one of ``choices`` (the first is the default);
+    another value is an error naming the key and the choices."""
+    value = settings.extra.get(key, choices[0])
+    if value not in choices:
+        raise ValueError(f"{key} must be {' or '.join(map(str, choices))}, not {value!r}")
+    return value
+
+
 def joined_images(labelled: dict, unlabelled: dict) -> tuple[torch.Tensor, int]:
     """Labelled then unlabelled images in one batch, and the number of labelled ones."""
     return torch.cat([labelled["image"], unlabelled["image"]]), labelled["image"].shape[0]
@@ -109,15 +118,13 @@ def perturbation_noise(images: torch.Tensor, settings) -> torch.Tensor:
     ``"absolute"`` adds it in z-score units as before, about 9 times weaker than the reference.
     """
     std, clip = float(extra(settings, "noise_std", 0.1)), float(extra(settings, "noise_clip", 0.2))
-    scale = extra(settings, "noise_scale", "range")
+    scale = extra_choice(settings, "noise_scale", ("range", "std", "absolute"))
     noise = torch.clamp(torch.randn_like(images) * std, -clip, clip)
     if scale == "range":
         return images + noise * intensity_range(images)
     if scale == "std":
         return images + noise * images.std(dim=tuple(range(1, images.ndim)), keepdim=True)
-    if scale == "absolute":
-        return images + noise
-    raise ValueError(f"noise_scale must be range, std or absolute, not {scale!r}")
+    return images + noise  # absolute
 
 
 def color_jitter(images: torch.Tensor, brightness: float = 0.8, contrast: float = 0.8) -> torch.Tensor:

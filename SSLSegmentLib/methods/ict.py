@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import register_method
-from .helpers import TeacherStudentMethod, extra, interpolate
+from .helpers import TeacherStudentMethod, extra, extra_choice, interpolate
 
 
 def mix_unlabelled(images, targets, lam, permutation):
@@ -39,11 +39,8 @@ class ICT(TeacherStudentMethod):
         with torch.no_grad():
             teacher_probabilities = self.teacher(images).softmax(dim=1)
         alpha = float(extra(self.settings, "ict_alpha", 0.2))
-        per = extra(self.settings, "ict_lambda", "batch")
-        if per not in ("batch", "sample"):
-            raise ValueError(f"ict_lambda must be batch or sample, not {per!r}")
         beta = torch.distributions.Beta(alpha, alpha)
-        if per == "batch":
+        if extra_choice(self.settings, "ict_lambda", ("batch", "sample")) == "batch":
             lam = float(beta.sample())
         else:
             lam = beta.sample((images.shape[0],) + (1,) * (images.ndim - 1)).to(images.device, images.dtype)
