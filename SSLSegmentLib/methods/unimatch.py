@@ -9,7 +9,7 @@ from monai.networks.layers import GaussianFilter
 
 from ..networks.heads import WithDropout
 from .base import Method, register_method
-from .helpers import INPUT_CHANNELS, color_jitter, extra, random_flip_rot90
+from .helpers import INPUT_CHANNELS, color_jitter, copy_paste, extra, random_flip_rot90
 from .losses import confident_pseudo_label_dice
 
 
@@ -60,8 +60,7 @@ def strong_view(weak: torch.Tensor, settings) -> torch.Tensor:
 def cutmix(images: torch.Tensor, probabilities: torch.Tensor, boxes: torch.Tensor):
     """Each image gets its batch neighbour's (rolled by one) content inside its box, and the
     pseudo-label probabilities follow: ``(images, probabilities)``."""
-    return (torch.where(boxes.bool(), images.roll(1, 0), images),
-            torch.where(boxes.bool(), probabilities.roll(1, 0), probabilities))
+    return copy_paste(images.roll(1, 0), images, boxes), copy_paste(probabilities.roll(1, 0), probabilities, boxes)
 
 
 @register_method
