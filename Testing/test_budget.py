@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 
 import pytest
@@ -25,6 +26,19 @@ BUDGET_MINUTES = 0.25  # 15 s: long enough for tens of tiny steps after set-up a
 # What must hold exactly (the count fixed, the schedule over it, the cut when slower) is
 # asserted on the run's records.
 SLACK = 1.5
+
+
+def _assert_in_time(seconds: float, slack: float = SLACK) -> None:
+    """The wall-clock check, skipped (with the figures) only when the machine was overloaded: a
+    load average of more than 1.5 runnable processes per core, for example the bench beside
+    CI, slows the steps after the last re-check more than any slack for a 15 s budget allows."""
+    budget_s = 60 * BUDGET_MINUTES
+    if seconds <= slack * budget_s:
+        return
+    load = os.getloadavg()[0]
+    if load > 1.5 * (os.cpu_count() or 1):
+        pytest.skip(f"the machine is too busy (load {load:.1f}): the run took {seconds:.1f} s for a {budget_s:.0f} s budget")
+    raise AssertionError(f"the run took {seconds:.1f} s for a {budget_s:.0f} s budget (load {load:.1f})")
 
 
 def _budgeted_run(phantom_data, tmp_path, slow_down_after_plan: float = 0.0, recover: bool = False):
@@ -64,7 +78,6 @@ def _budgeted_run(phantom_data, tmp_path, slow_down_after_plan: float = 0.0, rec
 
 def test_budgeted_run_ends_within_the_budget_and_its_schedule_spans_the_fixed_count(phantom_data, tmp_path):
     seconds, run, trainer = _budgeted_run(phantom_data, tmp_path)
-    assert seconds <= SLACK * 60 * BUDGET_MINUTES, f"the run took {seconds:.1f} s for a {60 * BUDGET_MINUTES:.0f} s budget"
     plan = json.loads((run.path / "budget.json").read_text())
     fixed = plan["iterations"]
     assert fixed == trainer.config.iterations and fixed > plan["warmup_iterations"] >= 4
@@ -94,11 +107,12 @@ def test_budgeted_run_ends_within_the_budget_and_its_schedule_spans_the_fixed_co
     maximum = trainer.method.settings.consistency
     assert any(0 < r["consistency_weight"] < 0.99 * maximum for r in later), "no record inside the ramp-up"
     assert sorted(p.name for p in run.predictions.glob("*.seg.nrrd")) == ["case_003.seg.nrrd", "case_004.seg.nrrd"]
+    _assert_in_time(seconds)
 
 
 def test_a_machine_that_slows_down_cuts_the_count_and_still_ends_in_time(phantom_data, tmp_path):
     seconds, run, trainer = _budgeted_run(phantom_data, tmp_path, slow_down_after_plan=2.0)
-    assert seconds <= 2 * SLACK * 60 * BUDGET_MINUTES, f"the run took {seconds:.1f} s for a {60 * BUDGET_MINUTES:.0f} s budget"
+    _assert_in_time(seconds, slack=2 * SLACK)
     events = [r for r in run.read_progress() if r.get("event") == "budget"]
     if events[0]["iterations"] - events[0]["warmup_iterations"] < 6:
         pytest.skip("the machine is too busy: the budget left too few iterations to cut")
@@ -124,7 +138,7 @@ def test_a_load_that_passes_lets_the_cut_plan_grow_back_but_not_beyond_the_first
     """A passing load must not waste the rest of the budget: the count cut while the machine was
     busy grows back once it is fast again, never above what the warm-up fixed."""
     seconds, run, trainer = _budgeted_run(phantom_data, tmp_path, slow_down_after_plan=3.0, recover=True)
-    assert seconds <= 2 * SLACK * 60 * BUDGET_MINUTES, f"the run took {seconds:.1f} s for a {60 * BUDGET_MINUTES:.0f} s budget"
+    _assert_in_time(seconds, slack=2 * SLACK)
     events = [r for r in run.read_progress() if r.get("event") == "budget"]
     if events[0]["iterations"] - events[0]["warmup_iterations"] < 12:
         pytest.skip("the machine is too busy: the budget left too few iterations to cut and regrow")
