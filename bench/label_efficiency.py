@@ -487,12 +487,20 @@ def plot(report: dict, path: Path) -> None:
     fig, axes = plt.subplots(len(tables), 2, figsize=(13, 4.2 * len(tables)), squeeze=False)
     for row, table in enumerate(tables):
         results = report["tables"][table]["results"]
-        methods = [m for m in results if m not in BASELINES]
+        seeds = results.get("supervised", {}).get("n", 0)
+        methods = sorted((m for m in results if m not in BASELINES),
+                         key=lambda m: -(results[m].get("gap_closed") or -9.0))
+        # a method run at fewer seeds than the baselines is paired with those seeds' baselines
+        # only: pale and hatched, so its bar is not read against the lines of the mean
+        fewer = [results[m].get("n", 1) < seeds for m in methods]
         for col, metric in enumerate(("dice", "hd95")):
             ax = axes[row][col]
             values = [results[m][metric] for m in methods]
-            errors = [results[m]["dice_sd"] or 0.0 for m in methods] if metric == "dice" else None
-            bars = ax.bar(range(len(methods)), values, yerr=errors, capsize=2, color="tab:blue")
+            errors = [results[m]["dice_sd"] or float("nan") for m in methods] if metric == "dice" else None
+            bars = ax.bar(range(len(methods)), values, yerr=errors, capsize=2,
+                          color=["lightsteelblue" if f else "tab:blue" for f in fewer])
+            for bar, f in zip(bars, fewer):
+                bar.set_hatch("//" if f else None)
             if metric == "dice":  # the figure that matters: share of the label gap closed
                 for bar, m in zip(bars, methods):
                     gap = results[m].get("gap_closed")
@@ -505,13 +513,15 @@ def plot(report: dict, path: Path) -> None:
                                label=f"{name.replace('_', ' ')} ({results[name][metric]:.3f})")
             ax.set_xticks(range(len(methods)), methods, rotation=40, ha="right")
             ax.set_ylabel("Dice" if metric == "dice" else "HD95 (mm)")
-            seeds = results.get("supervised", {}).get("n", 0)
-            ax.set_title(f"{table} ({seeds} seed{'s' if seeds != 1 else ''}): "
-                         + ("mean Dice ± sd (label: gap closed)" if metric == "dice" else "HD95 (mm), lower is better"))
+            ax.set_title(f"{table} (baselines: {seeds} seed{'s' if seeds != 1 else ''}): "
+                         + ("mean Dice ± sd (label: gap closed)" if metric == "dice" else "HD95 (mm), lower is better"),
+                         fontsize=10)
             if metric == "dice" and values:
                 low = min(values + [results.get("supervised", {}).get("dice", 1.0)])
                 ax.set_ylim(max(0.0, low - 0.1), 1.0)
-            ax.legend(fontsize=8, loc="lower right" if metric == "dice" else "upper right")
+            if any(fewer):
+                ax.bar([0], [0], color="lightsteelblue", hatch="//", label="fewer seeds (gap: paired seeds)")
+            ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
