@@ -16,6 +16,8 @@ chose and the wall time the training took, so that an overrun shows.
     nice -n 5 .venv/bin/python bench/time_budget.py --minutes 2,5,10,20 --threads 2
 
 Runs resume (a finished run is kept); the md/json are rewritten after every run.
+``--report-only`` writes them from the finished runs of the grid asked for, training nothing
+(runs of several invocations, each over part of the grid, in one report).
 """
 
 from __future__ import annotations
@@ -127,12 +129,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scratch", type=Path, default=SCRATCH)
     p.add_argument("--results", type=Path, default=RESULTS)
     p.add_argument("--note", default="", help="what else ran on the machine")
+    p.add_argument("--report-only", action="store_true", help="report the finished runs of the grid; train nothing")
     args = p.parse_args(argv)
     args.scratch, args.results = args.scratch.resolve(), args.results.resolve()
     args.scratch.mkdir(parents=True, exist_ok=True)
     keys = args.datasets.split(",")
     budgets = {k: [float(m) for m in ((args.la_minutes if k == "la" and args.la_minutes else args.minutes).split(","))]
                for k in keys}
+    if args.report_only:
+        found = [args.scratch / "runs" / k / f"{method}_{m:g}min" / f"seed{args.seed}" / "result.json"
+                 for k in keys for m in budgets[k] for method in args.methods.split(",")]
+        report([json.loads(f.read_text()) for f in found if f.exists()], args)
+        return 0
     prepared = {k: prepare(k, args.data, args.scratch) for k in keys}
     # Shortest budgets first over every data set, so a cut-off session still has whole curves' starts.
     tasks = sorted(((m, k, method) for k in keys for m in budgets[k] for method in args.methods.split(",")),
