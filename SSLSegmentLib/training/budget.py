@@ -12,10 +12,13 @@ Validations are timed as they run (their seconds are kept out of the step pace, 
 measured cost replaces the estimate); their number follows the count (every tenth of the run,
 so every step of a run shorter than 20), which the budget solves for. A machine that becomes
 slower after the warm-up (another job starts) would overrun the budget, so the plan is
-checked again at every progress record, on the pace of the last ten, and shortened: the
-poly schedule then ends at the new count (its remaining part is compressed). A cut plan
-grows back when the machine is fast again (a passing load must not waste the rest of the
-budget), never beyond the count the warm-up fixed.
+checked again at every progress record, on the pace of the last ten (of at least
+``MEASURED_ITERATIONS`` steps: two noisy steps must not cut the run), and shortened: the
+poly schedule then ends at the new count (its remaining part is compressed). The count
+grows, by ``GROW_MARGIN`` at least, once a full window of checks shows that much time left:
+a passing load, or a warm-up slower than the run (its first steps pay for allocations; a
+10-minute run of UniMatch on LA was cut by its first check and ended after 442 s when the
+count could not grow beyond the warm-up's). ``config.iterations`` as given stays the cap.
 Every decision is a progress record (``{"event": "budget", ...}``) and ``budget.json`` in the
 run folder; the count is agreed over the ranks of a distributed run.
 """
@@ -47,7 +50,7 @@ sliding-window time is multiplied by this."""
 RECENT_CHECKS = 10
 """After the warm-up, the pace is measured over this many checks (progress records)."""
 GROW_MARGIN = 1.1
-"""A cut plan grows back only to at least this many times its count (no back and forth)."""
+"""The count grows only to at least this many times itself (no back and forth)."""
 FIXED_AFTER_S = 2.0
 """Saving the checkpoints and the model, closing the data stream."""
 
@@ -139,7 +142,7 @@ class TimeBudget:
     def _fix(self, done: int, now: float, seconds_per_iteration: float, reason: str = "warm-up") -> None:
         prediction_s = self._prediction_s()
         iterations = self._agreed(self._affordable(done, now, seconds_per_iteration, prediction_s))
-        self.trainer.config.iterations = self._first_count = iterations
+        self.trainer.config.iterations = iterations
         self._planned_pace = seconds_per_iteration
         self._recent = collections.deque([(done, now, self._validation_s_total)], maxlen=RECENT_CHECKS)
         validation_s = self._validations_between(done, iterations) * self._one_validation_s()
@@ -151,10 +154,12 @@ class TimeBudget:
         self.trainer.warn_if_short_run(iterations)
 
     def _check(self, done: int, now: float) -> None:
-        """Shorten the plan when the recent pace would overrun the deadline (never lengthen
-        it: the schedule already ran part of its course)."""
+        """Shorten the plan when the recent pace would overrun the deadline; lengthen it when
+        a full window of checks leaves much time unused."""
         self._recent.append((done, now, self._validation_s_total))
         first_done, first_time, first_validation_s = self._recent[0]
+        if done - first_done < MEASURED_ITERATIONS:  # too few steps for a pace
+            return
         stepping_s = (now - first_time) - (self._validation_s_total - first_validation_s)
         pace = max(stepping_s, 1e-6) / max(1, done - first_done)  # over the last ten checks, validations excluded
         # what slowed the steps down slows the (not yet measured) predictions down too
@@ -166,12 +171,12 @@ class TimeBudget:
         proposal = planned
         if now + remaining_s > self.deadline:
             proposal = min(planned, self._affordable(done, now, pace, prediction_s, slowdown))
-        elif planned < self._first_count:  # cut before, and on time now: grow back if much time is left
-            affordable = min(self._first_count, self._affordable(done, now, pace, prediction_s, slowdown))
+        elif len(self._recent) == RECENT_CHECKS:  # on time over a full window: grow if much time is left
+            affordable = self._affordable(done, now, pace, prediction_s, slowdown)
             proposal = affordable if affordable >= GROW_MARGIN * planned else planned
         agreed = self._agreed(proposal)
         if agreed != planned:
-            reason = "slower" if agreed < planned else "faster again"
+            reason = "slower" if agreed < planned else "faster"
             self.trainer.config.iterations = agreed
             self.plan.iterations, self.plan.seconds_per_iteration, self.plan.reason = agreed, round(pace, 4), reason
             self.plan.decided_at = done
