@@ -142,9 +142,9 @@ def test_cli_time_budget_sets_minutes_and_lifts_the_iteration_default(tmp_path):
         TrainConfig(time_budget=0).resolved("cpu")
 
 
-def test_a_load_that_passes_lets_the_cut_plan_grow_back_but_not_beyond_the_first(phantom_data, tmp_path):
+def test_a_load_that_passes_lets_the_cut_plan_grow_back(phantom_data, tmp_path):
     """A passing load must not waste the rest of the budget: the count cut while the machine was
-    busy grows back once it is fast again, never above what the warm-up fixed."""
+    busy grows back once it is fast again."""
     seconds, run, trainer = _budgeted_run(phantom_data, tmp_path, slow_down_after_plan=3.0, recover=True)
     _assert_in_time(seconds, slack=2 * SLACK)
     events = [r for r in run.read_progress() if r.get("event") == "budget"]

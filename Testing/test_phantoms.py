@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from SSLSegmentLib.data import discover_dataset, load_labelled_case, read_image, read_label

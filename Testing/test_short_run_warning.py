@@ -81,7 +81,6 @@ def test_the_panel_status_line_carries_the_warning_of_a_finished_round(tmp_path,
     assert job.warnings() and jobs.status_text(job).startswith("Round 1: done - warning: 1 iterations are fewer")
 
 
-
 def test_unimatch_warns_below_the_counts_at_which_it_was_measured_ahead():
     unimatch = method_class("unimatch")
     assert short_run_warning(unimatch, 3000, 2) is None and short_run_warning(unimatch, 2000, 3) is None

@@ -480,6 +480,7 @@ def plot(report: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
+    from matplotlib.patches import Patch  # noqa: PLC0415
 
     tables = [t for t, e in report["tables"].items() if any(m not in BASELINES for m in e["results"])]
     if not tables:
@@ -519,9 +520,10 @@ def plot(report: dict, path: Path) -> None:
             if metric == "dice" and values:
                 low = min(values + [results.get("supervised", {}).get("dice", 1.0)])
                 ax.set_ylim(max(0.0, low - 0.1), 1.0)
+            handles = ax.get_legend_handles_labels()[0]
             if any(fewer):
-                ax.bar([0], [0], color="lightsteelblue", hatch="//", label="fewer seeds (gap: paired seeds)")
-            ax.legend(fontsize=8, loc="upper right")
+                handles.append(Patch(facecolor="lightsteelblue", hatch="//", label="fewer seeds (gap: paired seeds)"))
+            ax.legend(handles=handles, fontsize=8, loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
