@@ -61,8 +61,12 @@ def prepare(key: str, data: Path, scratch: Path) -> dict:
             "labelled": len(few), "unlabelled": len(rest)}
 
 
+def run_folder(scratch: Path, key: str, method: str, minutes: float, seed: int) -> Path:
+    return scratch / "runs" / key / f"{method}_{minutes:g}min" / f"seed{seed}"
+
+
 def run_one(key: str, method: str, minutes: float, seed: int, prepared: dict, args) -> dict:
-    run = args.scratch / "runs" / key / f"{method}_{minutes:g}min" / f"seed{seed}"
+    run = run_folder(args.scratch, key, method, minutes, seed)
     result_file = run / "result.json"
     if result_file.exists():
         return json.loads(result_file.read_text())
@@ -137,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     budgets = {k: [float(m) for m in ((args.la_minutes if k == "la" and args.la_minutes else args.minutes).split(","))]
                for k in keys}
     if args.report_only:
-        found = [args.scratch / "runs" / k / f"{method}_{m:g}min" / f"seed{args.seed}" / "result.json"
+        found = [run_folder(args.scratch, k, method, m, args.seed) / "result.json"
                  for k in keys for m in budgets[k] for method in args.methods.split(",")]
         report([json.loads(f.read_text()) for f in found if f.exists()], args)
         return 0
