@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from SSLSegmentLib.config import TrainConfig
+from SSLSegmentLib.data.cases import discover_dataset
 from SSLSegmentLib.errors import InputError
 from SSLSegmentLib.methods import MethodSettings, StepInfo, method_class
 from SSLSegmentLib.methods import bcp as bcp_module
@@ -20,7 +21,8 @@ from SSLSegmentLib.methods.helpers import color_jitter, perturbation_noise
 from SSLSegmentLib.methods.losses import confident_pseudo_label_loss, supervised_loss, symmetric_kl
 from SSLSegmentLib.methods.uamt import masked_mse, uncertainty_threshold
 from SSLSegmentLib.networks import build_network, supports_dropout
-from SSLSegmentLib.training.trainer import build_method
+from SSLSegmentLib.training.run_folder import RunFolder
+from SSLSegmentLib.training.trainer import Trainer, build_method
 
 NUM_CLASSES = 4
 STEP = StepInfo(iteration=5, total=10, consistency_weight=0.5)
@@ -246,6 +248,29 @@ def test_dan_discriminator_learns_from_eval_mode_predictions_without_gradient():
     assert student_modes == [True, False] and method.student.training
     grads = torch.autograd.grad(losses["discriminator"], list(method.student.parameters()), allow_unused=True)
     assert all(g is None for g in grads)
+
+
+def test_dan_draws_its_labelled_patches_as_the_unlabelled_ones():
+    """Uniformly, as SSL4MIS: with foreground oversampling the discriminator could tell the
+    labelled patches by their share of foreground, and the fooling term would grow every class."""
+    assert make_method("adversarial").labelled_foreground_fraction(0.33) == 0.0
+    oversampled = make_method("adversarial", dan_labelled_sampling="oversampled")
+    assert oversampled.labelled_foreground_fraction(0.33) == 0.33
+    assert make_method("mean_teacher").labelled_foreground_fraction(0.33) == 0.33
+    with pytest.raises(ValueError, match="dan_labelled_sampling"):
+        make_method("adversarial", dan_labelled_sampling="sometimes").labelled_foreground_fraction(0.33)
+
+
+@pytest.mark.parametrize("method, fraction", [("adversarial", 0.0), ("supervised", TrainConfig.foreground_fraction)])
+def test_trainer_samples_labelled_patches_as_the_method_asks(phantom_data, tmp_path, method, fraction):
+    run = RunFolder(tmp_path / "run")
+    run.prepare()
+    config = TrainConfig(method=method, size="tiny", dim="2", patch_size=(32, 32), iterations=1, val_cases=0,
+                         device="cpu", cache_dir=str(tmp_path / "cache"))
+    trainer = Trainer(config, discover_dataset(phantom_data["images"], phantom_data["labels"]), run,
+                      logging.getLogger("test_reference_settings"))
+    trainer.setup()
+    assert trainer.stream.labelled.foreground_fraction == fraction
 
 
 # --- BCP ---------------------------------------------------------------------------------------

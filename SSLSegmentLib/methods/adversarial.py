@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from ..networks.discriminator import Discriminator
 from .base import Method, register_method
-from .helpers import INPUT_CHANNELS, extra, joined_images
+from .helpers import INPUT_CHANNELS, extra, extra_choice, joined_images
 
 
 @register_method
@@ -32,13 +32,21 @@ class Adversarial(Method):
     - the discriminator's optimiser is Adam (lr 1e-4, betas (0.9, 0.99)) at a CONSTANT learning
       rate as in the reference (:meth:`learning_rate_factor`; ``"dan_discriminator_schedule":
       "poly"`` follows the segmentation network's decay);
-    - ``discriminator_accuracy`` is logged: near 0.5 the discriminator cannot tell the two apart.
+    - ``discriminator_accuracy`` is logged: near 0.5 the discriminator cannot tell the two apart;
+    - labelled patches are drawn uniformly, as the unlabelled ones and as the reference draws
+      both (:meth:`labelled_foreground_fraction`). With the product's foreground oversampling of
+      the labelled patches, a larger share of foreground tells the streams apart, and the fooling
+      term pushes the unlabelled predictions towards it: with oversampling, DAN's ACDC
+      predictions held 2.9 times the true LV volume and 1.5 times the myocardium's, where every
+      other method stayed within 1.1 (bench, seed 1337; Dice 0.390 against 0.542 supervised-only).
+      ``"dan_labelled_sampling": "oversampled"`` keeps the oversampling.
 
     ``"discriminator_width"`` (default 64) sets its width.
     """
 
     name = "adversarial"
-    options = ("discriminator_width", "discriminator_dropout", "dan_discriminator_schedule", "dan_discriminator_inputs")
+    options = ("discriminator_width", "discriminator_dropout", "dan_discriminator_schedule", "dan_discriminator_inputs",
+               "dan_labelled_sampling")
     optimiser_overrides = {"discriminator": {"name": "adam", "lr": 1e-4, "betas": (0.9, 0.99)}}
 
     def __init__(self, settings, network_factory, num_classes, dim):
@@ -55,6 +63,13 @@ class Adversarial(Method):
         if group == "discriminator" and extra(self.settings, "dan_discriminator_schedule", "constant") == "constant":
             return 1.0
         return super().learning_rate_factor(step, group)
+
+    def labelled_foreground_fraction(self, run_fraction):
+        """0 (uniform, the reference's): the discriminator must not tell the labelled patches
+        by their share of foreground; ``"dan_labelled_sampling": "oversampled"``: the run's."""
+        if extra_choice(self.settings, "dan_labelled_sampling", ("uniform", "oversampled")) == "uniform":
+            return 0.0
+        return run_fraction
 
     def training_step(self, labelled, unlabelled, step):
         images, n_labelled = joined_images(labelled, unlabelled)

@@ -156,6 +156,12 @@ class Method(nn.Module):
         counts), as a newly built one would (BCP's official self-training stage). Never by default."""
         return False
 
+    def labelled_foreground_fraction(self, run_fraction: float) -> float:
+        """Share of labelled patches centred on a foreground voxel: the run's
+        (``TrainConfig.foreground_fraction``, nnU-Net's oversampling) unless the method needs its
+        labelled patches drawn as the unlabelled ones are, uniformly (DAN)."""
+        return run_fraction
+
     def inference_network(self) -> nn.Module:
         """The network whose logits predict (the student unless a method says otherwise)."""
         return self.student

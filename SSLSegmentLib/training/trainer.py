@@ -150,8 +150,9 @@ class Trainer(TrainerOutputs):
         own shard of the cases with its own seed."""
         data, config, context = self.data, self.config, self.context
         seed = config.seed + 1000 * context.rank
+        fraction = self.method.labelled_foreground_fraction(config.foreground_fraction)
         labelled = PatchSampler.from_cache(shard(data.train, context, "labelled cases", self.log), data.patch,
-                                           data.plan.dim, config.foreground_fraction)
+                                           data.plan.dim, fraction)
         unlabelled = None
         if self.method.uses_unlabelled:
             pool = data.unlabelled or data.train
