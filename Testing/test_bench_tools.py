@@ -93,3 +93,31 @@ def test_label_efficiency_runs_every_catalogued_method_and_refuses_an_unknown_on
     assert label_efficiency.selected_methods("bcp,unimatch,fixmatch") == ["fixmatch", "bcp", "unimatch"]
     with pytest.raises(SystemExit, match="unknown method unimatc"):
         label_efficiency.selected_methods("unimatc")
+
+
+def test_largest_component_bench_compares_each_run_before_and_after_the_clean_up(tmp_path):
+    """A prediction with a stray blob far from the organ: the clean-up removes it, and the
+    report shows the Dice it gains."""
+    import json
+
+    import numpy as np
+    import SimpleITK as sitk
+
+    import largest_component
+
+    truth = np.zeros((4, 32, 32), np.uint8)
+    truth[1:3, 8:16, 8:16] = 1
+    predicted = truth.copy()
+    predicted[1:3, 24:30, 24:30] = 1  # the stray blob
+    labels = tmp_path / "data" / "ACDC" / "val" / "labels"
+    maps = tmp_path / "scratch" / "runs" / "acdc_tiny" / "supervised" / "seed1337" / "pred" / "labelmaps"
+    for folder, array in ((labels, truth), (maps, predicted)):
+        folder.mkdir(parents=True)
+        sitk.WriteImage(sitk.GetImageFromArray(array), str(folder / "case1.nrrd"))
+    results = tmp_path / "results"
+    assert largest_component.main(["--scratch", str(tmp_path / "scratch"), "--data", str(tmp_path / "data"),
+                                   "--results", str(results)]) == 0
+    figures = json.loads((results / "largest_component.json").read_text())["acdc_tiny"]["supervised"]["seed1337"]
+    assert figures["dice"] < 0.9 and figures["dice_cleaned"] == 1.0
+    assert "| supervised | 1 |" in (results / "largest_component.md").read_text()
+    assert largest_component.main(["--scratch", str(tmp_path / "none"), "--results", str(results)]) == 1
