@@ -15,7 +15,7 @@ from SSLSegmentLib.config import TrainConfig
 from SSLSegmentLib.data.cases import discover_dataset
 from SSLSegmentLib.errors import InputError
 from SSLSegmentLib.methods.base import consistency_weight
-from SSLSegmentLib.training.budget import DEFAULT_CAP
+from SSLSegmentLib.training.budget import DEFAULT_CAP, RECENT_CHECKS
 from SSLSegmentLib.training.run_folder import RunFolder
 from SSLSegmentLib.training.schedules import poly_lr
 from SSLSegmentLib.training.trainer import Trainer
@@ -124,7 +124,8 @@ def test_a_machine_that_slows_down_cuts_the_count_and_still_ends_in_time(phantom
     events = [r for r in run.read_progress() if r.get("event") == "budget"]
     if events[0]["iterations"] - events[0]["warmup_iterations"] < 6:
         pytest.skip("the machine is too busy: the budget left too few iterations to cut")
-    assert [e["reason"] for e in events][:2] == ["warm-up", "slower"]
+    reasons = [e["reason"] for e in events]  # a passing load may grow the count before the slow-down cuts it
+    assert reasons[0] == "warm-up" and "slower" in reasons, reasons
     assert events[-1]["iterations"] < events[0]["iterations"]
     steps = [r for r in run.read_progress() if "iteration" in r]
     assert steps[-1]["iteration"] == steps[-1]["total"] == events[-1]["iterations"] == trainer.config.iterations
@@ -165,6 +166,8 @@ def test_a_warm_up_slower_than_the_run_lets_the_count_grow_beyond_it(phantom_dat
     checks shows the time left, the count grows, and the run still ends in time."""
     seconds, run, trainer = _budgeted_run(phantom_data, tmp_path, slow_warm_up_s=0.3)
     events = [r for r in run.read_progress() if r.get("event") == "budget"]
+    if events[0]["iterations"] - events[0]["warmup_iterations"] <= RECENT_CHECKS:
+        pytest.skip(f"the machine is too busy: the warm-up's count left no full window of checks to grow on: {events[0]}")
     reasons = [e["reason"] for e in events]
     assert reasons[0] == "warm-up" and "faster" in reasons, reasons
     assert max(e["iterations"] for e in events) > 1.1 * events[0]["iterations"]
