@@ -52,6 +52,19 @@ def test_goals_are_checked_per_table():
     assert "| acdc/cuda | 3 | e (-6 %) |" in text and "| a | 60 % |" in text
 
 
+def test_seed_noise_is_pooled_over_the_methods_run_at_several_seeds():
+    results = {"supervised": {"gap_closed": None, "n": 3, "gap_closed_per_seed": {"1": 0.0, "2": 0.0}},
+               "fully_supervised": summary(None, 3),
+               "a": {"gap_closed": 0.5, "n": 2, "gap_closed_per_seed": {"1": 0.4, "2": 0.6}},
+               "b": {"gap_closed": 0.2, "n": 3, "gap_closed_per_seed": {"1": 0.1, "2": 0.2, "3": 0.3}},
+               "c": summary(-0.08), "d": summary(-0.3)}
+    sd, pooled = goals.seed_noise(results)
+    assert pooled == ["a", "b"] and abs(sd - ((0.02 + 0.01) / 2) ** 0.5) < 1e-9  # variances 0.02 and 0.01
+    assert goals.seed_noise({"a": summary(0.5)}) is None
+    text = "\n".join(goals.markdown_lines({"tables": {"acdc/cpu": {"results": results}}}))
+    assert "standard deviation of 12 % (pooled over a, b); below supervised-only by more than that: d." in text
+
+
 def test_teacher_model_carries_the_ema_teachers_weights(tmp_path):
     """bench/teacher_vs_student.py writes a model file the predictor loads, with the teacher's
     weights in place of the student's; a method without a teacher gives none."""
