@@ -239,6 +239,32 @@ def test_dan_follows_ssl4mis():
     assert poly.learning_rate_factor(late, "discriminator") == method.learning_rate_factor(late, "main")
 
 
+def test_dan_discriminator_has_the_references_depth():
+    """Four strided convolutions to 8 times the width, a 2 x 2 grid pooled in 2D and a global pool
+    in 3D, as SSL4MIS's FCDiscriminator and FC3DDiscriminator; three (stops 12 to 15) one option
+    away, with the same weights' names as before; patches smaller than 16 are padded."""
+    from SSLSegmentLib.networks.discriminator import Discriminator  # noqa: PLC0415
+
+    def strided(module):
+        return [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))]
+
+    dan = make_method("adversarial").discriminator
+    w = strided(dan)[0].out_channels  # the tests' width
+    assert [c.out_channels for c in strided(dan)] == [w, w, 2 * w, 4 * w, 8 * w]
+    assert dan.body[-1].in_features == 8 * w * 4
+    three = make_method("adversarial", discriminator_layers=3).discriminator
+    assert [c.out_channels for c in strided(three)] == [w, w, 2 * w, 4 * w] and three.body[-1].in_features == 4 * w
+    assert [k for k in three.state_dict() if k.startswith("body")] == \
+        ["body.2.weight", "body.2.bias", "body.5.weight", "body.5.bias", "body.9.weight", "body.9.bias"]
+    in_3d = Discriminator(3, 2, width=8)
+    assert in_3d.body[-1].in_features == 64
+    logits = in_3d(torch.rand(2, 2, 8, 24, 24).softmax(dim=1), torch.rand(2, 1, 8, 24, 24))  # depth 8 < 16: padded
+    assert logits.shape == (2,) and torch.isfinite(logits).all()
+    assert dan(torch.rand(3, 4, 32, 32).softmax(dim=1), torch.rand(3, 1, 32, 32)).shape == (3,)
+    with pytest.raises(ValueError, match="at least 2"):
+        Discriminator(2, 2, layers=1)
+
+
 def test_dan_discriminator_learns_from_eval_mode_predictions_without_gradient():
     torch.manual_seed(0)
     method = make_method("adversarial", dropout=0.5).train()

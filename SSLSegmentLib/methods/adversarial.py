@@ -45,12 +45,15 @@ class Adversarial(Method):
     times the truth, every other method within 1.1), as if the fooling term rewarded the ring
     shape that the discriminator sees in the labelled predictions.
 
-    ``"discriminator_width"`` (default 64) sets its width.
+    ``"discriminator_width"`` (default 64) sets its width, ``"discriminator_layers"`` its number
+    of strided convolutions: 4 as the reference since stop 16; the figures above come from 3
+    (:class:`~SSLSegmentLib.networks.discriminator.Discriminator`), and are not yet measured
+    again.
     """
 
     name = "adversarial"
     options = ("discriminator_width", "discriminator_dropout", "dan_discriminator_schedule", "dan_discriminator_inputs",
-               "dan_labelled_sampling")
+               "dan_labelled_sampling", "discriminator_layers")
     optimiser_overrides = {"discriminator": {"name": "adam", "lr": 1e-4, "betas": (0.9, 0.99)}}
 
     def __init__(self, settings, network_factory, num_classes, dim):
@@ -58,7 +61,8 @@ class Adversarial(Method):
         self.student = network_factory()
         width = extra(settings, "discriminator_width", 64)
         dropout = float(extra(settings, "discriminator_dropout", 0.5))
-        self.discriminator = Discriminator(dim, num_classes, INPUT_CHANNELS, width, dropout)
+        layers = int(extra(settings, "discriminator_layers", 4))
+        self.discriminator = Discriminator(dim, num_classes, INPUT_CHANNELS, width, dropout, layers)
 
     def parameter_groups(self):
         return {"main": list(self.student.parameters()), "discriminator": list(self.discriminator.parameters())}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -11,32 +12,47 @@ class Discriminator(nn.Module):
     AND the image, in 2D or 3D.
 
     Zhang et al., "Deep Adversarial Networks for Biomedical Image Segmentation Utilizing
-    Unannotated Images", MICCAI 2017 (as SSL4MIS's FCDiscriminator: the map and the image go
-    through their own strided convolution, are added, then strided 4-convolutions with
-    LeakyReLU 0.2, global average pooling and a linear layer to one logit per sample).
-    ``dropout``: channel dropout after every activation but the last, 0.5 as FCDiscriminator's
-    ``Dropout2d/3d(0.5)``; active in training mode only.
+    Unannotated Images", MICCAI 2017, as SSL4MIS's ``FCDiscriminator`` (2D) and
+    ``FC3DDiscriminator``: the map and the image go through their own strided 4-convolution
+    and are added; then strided 4-convolutions doubling the width (``layers`` strided
+    convolutions in all: 4 as the reference, 16 times smaller), LeakyReLU 0.2, average pooling
+    and a linear layer to one logit per sample. The pooling keeps a 2 x 2 grid in 2D (the
+    reference's ``AvgPool2d(7)`` on its 256² patches) and pools globally in 3D (its
+    ``AvgPool3d(6)`` on 96³). ``dropout``: channel dropout after every activation but the last,
+    0.5 as the reference; active in training mode only. The activation after the addition is
+    the 3D reference's (the 2D one has none, so its first two convolutions compose linearly).
+
+    ``layers=3`` is the discriminator of stops 12 to 15, whose DAN figures the bench reports
+    (width up to 4x, global pooling in 2D too). Inputs smaller than ``2 ** layers`` along an
+    axis are zero-padded to it.
     """
 
-    def __init__(self, dim: int, num_classes: int, image_channels: int = 1, width: int = 64, dropout: float = 0.5):
+    def __init__(self, dim: int, num_classes: int, image_channels: int = 1, width: int = 64, dropout: float = 0.5,
+                 layers: int = 4):
         super().__init__()
+        if layers < 2:
+            raise ValueError(f"a discriminator needs at least 2 strided convolutions, got {layers}")
         conv = getattr(nn, f"Conv{dim}d")
         drop = getattr(nn, f"Dropout{dim}d")
+        self.min_size = 2 ** layers
         self.map_conv = conv(num_classes, width, 4, stride=2, padding=1)
         self.image_conv = conv(image_channels, width, 4, stride=2, padding=1)
-        self.body = nn.Sequential(
-            nn.LeakyReLU(0.2),
-            drop(dropout),
-            conv(width, 2 * width, 4, stride=2, padding=1),
-            nn.LeakyReLU(0.2),
-            drop(dropout),
-            conv(2 * width, 4 * width, 4, stride=2, padding=1),
-            nn.LeakyReLU(0.2),
-            getattr(nn, f"AdaptiveAvgPool{dim}d")(1),
-            nn.Flatten(),
-            nn.Linear(4 * width, 1),
-        )
+        body: list[nn.Module] = []
+        channels = width
+        for _ in range(layers - 1):
+            body += [nn.LeakyReLU(0.2), drop(dropout), conv(channels, 2 * channels, 4, stride=2, padding=1)]
+            channels *= 2
+        grid = 2 if dim == 2 and layers >= 4 else 1
+        body += [nn.LeakyReLU(0.2), getattr(nn, f"AdaptiveAvgPool{dim}d")(grid), nn.Flatten(),
+                 nn.Linear(channels * grid ** dim, 1)]
+        self.body = nn.Sequential(*body)
 
     def forward(self, probabilities: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """``(B,)`` logits of "this prediction comes from a labelled image"."""
+        probabilities, image = self._padded(probabilities), self._padded(image)
         return self.body(self.map_conv(probabilities) + self.image_conv(image))[:, 0]
+
+    def _padded(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Zero-padded at the end of each spatial axis shorter than ``min_size``."""
+        short = [max(0, self.min_size - size) for size in reversed(tensor.shape[2:])]
+        return F.pad(tensor, [p for s in short for p in (0, s)]) if any(short) else tensor
