@@ -261,8 +261,13 @@ def test_dan_discriminator_has_the_references_depth():
     logits = in_3d(torch.rand(2, 2, 8, 24, 24).softmax(dim=1), torch.rand(2, 1, 8, 24, 24))  # depth 8 < 16: padded
     assert logits.shape == (2,) and torch.isfinite(logits).all()
     assert dan(torch.rand(3, 4, 32, 32).softmax(dim=1), torch.rand(3, 1, 32, 32)).shape == (3,)
+    as_2d_reference = make_method("adversarial", discriminator_stem_activation=False).discriminator
+    assert isinstance(as_2d_reference.body[0], nn.Conv2d) and isinstance(dan.body[0], nn.LeakyReLU)
+    assert len(strided(as_2d_reference)) == 5
     with pytest.raises(ValueError, match="at least 2"):
         Discriminator(2, 2, layers=1)
+    with pytest.raises(ValueError, match="'discriminator_stem_activation' must be true or false, got 'False'"):
+        make_method("adversarial", discriminator_stem_activation="False")  # text, not JSON false
 
 
 def test_dan_discriminator_learns_from_eval_mode_predictions_without_gradient():

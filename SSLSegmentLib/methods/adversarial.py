@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from ..networks.discriminator import Discriminator
 from .base import Method, register_method
-from .helpers import INPUT_CHANNELS, extra, extra_choice, joined_images
+from .helpers import INPUT_CHANNELS, extra, extra_choice, extra_flag, joined_images
 
 
 @register_method
@@ -48,12 +48,14 @@ class Adversarial(Method):
     ``"discriminator_width"`` (default 64) sets its width, ``"discriminator_layers"`` its number
     of strided convolutions: 4 as the reference since stop 16; the figures above come from 3
     (:class:`~SSLSegmentLib.networks.discriminator.Discriminator`), and are not yet measured
-    again.
+    again. ``"discriminator_stem_activation": false`` drops the activation after the map and
+    image features are added, as the 2D reference.
     """
 
     name = "adversarial"
     options = ("discriminator_width", "discriminator_dropout", "dan_discriminator_schedule", "dan_discriminator_inputs",
-               "dan_labelled_sampling", "discriminator_layers")
+               "dan_labelled_sampling", "discriminator_layers",
+               "discriminator_stem_activation")
     optimiser_overrides = {"discriminator": {"name": "adam", "lr": 1e-4, "betas": (0.9, 0.99)}}
 
     def __init__(self, settings, network_factory, num_classes, dim):
@@ -62,7 +64,8 @@ class Adversarial(Method):
         width = extra(settings, "discriminator_width", 64)
         dropout = float(extra(settings, "discriminator_dropout", 0.5))
         layers = int(extra(settings, "discriminator_layers", 4))
-        self.discriminator = Discriminator(dim, num_classes, INPUT_CHANNELS, width, dropout, layers)
+        stem_activation = extra_flag(settings, "discriminator_stem_activation", True)
+        self.discriminator = Discriminator(dim, num_classes, INPUT_CHANNELS, width, dropout, layers, stem_activation)
 
     def parameter_groups(self):
         return {"main": list(self.student.parameters()), "discriminator": list(self.discriminator.parameters())}

@@ -8,7 +8,7 @@ import torch
 from ..postprocessing import keep_largest_component
 from ..training.schedules import poly_lr
 from .base import ema_update, register_method
-from .helpers import TeacherStudentMethod, copy_paste, copy_paste_mask, extra, extra_choice
+from .helpers import TeacherStudentMethod, copy_paste, copy_paste_mask, extra, extra_choice, extra_flag
 from .losses import weighted_supervised_loss
 
 
@@ -119,7 +119,7 @@ class BCP(TeacherStudentMethod):
         images, labels, u_images = labelled["image"][:n], labelled["label"][:n], unlabelled["image"][:n]
         with torch.no_grad():
             pseudo = self.teacher(u_images).argmax(dim=1, keepdim=True)
-        if extra(self.settings, "bcp_largest_component", True):
+        if extra_flag(self.settings, "bcp_largest_component", True):
             pseudo = largest_component_labels(pseudo)
         images_in, labels_in, images_out, labels_out = bidirectional_copy_paste(images, labels, u_images, pseudo, mask)
         alpha = float(extra(self.settings, "bcp_unlabelled_weight", 0.5))

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from ..networks.heads import AuxiliaryDecoders
 from .base import Method, register_method
-from .helpers import INPUT_CHANNELS, extra, extra_choice, joined_images
+from .helpers import INPUT_CHANNELS, extra, extra_choice, extra_flag, joined_images
 
 
 @register_method
@@ -39,7 +39,7 @@ class CCT(Method):
     def training_step(self, labelled, unlabelled, step):
         images, n_labelled = joined_images(labelled, unlabelled)
         main, *auxiliary = self.network(images)
-        supervised_outputs = [main, *auxiliary] if extra(self.settings, "cct_auxiliary_supervision", False) else [main]
+        supervised_outputs = [main, *auxiliary] if extra_flag(self.settings, "cct_auxiliary_supervision", False) else [main]
         supervised = torch.stack([self.supervised_loss(o[:n_labelled], labelled["label"])
                                   for o in supervised_outputs]).mean()
         attached = extra_choice(self.settings, "cct_main_target", ("detached", "attached")) == "attached"

@@ -17,6 +17,15 @@ def extra(settings, key: str, default: Any) -> Any:
     return settings.extra.get(key, default)
 
 
+def extra_flag(settings, key: str, default: bool) -> bool:
+    """A method-specific yes/no setting: JSON ``true`` or ``false``. Anything else (the text
+    "False", 0) is an error naming the key, not a truthy surprise."""
+    value = settings.extra.get(key, default)
+    if not isinstance(value, bool):
+        raise ValueError(f"method option {key!r} must be true or false, got {value!r}")
+    return value
+
+
 def extra_choice(settings, key: str, choices: tuple[str, ...]) -> str:
     """A method-specific setting that must be one of ``choices`` (the first is the default);
     another value is an error naming the key and the choices."""

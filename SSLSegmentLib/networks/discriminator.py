@@ -19,8 +19,9 @@ class Discriminator(nn.Module):
     and a linear layer to one logit per sample. The pooling keeps a 2 x 2 grid in 2D (the
     reference's ``AvgPool2d(7)`` on its 256² patches) and pools globally in 3D (its
     ``AvgPool3d(6)`` on 96³). ``dropout``: channel dropout after every activation but the last,
-    0.5 as the reference; active in training mode only. The activation after the addition is
-    the 3D reference's (the 2D one has none, so its first two convolutions compose linearly).
+    0.5 as the reference; active in training mode only. The activation (and dropout) after the
+    addition is the 3D reference's; the 2D one has none, so its first two convolutions compose
+    linearly, a defect kept one flag away (``stem_activation=False``).
 
     ``layers=3`` is the discriminator of stops 12 to 15, whose DAN figures the bench reports
     (width up to 4x, global pooling in 2D too). Inputs smaller than ``2 ** layers`` along an
@@ -28,7 +29,7 @@ class Discriminator(nn.Module):
     """
 
     def __init__(self, dim: int, num_classes: int, image_channels: int = 1, width: int = 64, dropout: float = 0.5,
-                 layers: int = 4):
+                 layers: int = 4, stem_activation: bool = True):
         super().__init__()
         if layers < 2:
             raise ValueError(f"a discriminator needs at least 2 strided convolutions, got {layers}")
@@ -39,8 +40,10 @@ class Discriminator(nn.Module):
         self.image_conv = conv(image_channels, width, 4, stride=2, padding=1)
         body: list[nn.Module] = []
         channels = width
-        for _ in range(layers - 1):
-            body += [nn.LeakyReLU(0.2), drop(dropout), conv(channels, 2 * channels, 4, stride=2, padding=1)]
+        for layer in range(layers - 1):
+            if layer or stem_activation:
+                body += [nn.LeakyReLU(0.2), drop(dropout)]
+            body.append(conv(channels, 2 * channels, 4, stride=2, padding=1))
             channels *= 2
         grid = 2 if dim == 2 and layers >= 4 else 1
         body += [nn.LeakyReLU(0.2), getattr(nn, f"AdaptiveAvgPool{dim}d")(grid), nn.Flatten(),
