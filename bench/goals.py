@@ -18,6 +18,7 @@ are met: the figures are the output).
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -48,10 +49,9 @@ def seed_noise(results: dict) -> tuple[float, list[str]] | None:
         per_seed = [g for g in (r.get("gap_closed_per_seed") or {}).values() if g is not None]
         if method in BASELINES or len(per_seed) < 2:
             continue
-        mean = sum(per_seed) / len(per_seed)
-        variances.append(sum((g - mean) ** 2 for g in per_seed) / (len(per_seed) - 1))
+        variances.append(statistics.variance(per_seed))
         pooled.append(method)
-    return ((sum(variances) / len(variances)) ** 0.5, sorted(pooled)) if pooled else None
+    return (statistics.fmean(variances) ** 0.5, sorted(pooled)) if pooled else None
 
 
 def percent(value: float | None) -> str:
