@@ -57,12 +57,14 @@ def test_seed_noise_is_pooled_over_the_methods_run_at_several_seeds():
                "fully_supervised": summary(None, 3),
                "a": {"gap_closed": 0.5, "n": 2, "gap_closed_per_seed": {"1": 0.4, "2": 0.6}},
                "b": {"gap_closed": 0.2, "n": 3, "gap_closed_per_seed": {"1": 0.1, "2": 0.2, "3": 0.3}},
-               "c": summary(-0.08), "d": summary(-0.3)}
+               "c": summary(-0.08), "d": summary(-0.3), "e": summary(-0.08, 3)}
     sd, pooled = goals.seed_noise(results)
     assert pooled == ["a", "b"] and abs(sd - ((0.02 + 0.01) / 2) ** 0.5) < 1e-9  # variances 0.02 and 0.01
     assert goals.seed_noise({"a": summary(0.5)}) is None
     text = "\n".join(goals.markdown_lines({"tables": {"acdc/cpu": {"results": results}}}))
-    assert "standard deviation of 12 % (pooled over a, b); below supervised-only by more than that: d." in text
+    # one seed's noise is 12 %; e's mean over 3 seeds has 12 / sqrt(3) = 7 %, so its -8 % is beyond it, c's is not
+    assert ("standard deviation of 12 % (pooled over a, b); a mean over n seeds varies sqrt(n) times "
+            "less. Below supervised-only by more than the noise of its mean: d (1 seed), e (3 seeds).") in text
 
 
 def test_teacher_model_carries_the_ema_teachers_weights(tmp_path):

@@ -8,7 +8,8 @@ Per table (a data set at one budget and machine), from the means over seeds:
 
 The issue takes 5 % as the seed noise. :func:`seed_noise` measures it: the standard
 deviation over seeds of the gap a method closes, pooled over the methods run at several seeds.
-The report names the methods whose shortfall is larger than that, one seed's noise.
+The report names the methods whose shortfall is larger than the noise of their mean: that
+deviation over the square root of the seeds the method ran.
 
 ``label_efficiency.py`` puts :func:`markdown_lines` into its report;
 ``python bench/goals.py label_efficiency.json`` prints them (exit 0 whether or not the goals
@@ -87,17 +88,21 @@ def markdown_lines(report: dict) -> list[str]:
 
 
 def noise_lines(report: dict, checked: dict) -> list[str]:
-    """Per table: the measured seed noise, and which shortfalls exceed it."""
+    """Per table: the measured seed noise, and which shortfalls exceed the noise of the
+    method's own mean (the one-seed standard deviation over the square root of its seeds)."""
     lines = []
     for table, c in checked.items():
-        noise = seed_noise(report["tables"][table]["results"])
+        results = report["tables"][table]["results"]
+        noise = seed_noise(results)
         if noise is None:
             continue
         sd, pooled = noise
-        beyond = [m for m in c["below"] if c["gaps"][m] < -sd]
+        seeds = {m: max(1, results[m].get("n") or 1) for m in c["below"]}
+        beyond = [f"{m} ({seeds[m]} seed{'s' if seeds[m] > 1 else ''})" for m in c["below"]
+                  if c["gaps"][m] < -sd / seeds[m] ** 0.5]
         lines.append(f"- {table}: the gap closed per seed varies with a standard deviation of {percent(sd)} "
-                     f"(pooled over {', '.join(pooled)}); below supervised-only by more than that: "
-                     f"{', '.join(beyond) or 'none'}.")
+                     f"(pooled over {', '.join(pooled)}); a mean over n seeds varies sqrt(n) times "
+                     f"less. Below supervised-only by more than the noise of its mean: {', '.join(beyond) or 'none'}.")
     return ["", "Measured seed noise:", "", *lines] if lines else []
 
 
