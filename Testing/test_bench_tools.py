@@ -136,3 +136,29 @@ def test_largest_component_bench_compares_each_run_before_and_after_the_clean_up
     assert figures["dice"] < 0.9 and figures["dice_cleaned"] == 1.0
     assert "| supervised | 1 |" in (results / "largest_component.md").read_text()
     assert largest_component.main(["--scratch", str(tmp_path / "none"), "--results", str(results)]) == 1
+
+
+def test_dan_memorisation_reports_what_the_discriminator_calls_labelled():
+    """bench/dan_memorisation.py trains DAN's discriminator on images alone and reports, per
+    group of patches, the share it calls "labelled" (a share, at every ``every`` steps)."""
+    import argparse  # noqa: PLC0415
+
+    import numpy as np  # noqa: PLC0415
+
+    import dan_memorisation  # noqa: PLC0415
+    from SSLSegmentLib.sampling import PatchSampler  # noqa: PLC0415
+
+    rng = np.random.default_rng(0)
+    volumes = [rng.normal(size=(3, 16, 16)).astype(np.float32) for _ in range(6)]
+    labels = [np.zeros((3, 16, 16), np.uint8) for _ in range(4)]
+    groups = {"trained_on": PatchSampler(volumes[:2], labels[:2], (16, 16), 2, 0.0),
+              "held_out_labelled": PatchSampler(volumes[2:4], labels[2:4], (16, 16), 2, 0.0),
+              "unlabelled": PatchSampler(volumes[4:], None, (16, 16), 2)}
+    args = argparse.Namespace(seed=1, width=4, batch=2, steps=4, every=2)
+    reports = dan_memorisation.train_discriminator(groups, 3, 4, args)
+    assert [r["step"] for r in reports] == [2, 4]
+    for report in reports:
+        shares = [report[g] for g in ("training_accuracy", "trained_on", "held_out_labelled", "unlabelled")]
+        assert all(0.0 <= s <= 1.0 for s in shares)
+    text = dan_memorisation.markdown({"dataset": "d", "cases": "c", "command": "x", "machine": "m", "runs": {4: reports}})
+    assert "## 4 strided convolutions" in text and "| 4 |" in text
