@@ -162,3 +162,24 @@ def test_dan_memorisation_reports_what_the_discriminator_calls_labelled():
         assert all(0.0 <= s <= 1.0 for s in shares)
     text = dan_memorisation.markdown({"dataset": "d", "cases": "c", "command": "x", "machine": "m", "runs": {4: reports}})
     assert "## 4 strided convolutions" in text and "| 4 |" in text
+
+
+def test_acdc_split_is_ssl4mis_by_default_and_keeps_its_runs_apart():
+    """SSL4MIS's seven labelled ACDC patients (the first of its shuffled train.list) by default;
+    the first seven by number (all dilated hearts, the tables before stop 17) one flag away, in
+    their own runs folder and table; a data set without SSL4MIS's patients is refused."""
+    import pytest  # noqa: PLC0415
+
+    import label_efficiency as le  # noqa: PLC0415
+
+    patients = [f"patient{i:03d}" for i in range(1, 101) if i not in (2, 19, 28, 30, 39, 45, 78, 82, 85, 87)]
+    args = le.parse_args([])
+    assert args.acdc_labelled == "ssl4mis"
+    assert le.acdc_labelled_patients(patients, "ssl4mis") == set(le.ACDC_SSL4MIS_LABELLED)
+    assert le.acdc_labelled_patients(patients, "first") == {f"patient{i:03d}" for i in (1, 3, 4, 5, 6, 7, 8)}
+    with pytest.raises(SystemExit, match="patient099"):
+        le.acdc_labelled_patients([p for p in patients if p != "patient099"], "ssl4mis")
+    first = le.parse_args(["--acdc-labelled", "first"])
+    assert le.runs_root("acdc", args).name == le.runs_root("acdc", first).name + "_ssl4mis-split"
+    assert le.runs_root("la", args) == le.runs_root("la", first)
+    assert (le.table_tag("acdc", args), le.table_tag("acdc", first), le.table_tag("la", args)) == ("ssl4mis-split", "", "")

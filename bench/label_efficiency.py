@@ -10,14 +10,19 @@ and seed, next to two baselines:
 Splits (no data is copied into the repository: the bench writes resampled copies and
 dataset.json files with absolute paths into a scratch folder, git-ignored ``bench/runs``):
 
-- ACDC 2D: the first 7 patients in sorted order (both frames, 14 volumes) labelled, the other
-  63 patients (126 volumes) unlabelled; evaluated on ``ACDC/val`` (20 volumes, 10 patients)
-  at the original resolution. ACDC numbers its patients by group (001-020 dilated
+- ACDC 2D: 7 patients (both frames, 14 volumes) labelled, the other 63 patients (126 volumes)
+  unlabelled; evaluated on ``ACDC/val`` (20 volumes, 10 patients) at the original resolution.
+  ``--acdc-labelled ssl4mis`` (the default since stop 17) labels SSL4MIS's seven: the first
+  patients of its ``data/ACDC/train.list``, a shuffled list whose first 136 slices its scripts
+  take as the labelled ones (``labeled_idxs``): :data:`ACDC_SSL4MIS_LABELLED`, from three of
+  ACDC's five groups. ``--acdc-labelled first`` labels the first 7 patients by number, as every
+  table before stop 17 did: ACDC numbers its patients by group (001-020 dilated
   cardiomyopathy, 021-040 hypertrophic, 041-060 infarction, 061-080 normal, 081-100 abnormal
-  right ventricle), so the 7 labelled patients, SSL4MIS's fixed "first patients" split, are
-  all dilated hearts while the validation patients come from every group. Supervised-only
-  training fails worst on the hypertrophic ones (patients 028 and 030: LV Dice 0.08 to 0.41
-  at 1000 iterations, seed 1337), whose kind is only in the unlabelled pool.
+  right ventricle), so those are all dilated hearts, while the validation patients come from
+  every group. Supervised-only training then fails worst on the hypertrophic ones (patients
+  028 and 030: LV Dice 0.08 to 0.41 at 1000 iterations, seed 1337), and DAN's discriminator
+  can tell a labelled image from an unlabelled one by the image alone
+  (``bench/dan_memorisation.py``). The two splits' runs go to different folders and tables.
 - LA 3D: the 80 ``LA/train`` cases in sorted order; the LAST 16 are held out for evaluation
   ("LA-eval16"), the first 8 are labelled, the other 56 unlabelled (fully supervised: the 64
   training cases all labelled); evaluated at the original 0.625 mm resolution.
@@ -114,6 +119,12 @@ _EARLIER_ORDER = ("fixmatch", "urpc", "cps", "ctct", "bcp", "mean_teacher", "cct
 METHODS = tuple(sorted((m.name for m in catalogue.METHODS if m.name != "supervised"),
                        key=lambda m: (_EARLIER_ORDER + (m,)).index(m)))
 
+ACDC_SSL4MIS_LABELLED = ("patient099", "patient038", "patient050", "patient100", "patient058", "patient021",
+                         "patient049")
+"""SSL4MIS's 7 labelled ACDC patients, in its ``train.list`` order (136 slices: its
+``patients_to_slices(..., 7)``); abnormal right ventricle, hypertrophic and infarction cases."""
+ACDC_SPLITS = ("ssl4mis", "first")
+
 DATASETS = {
     "acdc": {"title": "ACDC 2D (7 of 70 patients labelled; eval: ACDC/val, 20 volumes)",
              "classes": {"0": "background", "1": "RV", "2": "Myo", "3": "LV"}, "dim": 2},
@@ -160,21 +171,34 @@ def write_dataset_json(path: Path, classes: dict, labelled: list[tuple[Path, Pat
     return path
 
 
+def acdc_labelled_patients(patients: list[str], split: str) -> set[str]:
+    """The 7 labelled patients of ``--acdc-labelled``: SSL4MIS's, or the first 7 by number."""
+    if split == "first":
+        return set(sorted(patients)[:7])
+    missing = sorted(set(ACDC_SSL4MIS_LABELLED) - set(patients))
+    if missing:
+        raise SystemExit(f"ACDC/train lacks SSL4MIS's labelled patients {', '.join(missing)}: "
+                         "use --acdc-labelled first, or the data laid out as ../shared/data")
+    return set(ACDC_SSL4MIS_LABELLED)
+
+
 def prepare_acdc(args) -> dict:
     root = args.data / "ACDC"
     names = sorted(p.name for p in (root / "train" / "images").glob("*.nrrd"))
     patients = sorted({n.split("_")[0] for n in names})
-    labelled_patients = set(patients[:7])
+    labelled_patients = acdc_labelled_patients(patients, args.acdc_labelled)
     out = SCRATCH / f"acdc_{args.acdc_spacing:g}mm"
     spacing = lambda g: (args.acdc_spacing, args.acdc_spacing, g.spacing[2])  # noqa: E731  (z kept: 2D)
     cases = [resample_copy(root / "train" / "images" / n, root / "train" / "labels" / n, out, spacing) for n in names]
     few = [c for n, c in zip(names, cases) if n.split("_")[0] in labelled_patients]
     rest = [c[0] for n, c in zip(names, cases) if n.split("_")[0] not in labelled_patients]
-    return {"few": write_dataset_json(out / "few.json", DATASETS["acdc"]["classes"], few, rest),
+    few_json = "few.json" if args.acdc_labelled == "first" else f"few_{args.acdc_labelled}.json"
+    return {"few": write_dataset_json(out / few_json, DATASETS["acdc"]["classes"], few, rest),
             "all": write_dataset_json(out / "all.json", DATASETS["acdc"]["classes"], cases, []),
             "eval_images": root / "val" / "images", "eval_labels": root / "val" / "labels",
             "split": {"labelled": sorted(labelled_patients), "labelled_volumes": len(few),
-                      "unlabelled_volumes": len(rest), "eval": "ACDC/val (20 volumes)"},
+                      "unlabelled_volumes": len(rest), "eval": "ACDC/val (20 volumes)",
+                      "labelled_by": "SSL4MIS's seven" if args.acdc_labelled == "ssl4mis" else "the first 7 by number"},
             "spacing": f"{args.acdc_spacing:g} x {args.acdc_spacing:g} mm in-plane (z kept, 2D slices)"}
 
 
@@ -219,6 +243,11 @@ def budget_of(args, key: str) -> dict:
             **({"method_options": sorted(args.method_option)} if args.method_option else {})}
 
 
+def labelled_by(split: dict) -> str:
+    """`` (patients ...: how they were chosen)`` where the split says (ACDC since stop 17)."""
+    return f" (patients {', '.join(split['labelled'])}: {split['labelled_by']})" if "labelled_by" in split else ""
+
+
 def runs_root(key: str, args) -> Path:
     """One folder per dataset, budget and device, so runs of another budget are never mixed in."""
     b = budget_of(args, key)
@@ -227,7 +256,19 @@ def runs_root(key: str, args) -> Path:
                                f"_b{b['labelled_batch']}_{args.optimiser}{args.lr:g}"
                                + ("" if args.device == "cpu" else f"_{args.device}")
                                + ("_amp" if b["precision"] != "fp32" else "")
-                               + "".join(f"_{option}" for option in b.get("method_options", [])))
+                               + "".join(f"_{option}" for option in b.get("method_options", []))
+                               + split_suffix(key, args))
+
+
+def split_suffix(key: str, args) -> str:
+    """``_ssl4mis-split`` for ACDC with SSL4MIS's labelled patients; nothing for the first 7 by
+    number, the split of every folder before stop 17."""
+    return "_ssl4mis-split" if key == "acdc" and args.acdc_labelled == "ssl4mis" else ""
+
+
+def table_tag(key: str, args) -> str:
+    """The table's name after ``key/device``: the split (ACDC) and ``--tag``."""
+    return "/".join(t for t in (split_suffix(key, args).lstrip("_"), args.tag) if t)
 
 
 def run_method(key: str, method: str, seed: int, prepared: dict, args) -> dict:
@@ -442,7 +483,7 @@ def markdown(report: dict) -> str:
                   + (f"; method options: {', '.join(b['method_options'])}" if b.get("method_options") else "")
                   + ".", "",
                   f"Machine: {entry.get('machine', '?')}. {entry.get('note', '')}".rstrip(), "",
-                  f"Split: labelled {entry['split']['labelled_volumes']} volumes, unlabelled "
+                  f"Split: labelled {entry['split']['labelled_volumes']} volumes{labelled_by(entry['split'])}, unlabelled "
                   f"{entry['split']['unlabelled_volumes']}; evaluation: {format_eval(entry['split']['eval'])}.", "",
                   "| method | Dice | seeds | HD95 (mm) | gap closed | per seed | "
                   + " | ".join(f"{c} Dice" for c in class_names(key)) + " | s/iter |",
@@ -558,6 +599,9 @@ def parse_args(argv=None):
     p.add_argument("--acdc-spacing", type=float, default=3.0, help="in-plane training spacing (mm)")
     p.add_argument("--la-spacing", type=float, default=2.0, help="isotropic training spacing (mm)")
     p.add_argument("--acdc-patch", default="128,128")
+    p.add_argument("--acdc-labelled", default="ssl4mis", choices=ACDC_SPLITS,
+                   help="which 7 ACDC patients are labelled: SSL4MIS's (default) or the first 7 by number "
+                        "(all dilated hearts: the tables before stop 17)")
     p.add_argument("--la-patch", default="32,48,48")
     p.add_argument("--acdc-batch", type=int, default=4, help="labelled and unlabelled batch, 2D")
     p.add_argument("--la-batch", type=int, default=2, help="labelled and unlabelled batch, 3D")
@@ -625,7 +669,7 @@ def start_table(key: str, methods: list[str], prepared: dict, args, command: str
         meta["commands"] = [*earlier.get("commands", []), command]
         meta["note"] = earlier.get("note") or args.note
     atomic_write_json(root / "meta.json", meta)
-    register_table(key, args.device, root, args.tag)
+    register_table(key, args.device, root, table_tag(key, args))
     return root
 
 
