@@ -428,20 +428,3 @@ def test_a_choice_option_with_another_value_is_an_error_naming_it(name, key):
     with pytest.raises(ValueError, match=f"{key} must be .* not 'sometimes'"):
         method.restarts_optimiser(step)  # what the trainer asks before each step (BCP reads it here)
         method.training_step(labelled, unlabelled, step)
-
-
-def test_dan_map_only_discriminator_ignores_the_image():
-    """``"dan_discriminator_image": false``: the discriminator judges the softmax map alone, so
-    two different images with the same map get the same verdict; the map branch keeps its
-    weights' names, and the method still trains both groups."""
-    torch.manual_seed(0)
-    method = make_method("adversarial", dan_discriminator_image=False)
-    discriminator = method.discriminator.eval()
-    assert discriminator.image_conv is None and "image_conv.weight" not in discriminator.state_dict()
-    assert "map_conv.weight" in discriminator.state_dict()
-    maps = torch.rand(2, NUM_CLASSES, 32, 32).softmax(dim=1)
-    assert torch.equal(discriminator(maps, torch.rand(2, 1, 32, 32)), discriminator(maps, torch.rand(2, 1, 32, 32)))
-    with_image = make_method("adversarial").discriminator.eval()
-    assert not torch.equal(with_image(maps, torch.rand(2, 1, 32, 32)), with_image(maps, torch.rand(2, 1, 32, 32)))
-    losses = method.train().training_step(*batches(), StepInfo(5, 10, 0.1))
-    assert torch.isfinite(losses["main"]) and torch.isfinite(losses["discriminator"])

@@ -50,19 +50,12 @@ class Adversarial(Method):
     (:class:`~SSLSegmentLib.networks.discriminator.Discriminator`), and are not yet measured
     again. ``"discriminator_stem_activation": false`` drops the activation after the map and
     image features are added, as the 2D reference.
-
-    ``"dan_discriminator_image": false`` gives the discriminator the softmax map alone. With
-    few labelled images, the image branch learns to recognise the labelled images themselves
-    (``bench/dan_memorisation.py``: on ACDC's 122 labelled slices, trained on images alone,
-    it calls 85 % of them "labelled" after 600 steps, but few held-out slices of the same
-    patients' volumes and a quarter of the unlabelled ones), so its verdict, and the fooling
-    gradient, need not be about the segmentation.
     """
 
     name = "adversarial"
     options = ("discriminator_width", "discriminator_dropout", "dan_discriminator_schedule", "dan_discriminator_inputs",
                "dan_labelled_sampling", "discriminator_layers",
-               "discriminator_stem_activation", "dan_discriminator_image")
+               "discriminator_stem_activation")
     optimiser_overrides = {"discriminator": {"name": "adam", "lr": 1e-4, "betas": (0.9, 0.99)}}
 
     def __init__(self, settings, network_factory, num_classes, dim):
@@ -72,8 +65,7 @@ class Adversarial(Method):
         dropout = float(extra(settings, "discriminator_dropout", 0.5))
         layers = int(extra(settings, "discriminator_layers", 4))
         stem_activation = extra_flag(settings, "discriminator_stem_activation", True)
-        image_channels = INPUT_CHANNELS if extra_flag(settings, "dan_discriminator_image", True) else 0
-        self.discriminator = Discriminator(dim, num_classes, image_channels, width, dropout, layers, stem_activation)
+        self.discriminator = Discriminator(dim, num_classes, INPUT_CHANNELS, width, dropout, layers, stem_activation)
 
     def parameter_groups(self):
         return {"main": list(self.student.parameters()), "discriminator": list(self.discriminator.parameters())}

@@ -23,10 +23,6 @@ class Discriminator(nn.Module):
     addition is the 3D reference's; the 2D one has none, so its first two convolutions compose
     linearly, a defect kept one flag away (``stem_activation=False``).
 
-    ``image_channels=0``: the map alone, without the image branch (a departure: with few
-    labelled images the image branch lets the discriminator recognise the labelled images
-    themselves instead of judging their segmentation; see ``methods/adversarial.py``).
-
     ``layers=3`` is the discriminator of stops 12 to 15, whose DAN figures the bench reports
     (width up to 4x, global pooling in 2D too). Inputs smaller than ``2 ** layers`` along an
     axis are zero-padded to it.
@@ -41,7 +37,7 @@ class Discriminator(nn.Module):
         drop = getattr(nn, f"Dropout{dim}d")
         self.min_size = 2 ** layers
         self.map_conv = conv(num_classes, width, 4, stride=2, padding=1)
-        self.image_conv = conv(image_channels, width, 4, stride=2, padding=1) if image_channels else None
+        self.image_conv = conv(image_channels, width, 4, stride=2, padding=1)
         body: list[nn.Module] = []
         channels = width
         for layer in range(layers - 1):
@@ -54,13 +50,10 @@ class Discriminator(nn.Module):
                  nn.Linear(channels * grid ** dim, 1)]
         self.body = nn.Sequential(*body)
 
-    def forward(self, probabilities: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
-        """``(B,)`` logits of "this prediction comes from a labelled image" (``image`` is
-        unused by a map-only discriminator)."""
-        features = self.map_conv(self._padded(probabilities))
-        if self.image_conv is not None:
-            features = features + self.image_conv(self._padded(image))
-        return self.body(features)[:, 0]
+    def forward(self, probabilities: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` logits of "this prediction comes from a labelled image"."""
+        probabilities, image = self._padded(probabilities), self._padded(image)
+        return self.body(self.map_conv(probabilities) + self.image_conv(image))[:, 0]
 
     def _padded(self, tensor: torch.Tensor) -> torch.Tensor:
         """Zero-padded at the end of each spatial axis shorter than ``min_size``."""
