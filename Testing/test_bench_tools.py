@@ -138,14 +138,14 @@ def test_largest_component_bench_compares_each_run_before_and_after_the_clean_up
     assert largest_component.main(["--scratch", str(tmp_path / "none"), "--results", str(results)]) == 1
 
 
-def test_dan_memorisation_reports_what_the_discriminator_calls_labelled():
-    """bench/dan_memorisation.py trains DAN's discriminator on images alone and reports, per
+def test_dan_image_shortcut_reports_what_the_discriminator_calls_labelled():
+    """bench/dan_image_shortcut.py trains DAN's discriminator on images alone and reports, per
     group of patches, the share it calls "labelled" (a share, at every ``every`` steps)."""
     import argparse  # noqa: PLC0415
 
     import numpy as np  # noqa: PLC0415
 
-    import dan_memorisation  # noqa: PLC0415
+    import dan_image_shortcut  # noqa: PLC0415
     from SSLSegmentLib.sampling import PatchSampler  # noqa: PLC0415
 
     rng = np.random.default_rng(0)
@@ -155,13 +155,14 @@ def test_dan_memorisation_reports_what_the_discriminator_calls_labelled():
               "held_out_labelled": PatchSampler(volumes[2:4], labels[2:4], (16, 16), 2, 0.0),
               "unlabelled": PatchSampler(volumes[4:], None, (16, 16), 2)}
     args = argparse.Namespace(seed=1, width=4, batch=2, steps=4, every=2)
-    reports = dan_memorisation.train_discriminator(groups, 3, 4, args)
+    reports = dan_image_shortcut.train_discriminator(groups, 3, 4, args)
     assert [r["step"] for r in reports] == [2, 4]
     for report in reports:
         shares = [report[g] for g in ("training_accuracy", "trained_on", "held_out_labelled", "unlabelled")]
         assert all(0.0 <= s <= 1.0 for s in shares)
-    text = dan_memorisation.markdown({"dataset": "d", "cases": "c", "command": "x", "machine": "m", "runs": {4: reports}})
-    assert "## 4 strided convolutions" in text and "| 4 |" in text
+    run = {"dataset": "d", "cases": "c", "layers": 4, "reports": reports}
+    text = dan_image_shortcut.markdown({"command": "x", "machine": "m", "runs": {"first, 4 layers": run}})
+    assert "## first, 4 layers: 4 strided convolutions" in text and "| 4 |" in text
 
 
 def test_acdc_split_is_ssl4mis_by_default_and_keeps_its_runs_apart():

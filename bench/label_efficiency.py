@@ -22,7 +22,7 @@ dataset.json files with absolute paths into a scratch folder, git-ignored ``benc
   every group. Supervised-only training then fails worst on the hypertrophic ones (patients
   028 and 030: LV Dice 0.08 to 0.41 at 1000 iterations, seed 1337), and DAN's discriminator
   can tell a labelled image from an unlabelled one by the image alone
-  (``bench/dan_memorisation.py``). The two splits' runs go to different folders and tables.
+  (``bench/dan_image_shortcut.py``). The two splits' runs go to different folders and tables.
 - LA 3D: the 80 ``LA/train`` cases in sorted order; the LAST 16 are held out for evaluation
   ("LA-eval16"), the first 8 are labelled, the other 56 unlabelled (fully supervised: the 64
   training cases all labelled); evaluated at the original 0.625 mm resolution.
