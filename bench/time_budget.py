@@ -6,7 +6,9 @@ it, no hold-out below 20 labelled cases) and ``--time-budget MINUTES``, on the o
 for supervised-only and the default method (``config.DEFAULT_METHOD``). Then ``predict`` on the
 evaluation cases and ``evaluate``. The splits are those of ``label_efficiency.py``:
 
-- ACDC 2D: the first 7 patients labelled (14 volumes), 126 volumes unlabelled; ACDC/val;
+- ACDC 2D: 7 patients labelled (14 volumes), 126 volumes unlabelled; ACDC/val. Which 7:
+  ``--acdc-labelled``, SSL4MIS's seven by default since stop 17, or ``first``, the first 7 by
+  number (all dilated hearts), the split of the committed curves of stops 14 to 16;
 - LA 3D: 8 of the first 64 cases labelled, 56 unlabelled; the last 16 cases evaluated.
 
 The budget covers reading and preprocessing the cases and training; the prediction of the
@@ -30,7 +32,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from label_efficiency import DATA, DATASETS, ROOT, cli, link_folder, log, utc_now, write_dataset_json  # noqa: E402
+from label_efficiency import (  # noqa: E402
+    ACDC_SPLITS, DATA, DATASETS, ROOT, acdc_labelled_patients, cli, link_folder, log, utc_now, write_dataset_json)
 
 from SSLSegmentLib.config import DEFAULT_METHOD  # noqa: E402
 from SSLSegmentLib.fileio import atomic_write_json, atomic_write_text  # noqa: E402
@@ -39,12 +42,12 @@ SCRATCH = ROOT / "bench" / "runs" / "time_budget"
 RESULTS = ROOT / "bench" / "results"
 
 
-def prepare(key: str, data: Path, scratch: Path) -> dict:
+def prepare(key: str, data: Path, scratch: Path, acdc_labelled: str = "ssl4mis") -> dict:
     """dataset.json over the original files (no resampling: the product's spacing rule decides)."""
     if key == "acdc":
         root = data / "ACDC"
         names = sorted(p.name for p in (root / "train" / "images").glob("*.nrrd"))
-        labelled = set(sorted({n.split("_")[0] for n in names})[:7])
+        labelled = acdc_labelled_patients(sorted({n.split("_")[0] for n in names}), acdc_labelled)
         few = [(root / "train" / "images" / n, root / "train" / "labels" / n) for n in names if n.split("_")[0] in labelled]
         rest = [root / "train" / "images" / n for n in names if n.split("_")[0] not in labelled]
         eval_images, eval_labels = root / "val" / "images", root / "val" / "labels"
@@ -56,17 +59,24 @@ def prepare(key: str, data: Path, scratch: Path) -> dict:
         rest = [root / "images" / n for n in train[8:]]
         eval_images = link_folder(scratch / "la_eval16" / "images", [root / "images" / n for n in held_out])
         eval_labels = link_folder(scratch / "la_eval16" / "labels", [root / "labels" / n for n in held_out])
-    dataset = write_dataset_json(scratch / f"{key}_original.json", DATASETS[key]["classes"], few, rest)
+    dataset = write_dataset_json(scratch / f"{data_key(key, acdc_labelled)}_original.json", DATASETS[key]["classes"],
+                                 few, rest)
     return {"dataset": dataset, "eval_images": eval_images, "eval_labels": eval_labels,
             "labelled": len(few), "unlabelled": len(rest)}
 
 
-def run_folder(scratch: Path, key: str, method: str, minutes: float, seed: int) -> Path:
-    return scratch / "runs" / key / f"{method}_{minutes:g}min" / f"seed{seed}"
+def data_key(key: str, acdc_labelled: str) -> str:
+    """The folder name of a data set's runs: ACDC's SSL4MIS split apart from the first 7."""
+    return f"{key}_ssl4mis-split" if key == "acdc" and acdc_labelled == "ssl4mis" else key
+
+
+def run_folder(scratch: Path, key: str, method: str, minutes: float, seed: int,
+               acdc_labelled: str = "ssl4mis") -> Path:
+    return scratch / "runs" / data_key(key, acdc_labelled) / f"{method}_{minutes:g}min" / f"seed{seed}"
 
 
 def run_one(key: str, method: str, minutes: float, seed: int, prepared: dict, args) -> dict:
-    run = run_folder(args.scratch, key, method, minutes, seed)
+    run = run_folder(args.scratch, key, method, minutes, seed, args.acdc_labelled)
     result_file = run / "result.json"
     if result_file.exists():
         return json.loads(result_file.read_text())
@@ -128,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--la-minutes", default=None, help="LA's budgets (default: --minutes)")
     p.add_argument("--methods", default=f"supervised,{DEFAULT_METHOD}")
     p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--acdc-labelled", default="ssl4mis", choices=ACDC_SPLITS,
+                   help="which 7 ACDC patients are labelled (see label_efficiency.py)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--scratch", type=Path, default=SCRATCH)
@@ -141,11 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     budgets = {k: [float(m) for m in ((args.la_minutes if k == "la" and args.la_minutes else args.minutes).split(","))]
                for k in keys}
     if args.report_only:
-        found = [run_folder(args.scratch, k, method, m, args.seed) / "result.json"
+        found = [run_folder(args.scratch, k, method, m, args.seed, args.acdc_labelled) / "result.json"
                  for k in keys for m in budgets[k] for method in args.methods.split(",")]
         report([json.loads(f.read_text()) for f in found if f.exists()], args)
         return 0
-    prepared = {k: prepare(k, args.data, args.scratch) for k in keys}
+    prepared = {k: prepare(k, args.data, args.scratch, args.acdc_labelled) for k in keys}
     # Shortest budgets first over every data set, so a cut-off session still has whole curves' starts.
     tasks = sorted(((m, k, method) for k in keys for m in budgets[k] for method in args.methods.split(",")),
                    key=lambda t: (t[0], keys.index(t[1])))
