@@ -162,7 +162,7 @@ def test_dan_image_shortcut_reports_what_the_discriminator_calls_labelled():
         assert all(0.0 <= s <= 1.0 for s in shares)
     run = {"dataset": "d", "cases": "c", "layers": 4, "reports": reports}
     text = dan_image_shortcut.markdown({"command": "x", "machine": "m", "runs": {"first, 4 layers": run}})
-    assert "## first, 4 layers: 4 strided convolutions" in text and "| 4 |" in text
+    assert "## first, 4 layers (strided convolutions)" in text and "| 4 |" in text
 
 
 def test_acdc_split_is_ssl4mis_by_default_and_keeps_its_runs_apart():

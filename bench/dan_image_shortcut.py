@@ -112,7 +112,7 @@ def markdown(result: dict) -> str:
              "place of the softmax, so only the image tells the streams apart. Share of patches it calls "
              f"\"labelled\" (eval mode, the same {PROBE} patches per group at every step):", ""]
     for name, run in result["runs"].items():
-        lines += [f"## {name}: {run['layers']} strided convolutions", "", f"{run['dataset']}: {run['cases']}.", "",
+        lines += [f"## {name} (strided convolutions)", "", f"{run['dataset']}: {run['cases']}.", "",
                   "| step | training accuracy | labelled, trained on | labelled, held out | unlabelled |",
                   "|---|---|---|---|---|"]
         lines += [f"| {r['step']} | {r['training_accuracy']:.2f} | {r['trained_on']:.2f} | "
