@@ -42,8 +42,8 @@ class NetworkInfo:
 
 
 METHODS: tuple[MethodInfo, ...] = (
-    # The default first: BCP measured best over 3 seeds on both ACDC (2D) and LA (3D) by
-    # bench/label_efficiency.py.
+    # The default first: BCP, the best over 3 seeds on ACDC (2D) in bench/label_efficiency.py;
+    # UniMatch leads on LA (3D); a method must lead on both to become the default.
     MethodInfo("bcp", "Bidirectional copy-paste of labelled/unlabelled images, EMA pseudo-labels",
                "Bai et al., CVPR 2023"),
     MethodInfo("supervised", "Labelled cases only (the baseline)", "Ronneberger et al., U-Net, MICCAI 2015"),
