@@ -257,18 +257,18 @@ def runs_root(key: str, args) -> Path:
                                + ("" if args.device == "cpu" else f"_{args.device}")
                                + ("_amp" if b["precision"] != "fp32" else "")
                                + "".join(f"_{option}" for option in b.get("method_options", []))
-                               + split_suffix(key, args))
+                               + split_suffix(key, args.acdc_labelled))
 
 
-def split_suffix(key: str, args) -> str:
+def split_suffix(key: str, acdc_labelled: str) -> str:
     """``_ssl4mis-split`` for ACDC with SSL4MIS's labelled patients; nothing for the first 7 by
     number, the split of every folder before stop 17."""
-    return "_ssl4mis-split" if key == "acdc" and args.acdc_labelled == "ssl4mis" else ""
+    return "_ssl4mis-split" if key == "acdc" and acdc_labelled == "ssl4mis" else ""
 
 
 def table_tag(key: str, args) -> str:
     """The table's name after ``key/device``: the split (ACDC) and ``--tag``."""
-    return "/".join(t for t in (split_suffix(key, args).lstrip("_"), args.tag) if t)
+    return "/".join(t for t in (split_suffix(key, args.acdc_labelled).lstrip("_"), args.tag) if t)
 
 
 def run_method(key: str, method: str, seed: int, prepared: dict, args) -> dict:

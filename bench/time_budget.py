@@ -33,7 +33,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from label_efficiency import (  # noqa: E402
-    ACDC_SPLITS, DATA, DATASETS, ROOT, acdc_labelled_patients, cli, link_folder, log, utc_now, write_dataset_json)
+    ACDC_SPLITS, DATA, DATASETS, ROOT, acdc_labelled_patients, cli, link_folder, log, split_suffix, utc_now,
+    write_dataset_json)
 
 from SSLSegmentLib.config import DEFAULT_METHOD  # noqa: E402
 from SSLSegmentLib.fileio import atomic_write_json, atomic_write_text  # noqa: E402
@@ -59,20 +60,15 @@ def prepare(key: str, data: Path, scratch: Path, acdc_labelled: str = "ssl4mis")
         rest = [root / "images" / n for n in train[8:]]
         eval_images = link_folder(scratch / "la_eval16" / "images", [root / "images" / n for n in held_out])
         eval_labels = link_folder(scratch / "la_eval16" / "labels", [root / "labels" / n for n in held_out])
-    dataset = write_dataset_json(scratch / f"{data_key(key, acdc_labelled)}_original.json", DATASETS[key]["classes"],
-                                 few, rest)
+    name = key + split_suffix(key, acdc_labelled)  # ACDC's SSL4MIS split apart from the first 7
+    dataset = write_dataset_json(scratch / f"{name}_original.json", DATASETS[key]["classes"], few, rest)
     return {"dataset": dataset, "eval_images": eval_images, "eval_labels": eval_labels,
             "labelled": len(few), "unlabelled": len(rest)}
 
 
-def data_key(key: str, acdc_labelled: str) -> str:
-    """The folder name of a data set's runs: ACDC's SSL4MIS split apart from the first 7."""
-    return f"{key}_ssl4mis-split" if key == "acdc" and acdc_labelled == "ssl4mis" else key
-
-
 def run_folder(scratch: Path, key: str, method: str, minutes: float, seed: int,
                acdc_labelled: str = "ssl4mis") -> Path:
-    return scratch / "runs" / data_key(key, acdc_labelled) / f"{method}_{minutes:g}min" / f"seed{seed}"
+    return scratch / "runs" / (key + split_suffix(key, acdc_labelled)) / f"{method}_{minutes:g}min" / f"seed{seed}"
 
 
 def run_one(key: str, method: str, minutes: float, seed: int, prepared: dict, args) -> dict:
