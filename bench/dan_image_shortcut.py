@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 from SSLSegmentLib.config import TrainConfig  # noqa: E402
 from SSLSegmentLib.data.cases import Dataset, load_dataset_json  # noqa: E402
 from SSLSegmentLib.fileio import atomic_write_text  # noqa: E402
+from SSLSegmentLib.methods.adversarial import Adversarial  # noqa: E402
 from SSLSegmentLib.networks.discriminator import Discriminator  # noqa: E402
 from SSLSegmentLib.sampling import PatchSampler  # noqa: E402
 from SSLSegmentLib.training.data_setup import prepare_training_data  # noqa: E402
@@ -87,8 +88,9 @@ def train_discriminator(groups: dict, num_classes: int, layers: int, args) -> li
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     probe = {g: patches(s, PROBE, np.random.default_rng(args.seed + 1)) for g, s in groups.items()}
-    discriminator = Discriminator(len(probe["trained_on"].shape) - 2, num_classes, 1, args.width, 0.5, layers)
-    optimiser = torch.optim.Adam(discriminator.parameters(), lr=1e-4, betas=(0.9, 0.99))
+    discriminator = Discriminator(len(probe["trained_on"].shape) - 2, num_classes, 1, args.width, layers=layers)
+    settings = Adversarial.optimiser_overrides["discriminator"]  # DAN's own: Adam 1e-4, betas (0.9, 0.99)
+    optimiser = torch.optim.Adam(discriminator.parameters(), lr=settings["lr"], betas=settings["betas"])
     target = torch.tensor([1.0] * args.batch + [0.0] * args.batch)
     reports, correct = [], []
     for step in range(1, args.steps + 1):
