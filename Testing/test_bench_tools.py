@@ -184,3 +184,15 @@ def test_acdc_split_is_ssl4mis_by_default_and_keeps_its_runs_apart():
     assert le.runs_root("acdc", args).name == le.runs_root("acdc", first).name + "_ssl4mis-split"
     assert le.runs_root("la", args) == le.runs_root("la", first)
     assert (le.table_tag("acdc", args), le.table_tag("acdc", first), le.table_tag("la", args)) == ("ssl4mis-split", "", "")
+
+
+def test_method_dropout_reaches_only_the_methods_and_has_its_own_runs_folder():
+    """``--dropout 0`` (a control: do the methods that add dropout lose by it?) goes into the
+    budget and the runs folder's name, so those runs never mix with the methods' own dropout."""
+    import label_efficiency as le  # noqa: PLC0415
+
+    own, control = le.parse_args([]), le.parse_args(["--dropout", "0"])
+    assert "method_dropout" not in le.budget_of(own, "acdc")
+    assert le.budget_of(control, "acdc")["method_dropout"] == 0.0
+    assert le.runs_root("acdc", control).name == le.runs_root("acdc", own).name.replace(
+        "_ssl4mis-split", "_dropout0_ssl4mis-split")

@@ -240,7 +240,8 @@ def budget_of(args, key: str) -> dict:
             "network": f"unet ({args.size})", "optimiser": args.optimiser, "lr": args.lr,
             "precision": "bf16 autocast" if args.amp and args.device == "cuda" else "fp32",
             "validation": "none (--val-cases 0: the last checkpoint is evaluated)", "dim": dim,
-            **({"method_options": sorted(args.method_option)} if args.method_option else {})}
+            **({"method_options": sorted(args.method_option)} if args.method_option else {}),
+            **({"method_dropout": args.dropout} if args.dropout is not None else {})}
 
 
 def labelled_by(split: dict) -> str:
@@ -257,6 +258,7 @@ def runs_root(key: str, args) -> Path:
                                + ("" if args.device == "cpu" else f"_{args.device}")
                                + ("_amp" if b["precision"] != "fp32" else "")
                                + "".join(f"_{option}" for option in b.get("method_options", []))
+                               + (f"_dropout{b['method_dropout']:g}" if "method_dropout" in b else "")
                                + split_suffix(key, args.acdc_labelled))
 
 
@@ -286,6 +288,7 @@ def run_method(key: str, method: str, seed: int, prepared: dict, args) -> dict:
     extra = ["--cache-dir", str(SCRATCH / ".sslsegment-cache")]
     extra += ["--num-workers", str(args.num_workers)] if args.num_workers is not None else []
     extra += [] if method in BASELINES else [a for o in args.method_option for a in ("--method-option", o)]
+    extra += [] if method in BASELINES or args.dropout is None else ["--dropout", f"{args.dropout:g}"]
     train_s = cli("train", "--dataset", str(dataset), "--method", "supervised" if method in BASELINES else method,
                   "--network", "unet", "--size", args.size, "--dim", str(budget["dim"]),
                   "--iterations", str(budget["iterations"]), "--patch-size", budget["patch"],
@@ -481,6 +484,7 @@ def markdown(report: dict) -> str:
                   f"{b['optimiser']} lr {b['lr']:g} with poly decay, weight decay 1e-4, {b.get('precision', 'fp32')}, "
                   f"seeds {', '.join(map(str, seeds))}; validation: {b['validation']}"
                   + (f"; method options: {', '.join(b['method_options'])}" if b.get("method_options") else "")
+                  + (f"; backbone dropout {b['method_dropout']:g} in every method" if "method_dropout" in b else "")
                   + ".", "",
                   f"Machine: {entry.get('machine', '?')}. {entry.get('note', '')}".rstrip(), "",
                   f"Split: labelled {entry['split']['labelled_volumes']} volumes{labelled_by(entry['split'])}, unlabelled "
@@ -611,6 +615,9 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
                    help="passed to every method's training (not the baselines'); runs go to their own budget folder")
+    p.add_argument("--dropout", type=float, default=None,
+                   help="backbone dropout for every method (not the baselines; default: each method's own); "
+                        "runs go to their own budget folder")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (default: fp32, as on the CPU)")
     p.add_argument("--num-workers", type=int, help="batch-preparing processes per run (default: the engine's)")
