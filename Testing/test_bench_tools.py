@@ -3,6 +3,7 @@ the goals table (issue 14)."""
 
 from __future__ import annotations
 
+import json
 import sys
 
 from helpers import ROOT
@@ -196,3 +197,31 @@ def test_method_dropout_reaches_only_the_methods_and_has_its_own_runs_folder():
     assert le.budget_of(control, "acdc")["method_dropout"] == 0.0
     assert le.runs_root("acdc", control).name == le.runs_root("acdc", own).name.replace(
         "_ssl4mis-split", "_dropout0_ssl4mis-split")
+
+
+def test_confidence_ranking_uses_the_networks_confidence_and_counts_the_worst_cases_caught(tmp_path):
+    """Spearman's rho over a run's cases and the worst k found among the k least confident;
+    a case the domain check set to 0 ranks by its confidence before the check."""
+    import math  # noqa: PLC0415
+
+    import confidence_ranking as cr  # noqa: PLC0415
+
+    assert cr.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == 1.0
+    assert cr.spearman([1, 2, 3, 4], [40, 30, 20, 10]) == -1.0
+    assert math.isclose(cr.spearman([1, 1, 2, 3], [1, 2, 3, 4]), 0.9486832980505138)
+    dice = {"a": 0.9, "b": 0.5, "c": 0.7, "d": 0.2}
+    confidence = {"a": 0.95, "b": 0.9, "c": 0.92, "d": 0.0}  # d flagged: 0.5 before the check
+    run = tmp_path / "runs" / "acdc_x" / "bcp" / "seed1"
+    (run / "pred").mkdir(parents=True)
+    (run / "eval.json").write_text(json.dumps({"cases": {n: {"label_1": {"dice": d}, "label_2": {"dice": d}}
+                                                         for n, d in dice.items()}}))
+    (run / "pred" / "confidence.json").write_text(json.dumps(confidence))
+    (run / "pred" / "out_of_domain.json").write_text(json.dumps({"d": {"confidence_before": 0.5, "problems": ["x"]}}))
+    figures = cr.run_ranking(run, k=2)
+    assert figures == {"cases": 4, "spearman": 1.0, "worst_caught": 2, "k": 2, "out_of_domain": 1}
+    confidence["c"] = 0.1  # now c (third best) is among the two least confident, b is not
+    (run / "pred" / "confidence.json").write_text(json.dumps(confidence))
+    assert cr.run_ranking(run, k=2)["worst_caught"] == 1
+    cr.main(["--scratch", str(tmp_path), "--results", str(tmp_path / "results"), "--k", "2"])
+    summary = json.loads((tmp_path / "results" / "confidence_ranking.json").read_text())["folders"]["acdc_x"]
+    assert summary["runs_out_of_domain"] == 1 and summary["chance_worst_caught"] == 1.0
