@@ -187,9 +187,10 @@ def test_acdc_split_is_ssl4mis_by_default_and_keeps_its_runs_apart():
     assert (le.table_tag("acdc", args), le.table_tag("acdc", first), le.table_tag("la", args)) == ("ssl4mis-split", "", "")
 
 
-def test_method_dropout_reaches_only_the_methods_and_has_its_own_runs_folder():
-    """``--dropout 0`` (a control: do the methods that add dropout lose by it?) goes into the
-    budget and the runs folder's name, so those runs never mix with the methods' own dropout."""
+def test_method_dropout_and_validation_hold_out_have_their_own_runs_folders():
+    """``--dropout 0`` (a control: do the methods that add dropout lose by it?) and
+    ``--val-cases 2`` (hold two labelled cases out, keep the best checkpoint) go into the budget
+    and the runs folder's name, so those runs never mix with the default ones."""
     import label_efficiency as le  # noqa: PLC0415
 
     own, control = le.parse_args([]), le.parse_args(["--dropout", "0"])
@@ -197,6 +198,10 @@ def test_method_dropout_reaches_only_the_methods_and_has_its_own_runs_folder():
     assert le.budget_of(control, "acdc")["method_dropout"] == 0.0
     assert le.runs_root("acdc", control).name == le.runs_root("acdc", own).name.replace(
         "_ssl4mis-split", "_dropout0_ssl4mis-split")
+    held_out = le.parse_args(["--val-cases", "2"])
+    assert le.budget_of(own, "acdc")["validation"].startswith("none")
+    assert le.budget_of(held_out, "acdc")["validation"].startswith("2 labelled case(s) held out")
+    assert le.runs_root("la", held_out).name == le.runs_root("la", own).name + "_val2"
 
 
 def test_confidence_ranking_uses_the_networks_confidence_and_counts_the_worst_cases_caught(tmp_path):

@@ -239,9 +239,17 @@ def budget_of(args, key: str) -> dict:
             "unlabelled_batch": args.acdc_batch if dim == 2 else args.la_batch,
             "network": f"unet ({args.size})", "optimiser": args.optimiser, "lr": args.lr,
             "precision": "bf16 autocast" if args.amp and args.device == "cuda" else "fp32",
-            "validation": "none (--val-cases 0: the last checkpoint is evaluated)", "dim": dim,
+            "validation": validation_of(args.val_cases), "dim": dim,
             **({"method_options": sorted(args.method_option)} if args.method_option else {}),
             **({"method_dropout": args.dropout} if args.dropout is not None else {})}
+
+
+def validation_of(val_cases: int) -> str:
+    """The budget's validation line: none (the product's default below 20 labelled cases) or
+    ``--val-cases N`` held out, the best checkpoint kept (the question of ``validation_holdout.py``)."""
+    if not val_cases:
+        return "none (--val-cases 0: the last checkpoint is evaluated)"
+    return f"{val_cases} labelled case(s) held out (--val-cases {val_cases}: the best checkpoint on them is evaluated)"
 
 
 def labelled_by(split: dict) -> str:
@@ -259,6 +267,7 @@ def runs_root(key: str, args) -> Path:
                                + ("_amp" if b["precision"] != "fp32" else "")
                                + "".join(f"_{option}" for option in b.get("method_options", []))
                                + (f"_dropout{b['method_dropout']:g}" if "method_dropout" in b else "")
+                               + (f"_val{args.val_cases}" if args.val_cases else "")
                                + split_suffix(key, args.acdc_labelled))
 
 
@@ -293,7 +302,7 @@ def run_method(key: str, method: str, seed: int, prepared: dict, args) -> dict:
                   "--network", "unet", "--size", args.size, "--dim", str(budget["dim"]),
                   "--iterations", str(budget["iterations"]), "--patch-size", budget["patch"],
                   "--labelled-batch", str(budget["labelled_batch"]),
-                  "--unlabelled-batch", str(budget["unlabelled_batch"]), "--val-cases", "0",
+                  "--unlabelled-batch", str(budget["unlabelled_batch"]), "--val-cases", str(args.val_cases),
                   "--optimiser", args.optimiser, "--lr", str(args.lr), *([] if args.amp else ["--no-amp"]),
                   "--seed", str(seed), "--device", args.device, *extra, "--out", str(run / "train"),
                   # the bench resamples its own copies and labels CPU runs fp32: keep the
@@ -618,6 +627,9 @@ def parse_args(argv=None):
     p.add_argument("--dropout", type=float, default=None,
                    help="backbone dropout for every method (not the baselines; default: each method's own); "
                         "runs go to their own budget folder")
+    p.add_argument("--val-cases", type=int, default=0,
+                   help="labelled cases held out for validation in every run, the best checkpoint kept (default 0: "
+                        "all train, the last weights are evaluated); runs go to their own budget folder")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (default: fp32, as on the CPU)")
     p.add_argument("--num-workers", type=int, help="batch-preparing processes per run (default: the engine's)")
