@@ -27,34 +27,19 @@ import statistics
 import sys
 from pathlib import Path
 
-import numpy as np
+from scipy.stats import spearmanr
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from label_efficiency import SCRATCH  # noqa: E402
-
-RESULTS = ROOT / "bench" / "results"
-
-
-def ranks(values: list[float]) -> np.ndarray:
-    """Ranks from 0, ties sharing their mean rank (as Spearman's rho needs)."""
-    values = np.asarray(values, dtype=float)
-    order = values.argsort(kind="stable")
-    ranked = np.empty(len(values))
-    ranked[order] = np.arange(len(values))
-    for value in np.unique(values):
-        tied = values == value
-        ranked[tied] = ranked[tied].mean()
-    return ranked
+from label_efficiency import RESULTS, SCRATCH  # noqa: E402
 
 
 def spearman(a: list[float], b: list[float]) -> float:
-    """Spearman's rank correlation (NaN when either list has one value only)."""
-    ra, rb = ranks(a), ranks(b)
-    if ra.std() == 0 or rb.std() == 0:
+    """Spearman's rank correlation (``scipy.stats.spearmanr``, ties at their mean rank); NaN
+    when either list has one value only."""
+    if len(set(a)) < 2 or len(set(b)) < 2:
         return float("nan")
-    return float(np.corrcoef(ra, rb)[0, 1])
+    return float(spearmanr(a, b).statistic)
 
 
 def case_dice(entry: dict) -> float:
