@@ -230,18 +230,43 @@ def to_tensors(batch: dict, device: torch.device, memory_format=None) -> dict[st
     return out
 
 
+UNLABELLED_STREAM = 0x554E4C42  # "UNLB": seeds the unlabelled generator apart from any labelled one
+BATCH_STREAMS = "paired"
+"""How labelled and unlabelled batches are drawn, recorded in a run's ``config.json``: from
+separate generators (``paired``). Runs without the field drew both from one generator, in turn."""
+
+
+def paired_generators(seed: int | list[int]) -> tuple[np.random.Generator, np.random.Generator]:
+    """The (labelled, unlabelled) generators of one stream. The labelled one is seeded as the
+    single generator was before: supervised-only runs, which draw no unlabelled batch, keep
+    their batches, and a method's labelled batches equal theirs at the same seed."""
+    entropy = [seed] if isinstance(seed, int) else list(seed)
+    return np.random.default_rng(seed), np.random.default_rng([*entropy, UNLABELLED_STREAM])
+
+
+def draw_pair(labelled: PatchSampler, unlabelled: PatchSampler | None, sizes, rngs) -> tuple[dict, dict | None]:
+    """One labelled batch and, when there is a pool, one unlabelled batch, each from its own generator."""
+    labelled_rng, unlabelled_rng = rngs
+    return (labelled.sample(sizes[0], labelled_rng),
+            unlabelled.sample(sizes[1], unlabelled_rng) if unlabelled else None)
+
+
 class BatchStream:
     """Endless (labelled, unlabelled) batches, prepared while the network works: by a
     background thread (``num_workers=0``; numpy copies release the GIL) or by worker
     processes (a torch ``DataLoader`` over :class:`BatchDataset`), each with its own seed.
     With ``pin_memory`` batches come back as pinned tensors, ready for an asynchronous copy
-    to the GPU."""
+    to the GPU.
+
+    Labelled and unlabelled batches come from two generators (:func:`paired_generators`), so
+    at one seed every method sees the labelled batches that supervised-only training sees:
+    a comparison of the two at one seed is paired, and the batch order drops out of it."""
 
     def __init__(self, labelled: PatchSampler, unlabelled: PatchSampler | None, sizes: tuple[int, int],
                  seed: int, prefetch: int = 2, num_workers: int = 0, pin_memory: bool = False):
         self.labelled, self.unlabelled, self.sizes = labelled, unlabelled, tuple(sizes)
         self.seed = seed
-        self.rng = np.random.default_rng(seed)
+        self.rngs = paired_generators(seed)
         self.prefetch = prefetch
         self.num_workers = num_workers
         self.pin_memory = pin_memory
@@ -252,9 +277,7 @@ class BatchStream:
         """Batches to draw and discard before the first one (a resumed run: the ones it used)."""
 
     def draw(self) -> tuple[dict, dict | None]:
-        labelled = self.labelled.sample(self.sizes[0], self.rng)
-        unlabelled = self.unlabelled.sample(self.sizes[1], self.rng) if self.unlabelled else None
-        return labelled, unlabelled
+        return draw_pair(self.labelled, self.unlabelled, self.sizes, self.rngs)
 
     def __iter__(self) -> Iterator[tuple[dict, dict | None]]:
         self._stop = threading.Event()  # a stream can be iterated again after close()
@@ -349,12 +372,10 @@ class BatchDataset(torch.utils.data.IterableDataset):
         # The loader takes batches from the workers in turn, from worker 0. After ``skip``
         # batches, worker w plays the part that worker (w + skip) % n had in the full run.
         role = ((info.id if info else 0) + self.skip) % self.num_workers
-        rng = np.random.default_rng([self.seed, role])
+        rngs = paired_generators([self.seed, role])
         for _ in range(len(range(role, self.skip, self.num_workers))):
-            self.labelled.sample(self.sizes[0], rng)
-            if self.unlabelled:
-                self.unlabelled.sample(self.sizes[1], rng)
+            draw_pair(self.labelled, self.unlabelled, self.sizes, rngs)
         while True:
-            labelled = self.labelled.sample(self.sizes[0], rng)
-            unlabelled = self.unlabelled.sample(self.sizes[1], rng) if self.unlabelled else {}
-            yield labelled, unlabelled
+            labelled, unlabelled = draw_pair(self.labelled, self.unlabelled, self.sizes, rngs)
+            yield labelled, unlabelled or {}
+

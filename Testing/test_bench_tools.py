@@ -230,3 +230,24 @@ def test_confidence_ranking_uses_the_networks_confidence_and_counts_the_worst_ca
     cr.main(["--scratch", str(tmp_path), "--results", str(tmp_path / "results"), "--k", "2"])
     summary = json.loads((tmp_path / "results" / "confidence_ranking.json").read_text())["folders"]["acdc_x"]
     assert summary["runs_out_of_domain"] == 1 and summary["chance_worst_caught"] == 1.0
+
+
+def test_runs_of_paired_batch_streams_never_mix_with_earlier_runs(tmp_path):
+    """Runs of this code (labelled and unlabelled batches from separate generators) go into
+    ``_paired`` folders, so ``--resume`` cannot pair a method of this code with a baseline of
+    the earlier one-generator stream; the earlier folders are reported, never trained into."""
+    import pytest  # noqa: PLC0415
+
+    import label_efficiency as le  # noqa: PLC0415
+    import time_budget as tb  # noqa: PLC0415
+
+    paired, earlier = le.parse_args([]), le.parse_args(["--batch-streams", "interleaved", "--report-only"])
+    assert le.runs_root("acdc", paired).name == le.runs_root("acdc", earlier).name.replace(
+        "adamw0.001", "adamw0.001_paired")
+    assert le.runs_root("acdc", earlier).name == "acdc_3mm_3000it_p128x128_b4_adamw0.001_ssl4mis-split"  # stop 18's
+    with pytest.raises(SystemExit):
+        le.parse_args(["--batch-streams", "interleaved"])
+    assert tb.run_folder(tmp_path, "acdc", "bcp", 5, 1).parent.parent.name == "acdc_ssl4mis-split_paired"
+    assert tb.run_folder(tmp_path, "acdc", "bcp", 5, 1, batch_streams="interleaved").parent.parent.name == (
+        "acdc_ssl4mis-split")
+    assert "separate generators" in le.STREAMS_TEXT["paired"]

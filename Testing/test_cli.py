@@ -38,6 +38,7 @@ def test_train_writes_the_run_folder(trained_run):
     cases = json.loads((trained_run / "cases.json").read_text())
     assert len(cases["labelled"]) == 3 and len(cases["unlabelled"]) == 2
     assert all(len(c["label_sha256"]) == 64 for c in cases["labelled"])
+    assert json.loads((trained_run / "config.json").read_text())["batch_streams"] == "paired"  # see sampling
 
 
 def test_model_file_loads_without_running_code(trained_run):

@@ -65,3 +65,39 @@ def test_a_closed_stream_can_be_iterated_again():
     stream.close()
     second = next(iter(stream))  # e.g. a second Trainer.train() on the same trainer
     assert first[0]["image"].shape == second[0]["image"].shape == (1, 1, 16, 16, 16)
+
+
+def _labelled_batches(stream, count: int) -> list[np.ndarray]:
+    batches = iter(stream)
+    try:
+        return [np.asarray(next(batches)[0]["image"]).copy() for _ in range(count)]
+    finally:
+        stream.close()
+
+
+def test_a_method_sees_the_labelled_batches_of_supervised_only_training():
+    """Labelled and unlabelled batches come from separate generators: at one seed the labelled
+    batches do not depend on whether an unlabelled pool is drawn too, so a method's run and the
+    supervised-only run at that seed are a paired comparison (stop 18's control: with one
+    shared generator the batch order alone moved ACDC's Dice by 0.033)."""
+    image, label = _volume()
+    labelled = PatchSampler([image], [label], (16, 16, 16), dim=3)
+    unlabelled = PatchSampler([image], None, (16, 16, 16), dim=3)
+    for workers in (0, 2):
+        supervised = _labelled_batches(BatchStream(labelled, None, (2, 2), seed=5, prefetch=0, num_workers=workers), 4)
+        method = _labelled_batches(BatchStream(labelled, unlabelled, (2, 2), seed=5, prefetch=0, num_workers=workers),
+                                   4)
+        assert all(np.array_equal(a, b) for a, b in zip(supervised, method)), workers
+        assert not np.array_equal(supervised[0], supervised[1])  # the stream moves on
+        other_seed = _labelled_batches(BatchStream(labelled, None, (2, 2), seed=6, prefetch=0, num_workers=workers), 1)
+        assert not np.array_equal(supervised[0], other_seed[0])
+
+
+def test_unlabelled_batches_are_not_the_labelled_draws_again():
+    """The unlabelled generator is seeded apart from the labelled one: with one volume in both
+    pools, the unlabelled patches must not repeat the labelled patches draw for draw."""
+    image, label = _volume()
+    labelled = PatchSampler([image], [label], (16, 16, 16), dim=3, foreground_fraction=0.0)
+    unlabelled = PatchSampler([image], None, (16, 16, 16), dim=3)
+    first_labelled, first_unlabelled = next(iter(BatchStream(labelled, unlabelled, (2, 2), seed=5, prefetch=0)))
+    assert not np.array_equal(first_labelled["image"], first_unlabelled["image"])

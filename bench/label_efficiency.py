@@ -112,6 +112,9 @@ DATA = (ROOT / ".." / "shared" / "data").resolve()
 RESULTS = ROOT / "bench" / "results"
 SCRATCH = ROOT / "bench" / "runs" / "label_efficiency"
 BASELINES = ("supervised", "fully_supervised")
+STREAMS_TEXT = {"paired": "from separate generators (a method's labelled batches are supervised-only's at each seed)",
+                "interleaved": "from one generator in turn (runs before stop 19: a method's labelled batches differ "
+                               "from supervised-only's at the same seed)"}
 # Baselines first (the gap needs both), then the methods in the order of the earlier results,
 # then any other method of the catalogue (a method added later runs too).
 _EARLIER_ORDER = ("fixmatch", "urpc", "cps", "ctct", "bcp", "mean_teacher", "cct", "entropy_minimization", "uamt",
@@ -263,12 +266,34 @@ def runs_root(key: str, args) -> Path:
     spacing = args.acdc_spacing if key == "acdc" else args.la_spacing
     return SCRATCH / "runs" / (f"{key}_{spacing:g}mm_{b['iterations']}it_p{b['patch'].replace(',', 'x')}"
                                f"_b{b['labelled_batch']}_{args.optimiser}{args.lr:g}"
+                               + streams_suffix(args.batch_streams)
                                + ("" if args.device == "cpu" else f"_{args.device}")
                                + ("_amp" if b["precision"] != "fp32" else "")
                                + "".join(f"_{option}" for option in b.get("method_options", []))
                                + (f"_dropout{b['method_dropout']:g}" if "method_dropout" in b else "")
                                + (f"_val{args.val_cases}" if args.val_cases else "")
                                + split_suffix(key, args.acdc_labelled))
+
+
+def streams_suffix(batch_streams: str) -> str:
+    """``_paired`` for runs whose labelled and unlabelled batches come from separate generators
+    (``sampling.BATCH_STREAMS``, since stop 19: a method sees supervised-only's labelled
+    batches at the same seed). Nothing for the folders of earlier runs, which drew both from
+    one generator; ``--batch-streams interleaved`` reports them, and ``--resume`` can never
+    pair them with runs of this code."""
+    return "_paired" if batch_streams == "paired" else ""
+
+
+def check_batch_streams(parser: argparse.ArgumentParser, args) -> None:
+    """This code draws paired streams only: the earlier folders are read, never added to."""
+    if args.batch_streams != "paired" and not args.report_only:
+        parser.error("--batch-streams interleaved reports the runs of earlier code; it trains nothing "
+                     "(add --report-only)")
+
+
+def add_batch_streams_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch-streams", default="paired", choices=("paired", "interleaved"),
+                        help="the runs folder: paired (this code) or interleaved (runs before stop 19, report only)")
 
 
 def split_suffix(key: str, acdc_labelled: str) -> str:
@@ -494,7 +519,7 @@ def markdown(report: dict) -> str:
                   f"seeds {', '.join(map(str, seeds))}; validation: {b['validation']}"
                   + (f"; method options: {', '.join(b['method_options'])}" if b.get("method_options") else "")
                   + (f"; backbone dropout {b['method_dropout']:g} in every method" if "method_dropout" in b else "")
-                  + ".", "",
+                  + f"; labelled and unlabelled batches {STREAMS_TEXT[entry.get('batch_streams', 'interleaved')]}.", "",
                   f"Machine: {entry.get('machine', '?')}. {entry.get('note', '')}".rstrip(), "",
                   f"Split: labelled {entry['split']['labelled_volumes']} volumes{labelled_by(entry['split'])}, unlabelled "
                   f"{entry['split']['unlabelled_volumes']}; evaluation: {format_eval(entry['split']['eval'])}.", "",
@@ -644,9 +669,11 @@ def parse_args(argv=None):
     p.add_argument("--time-limit", type=float, default=None, help="seconds: start no run after them")
     p.add_argument("--resume", action="store_true", help="skip runs whose results exist")
     p.add_argument("--report-only", action="store_true", help="only rewrite the md/json/png from the runs on disk")
+    add_batch_streams_option(p)
     preset, _ = p.parse_known_args(argv)
     p.set_defaults(**PRESETS[preset.preset])
     args = p.parse_args(argv)
+    check_batch_streams(p, args)
     args.seed_list = [int(s) for s in args.seeds.split(",") if s.strip()]
     args.extra_seed_list = [int(s) for s in args.extra_seeds.split(",") if s.strip()]
     args.data = args.data.resolve()
@@ -680,7 +707,8 @@ def start_table(key: str, methods: list[str], prepared: dict, args, command: str
     root.mkdir(parents=True, exist_ok=True)
     meta = {"title": DATASETS[key]["title"], "budget": budget_of(args, key), "spacing": prepared["spacing"],
             "split": prepared["split"], "planned": [*BASELINES, *methods], "commands": [command],
-            "machine": describe_machine(args.device), "note": args.note, "failed": {}, "skipped": []}
+            "machine": describe_machine(args.device), "note": args.note, "failed": {}, "skipped": [],
+            "batch_streams": args.batch_streams}
     if (root / "meta.json").exists():
         earlier = json.loads((root / "meta.json").read_text())
         wanted = set(earlier["planned"]) | set(meta["planned"])

@@ -33,8 +33,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from label_efficiency import (  # noqa: E402
-    ACDC_SPLITS, DATA, DATASETS, ROOT, acdc_labelled_patients, cli, link_folder, log, split_suffix, utc_now,
-    write_dataset_json)
+    ACDC_SPLITS, DATA, DATASETS, ROOT, acdc_labelled_patients, add_batch_streams_option, check_batch_streams, cli,
+    link_folder, log, split_suffix, streams_suffix, utc_now, write_dataset_json)
 
 from SSLSegmentLib.config import DEFAULT_METHOD  # noqa: E402
 from SSLSegmentLib.fileio import atomic_write_json, atomic_write_text  # noqa: E402
@@ -67,12 +67,13 @@ def prepare(key: str, data: Path, scratch: Path, acdc_labelled: str = "ssl4mis")
 
 
 def run_folder(scratch: Path, key: str, method: str, minutes: float, seed: int,
-               acdc_labelled: str = "ssl4mis") -> Path:
-    return scratch / "runs" / (key + split_suffix(key, acdc_labelled)) / f"{method}_{minutes:g}min" / f"seed{seed}"
+               acdc_labelled: str = "ssl4mis", batch_streams: str = "paired") -> Path:
+    return (scratch / "runs" / (key + split_suffix(key, acdc_labelled) + streams_suffix(batch_streams))
+            / f"{method}_{minutes:g}min" / f"seed{seed}")
 
 
 def run_one(key: str, method: str, minutes: float, seed: int, prepared: dict, args) -> dict:
-    run = run_folder(args.scratch, key, method, minutes, seed, args.acdc_labelled)
+    run = run_folder(args.scratch, key, method, minutes, seed, args.acdc_labelled, args.batch_streams)
     result_file = run / "result.json"
     if result_file.exists():
         return json.loads(result_file.read_text())
@@ -142,14 +143,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", type=Path, default=RESULTS)
     p.add_argument("--note", default="", help="what else ran on the machine")
     p.add_argument("--report-only", action="store_true", help="report the finished runs of the grid; train nothing")
+    add_batch_streams_option(p)
     args = p.parse_args(argv)
+    check_batch_streams(p, args)
     args.scratch, args.results = args.scratch.resolve(), args.results.resolve()
     args.scratch.mkdir(parents=True, exist_ok=True)
     keys = args.datasets.split(",")
     budgets = {k: [float(m) for m in ((args.la_minutes if k == "la" and args.la_minutes else args.minutes).split(","))]
                for k in keys}
     if args.report_only:
-        found = [run_folder(args.scratch, k, method, m, args.seed, args.acdc_labelled) / "result.json"
+        found = [run_folder(args.scratch, k, method, m, args.seed, args.acdc_labelled, args.batch_streams)
+                 / "result.json"
                  for k in keys for m in budgets[k] for method in args.methods.split(",")]
         report([json.loads(f.read_text()) for f in found if f.exists()], args)
         return 0

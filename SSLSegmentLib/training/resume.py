@@ -22,6 +22,7 @@ import torch
 
 from ..errors import InputError
 from ..fileio import atomic_path
+from ..sampling import BATCH_STREAMS
 from .divergence import check_weights
 
 FORMAT = "sslsegment-resume"
@@ -63,7 +64,8 @@ def save(trainer, iteration: int, best_dice: float | None) -> None:
                "optimisers": {name: opt.state_dict() for name, opt in trainer.optimisers.items()},
                "scaler": trainer.scaler.state_dict(), "batch_sizes": list(trainer.batch_sizes),
                "patch": list(trainer.data.patch), "rng": _rng_state(),
-               "iterations": trainer.config.iterations}  # the count a --time-budget fixed, if any
+               "iterations": trainer.config.iterations,  # the count a --time-budget fixed, if any
+               "batch_streams": BATCH_STREAMS}
     with atomic_path(trainer.run.checkpoint(KIND)) as tmp:
         torch.save(payload, tmp)
 
@@ -98,6 +100,10 @@ def restore(trainer, payload: dict) -> None:
         trainer.stream.close()
         trainer.stream = trainer._batch_stream()
     trainer.stream.skip = payload["iteration"]
+    if payload.get("batch_streams") != BATCH_STREAMS and trainer.method.uses_unlabelled:
+        trainer.log.warning("the checkpoint was written by a version that drew labelled and unlabelled batches "
+                            "from one generator: the batches after iteration %d differ from the interrupted "
+                            "run's (the training is as valid, but not the same run)", payload["iteration"])
     trainer.start_iteration = payload["iteration"]
     trainer.resumed_best_dice = payload["best_dice"]
     # A time budget fixed the count before the interruption: go on to that count (the budget is

@@ -36,7 +36,7 @@ from ..metrics import dice_per_class
 from ..model_file import load_model, read_model_payload, refuse_non_finite_weights
 from ..precision import mixed_precision
 from ..preprocessing import Plan
-from ..sampling import BatchStream, PatchSampler, to_tensors
+from ..sampling import BATCH_STREAMS, BatchStream, PatchSampler, to_tensors
 from . import memory, resume
 from .budget import TimeBudget
 from .components import (  # noqa: F401  (re-exported: the CLI and tests import them from here)
@@ -130,7 +130,8 @@ class Trainer(TrainerOutputs):
             atomic_write_json(self.run.config, {
                 "config": config.to_dict(), "device": str(self.device), "world_size": context.world_size,
                 "plan": self.data.plan.to_dict(), "patch_size": list(self.data.patch),
-                "batch_sizes": list(self.batch_sizes), "classes": [c.name for c in self.data.classes]})
+                "batch_sizes": list(self.batch_sizes), "batch_streams": BATCH_STREAMS,
+                "classes": [c.name for c in self.data.classes]})
             atomic_write_json(self.run.cases, cases)
             self.run.add_progress({"event": "data_cache", **self.data.cache})
 
