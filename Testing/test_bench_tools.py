@@ -251,3 +251,21 @@ def test_runs_of_paired_batch_streams_never_mix_with_earlier_runs(tmp_path):
     assert tb.run_folder(tmp_path, "acdc", "bcp", 5, 1, batch_streams="interleaved").parent.parent.name == (
         "acdc_ssl4mis-split")
     assert "separate generators" in le.STREAMS_TEXT["paired"]
+
+
+def test_a_deadline_after_midnight_is_tomorrows():
+    """``--deadline 01:25`` given at 23:00 leaves 2 h 25 min; comparing clock times stopped such a
+    chain before its first run (stop 19)."""
+    import argparse  # noqa: PLC0415
+    import datetime  # noqa: PLC0415
+
+    import pytest  # noqa: PLC0415
+
+    import label_efficiency as le  # noqa: PLC0415
+
+    evening = datetime.datetime(2026, 11, 30, 23, 0, tzinfo=datetime.timezone.utc)
+    assert le.deadline_after_now("01:25", evening) - evening == datetime.timedelta(hours=2, minutes=25)
+    assert le.deadline_after_now("23:30", evening) - evening == datetime.timedelta(minutes=30)
+    with pytest.raises(argparse.ArgumentTypeError, match="HH:MM"):
+        le.deadline_after_now("1.25", evening)
+    assert isinstance(le.parse_args(["--deadline", "01:25"]).deadline, datetime.datetime)

@@ -72,8 +72,10 @@ Options: ``--methods a,b`` (baselines always run), ``--seeds 1337,1338,1339`` (e
 each seed; the tables give the mean and standard deviation over seeds, and "gap closed" from
 the means), ``--jobs N`` (runs side by side, for a GPU or a many-core machine), ``--device
 cuda``, ``--data DIR`` (a folder laid out like ``../shared/data``), ``--resume`` (skip runs
-whose results exist for the same budget), ``--deadline HH:MM`` (UTC) or ``--time-limit S``
-(start no run after it), ``--report-only`` (rewrite the md/json/png from the runs on disk).
+whose results exist for the same budget), ``--deadline HH:MM`` (UTC, its next occurrence) or
+``--time-limit S`` (start no run after it), ``--report-only`` (rewrite the md/json/png from the
+runs on disk), ``--batch-streams interleaved`` (with ``--report-only``: the folders of runs
+before stop 19, whose labelled and unlabelled batches came from one generator).
 
 Run folders: ``bench/runs/label_efficiency/runs/<budget>[_cuda]/<method>/seed<N>``; each budget
 folder holds a ``meta.json`` (budget, split, machine, commands), and ``tables.json`` names
@@ -665,7 +667,8 @@ def parse_args(argv=None):
     p.add_argument("--tag", default="", help="a side table's name (e.g. a control run at another patch), reported "
                                              "beside the data set's main table instead of replacing it")
     p.add_argument("--note", default="", help="what else ran on the machine (goes into the report)")
-    p.add_argument("--deadline", default=None, help="UTC HH:MM: start no run after it")
+    p.add_argument("--deadline", default=None, type=deadline_after_now,
+                   help="UTC HH:MM, its next occurrence (01:25 given at 23:00 is in 2 h 25 min): start no run after it")
     p.add_argument("--time-limit", type=float, default=None, help="seconds: start no run after them")
     p.add_argument("--resume", action="store_true", help="skip runs whose results exist")
     p.add_argument("--report-only", action="store_true", help="only rewrite the md/json/png from the runs on disk")
@@ -680,14 +683,22 @@ def parse_args(argv=None):
     return args
 
 
+def deadline_after_now(text: str, now: datetime.datetime | None = None) -> datetime.datetime:
+    """``--deadline HH:MM`` (UTC) as the next such moment: a chain started before midnight with
+    an 01:25 deadline runs until 01:25, where comparing clock times would stop it at once."""
+    try:
+        hour, minute = map(int, text.split(":"))
+        now = now or datetime.datetime.now(datetime.timezone.utc)
+        moment = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a UTC time HH:MM ({error})") from error
+    return moment if moment > now else moment + datetime.timedelta(days=1)
+
+
 def out_of_time(args, started: float) -> bool:
     if args.time_limit is not None and time.monotonic() - started > args.time_limit:
         return True
-    if not args.deadline:
-        return False
-    now = datetime.datetime.now(datetime.timezone.utc)
-    hour, minute = map(int, args.deadline.split(":"))
-    return (now.hour, now.minute) >= (hour, minute)
+    return bool(args.deadline) and datetime.datetime.now(datetime.timezone.utc) >= args.deadline
 
 
 def gap_so_far() -> dict[str, float]:
