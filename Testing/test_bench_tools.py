@@ -184,7 +184,8 @@ def test_acdc_split_is_ssl4mis_by_default_and_keeps_its_runs_apart():
     first = le.parse_args(["--acdc-labelled", "first"])
     assert le.runs_root("acdc", args).name == le.runs_root("acdc", first).name + "_ssl4mis-split"
     assert le.runs_root("la", args) == le.runs_root("la", first)
-    assert (le.table_tag("acdc", args), le.table_tag("acdc", first), le.table_tag("la", args)) == ("ssl4mis-split", "", "")
+    assert (le.table_tag("acdc", args), le.table_tag("acdc", first), le.table_tag("la", args)) == (
+        "ssl4mis-split/paired-streams", "paired-streams", "paired-streams")
 
 
 def test_method_dropout_and_validation_hold_out_have_their_own_runs_folders():
@@ -251,6 +252,8 @@ def test_runs_of_paired_batch_streams_never_mix_with_earlier_runs(tmp_path):
     assert tb.run_folder(tmp_path, "acdc", "bcp", 5, 1, batch_streams="interleaved").parent.parent.name == (
         "acdc_ssl4mis-split")
     assert "separate generators" in le.STREAMS_TEXT["paired"]
+    assert (le.table_tag("acdc", paired), le.table_tag("acdc", earlier)) == (
+        "ssl4mis-split/paired-streams", "ssl4mis-split")  # side by side in tables.json, not one in the other's place
 
 
 def test_a_deadline_after_midnight_is_tomorrows():

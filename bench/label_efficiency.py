@@ -305,8 +305,10 @@ def split_suffix(key: str, acdc_labelled: str) -> str:
 
 
 def table_tag(key: str, args) -> str:
-    """The table's name after ``key/device``: the split (ACDC) and ``--tag``."""
-    return "/".join(t for t in (split_suffix(key, args.acdc_labelled).lstrip("_"), args.tag) if t)
+    """The table's name after ``key/device``: the split (ACDC), ``paired-streams`` (runs of this
+    code, beside the earlier tables rather than in their place) and ``--tag``."""
+    streams = "paired-streams" if args.batch_streams == "paired" else ""
+    return "/".join(t for t in (split_suffix(key, args.acdc_labelled).lstrip("_"), streams, args.tag) if t)
 
 
 def run_method(key: str, method: str, seed: int, prepared: dict, args) -> dict:
