@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from ..networks.heads import PyramidOutputs
 from .base import Method, register_method
-from .helpers import INPUT_CHANNELS, joined_images
+from .helpers import INPUT_CHANNELS, extra_choice, joined_images
 
 
 def pyramid_consistency(scale_logits: list[torch.Tensor]) -> torch.Tensor:
@@ -38,13 +38,20 @@ class URPC(Method):
     (main output + heads at 1/2, 1/4, 1/8, upsampled, perturbed). Supervised loss: mean over
     the four scales of ``0.5 (CE + Dice)`` (the reference's sum / 8). Nothing depends on the
     number of classes (the reference hard-codes it in 3D). Predicts with the bare backbone.
+
+    ``"urpc_heads"``: ``"reference"`` (default; 3x3 heads on the decoder blocks' outputs,
+    nearest-neighbour upsampling, as SSL4MIS's ``UNet_URPC``) or ``"skip"`` (the heads before
+    stop 19: 1x1 on MONAI UNet's skip concatenations, whose encoder half is a few layers from
+    the image; bilinear upsampling).
     """
 
     name = "urpc"
+    options = ("urpc_heads",)
 
     def __init__(self, settings, network_factory, num_classes, dim):
         super().__init__(settings, network_factory, num_classes, dim)
-        self.network = PyramidOutputs(network_factory(), dim, INPUT_CHANNELS, num_classes)
+        heads = extra_choice(settings, "urpc_heads", PyramidOutputs.HEADS)
+        self.network = PyramidOutputs(network_factory(), dim, INPUT_CHANNELS, num_classes, heads=heads)
 
     def training_step(self, labelled, unlabelled, step):
         images, n_labelled = joined_images(labelled, unlabelled)

@@ -20,9 +20,9 @@ to the wrapper: deep-copy the wrapper (not the bare backbone) and save ``state_d
 pickled modules.
 
 Wrappers:
-- :class:`PyramidOutputs` (URPC, Luo et al., MICCAI 2021 / MedIA 2022): main logits + 1x1-conv
-  heads on decoder levels 1, 2, 3, perturbed as in the URPC code (dropout 0.5 at 1/8, feature
-  dropout at 1/4, feature noise at 1/2), upsampled to the input size.
+- :class:`PyramidOutputs` (URPC, Luo et al., MICCAI 2021 / MedIA 2022): main logits + 3x3-conv
+  heads on the decoder blocks' outputs at levels 1, 2, 3, perturbed as in the URPC code
+  (dropout 0.5 at 1/8, feature dropout at 1/4, feature noise at 1/2), upsampled to the input size.
 - :class:`AuxiliaryDecoders` (CCT, Ouali et al., CVPR 2020): main logits + K auxiliary heads
   on perturbed copies of one decoder feature map.
 - :class:`WithDropout` (R-Drop, Wu et al. NeurIPS 2021): ``nn.Dropout`` on the decoder feature
@@ -38,6 +38,7 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
+from monai.networks.layers import SkipConnection
 from torch import nn
 
 DEFAULT_PROBE = {2: (32, 64), 3: (32, 64, 32)}
@@ -85,19 +86,22 @@ def level_shape(spatial, level: int) -> tuple[int, ...]:
 
 @torch.no_grad()
 def probe_feature_maps(
-    backbone: nn.Module, dim: int, in_channels: int, levels, probe_spatial=None
+    backbone: nn.Module, dim: int, in_channels: int, levels, probe_spatial=None, decoder_blocks: bool = False
 ) -> dict[int, tuple[str, int]]:
     """``{level: (module name, channels)}``: the sub-module whose output is the last feature
-    map at resolution ``1/2^level`` in execution order (see the module docstring)."""
+    map at resolution ``1/2^level`` in execution order (see the module docstring). With
+    ``decoder_blocks``, skip concatenations (MONAI's ``SkipConnection``: the encoder's map
+    joined to the decoder's) are passed over, so the map is the decoder block's own output."""
     spatial = tuple(probe_spatial or DEFAULT_PROBE[dim])
     finished = _run_probe(backbone, dim, in_channels, spatial)
+    concatenations = {n for n, m in backbone.named_modules() if isinstance(m, SkipConnection)} if decoder_blocks else set()
     chosen = {}
     for level in levels:
         shape = level_shape(spatial, level)
         matches = [
             (name, out[1])
             for name, _, out in finished
-            if out[2:] == shape and not _inside_transition(name, shape, finished)
+            if out[2:] == shape and name not in concatenations and not _inside_transition(name, shape, finished)
         ]
         if not matches:
             raise ValueError(f"{type(backbone).__name__} has no feature map at 1/{2**level} resolution")
@@ -142,11 +146,12 @@ class TappedBackbone(nn.Module):
     ``self.rewrite[level]`` to a function replacing a tapped output (used for dropout).
     """
 
-    def __init__(self, backbone: nn.Module, dim: int, in_channels: int, levels, probe_spatial=None):
+    def __init__(self, backbone: nn.Module, dim: int, in_channels: int, levels, probe_spatial=None,
+                 decoder_blocks: bool = False):
         super().__init__()
         self.backbone = backbone
         self.levels = tuple(levels)
-        taps = probe_feature_maps(backbone, dim, in_channels, self.levels, probe_spatial)
+        taps = probe_feature_maps(backbone, dim, in_channels, self.levels, probe_spatial, decoder_blocks)
         self.feature_channels = {level: channels for level, (_, channels) in taps.items()}
         modules = dict(backbone.named_modules())
         for level, (name, _) in taps.items():
@@ -177,7 +182,10 @@ class TappedBackbone(nn.Module):
         return logits, features
 
 
-def _upsample(logits, size):
+def _upsample(logits, size, mode: str = "linear"):
+    """Logits at ``size``: (bi/tri)linear, or ``nearest`` (``F.interpolate``'s default, the URPC code's)."""
+    if mode == "nearest":
+        return F.interpolate(logits, size=size, mode="nearest")
     mode = "bilinear" if logits.ndim == 4 else "trilinear"
     return F.interpolate(logits, size=size, mode=mode, align_corners=False)
 
@@ -192,13 +200,28 @@ class PyramidOutputs(TappedBackbone):
     Luo et al., "Efficient Semi-supervised Gross Target Volume of Nasopharyngeal Carcinoma
     Segmentation via Uncertainty Rectified Pyramid Consistency", MICCAI 2021 (MedIA 2022).
     Training mode: ``[main, 1/2, 1/4, 1/8]`` logits, each at the input size; the auxiliary
-    scales come from 1x1 convolutions on perturbed decoder features (feature noise at 1/2,
+    scales come from convolutions on perturbed decoder features (feature noise at 1/2,
     feature dropout at 1/4, dropout 0.5 at 1/8, as in the URPC code). Eval mode: main logits.
+
+    ``heads="reference"`` (default), as SSL4MIS's ``Decoder_URPC``: 3x3 convolutions on the
+    decoder blocks' own outputs (``probe_feature_maps(..., decoder_blocks=True)``),
+    upsampled by nearest neighbour (``F.interpolate``'s default there). ``heads="skip"``, this
+    engine's earlier heads: 1x1 convolutions on the last map at each resolution (for MONAI's
+    UNet the skip concatenation, half of it the encoder's raw map), upsampled bilinearly.
     """
 
-    def __init__(self, backbone, dim, in_channels, out_channels, levels=(1, 2, 3), probe_spatial=None):
-        super().__init__(backbone, dim, in_channels, levels, probe_spatial)
-        self.heads = nn.ModuleList(_head_conv(dim, self.feature_channels[level], out_channels) for level in self.levels)
+    HEADS = ("reference", "skip")
+
+    def __init__(self, backbone, dim, in_channels, out_channels, levels=(1, 2, 3), probe_spatial=None,
+                 heads: str = "reference"):
+        if heads not in self.HEADS:
+            raise ValueError(f"heads must be {' or '.join(self.HEADS)}, not {heads!r}")
+        reference = heads == "reference"
+        super().__init__(backbone, dim, in_channels, levels, probe_spatial, decoder_blocks=reference)
+        kernel = 3 if reference else 1
+        self.upsampling = "nearest" if reference else "linear"
+        self.heads = nn.ModuleList(_head_conv(dim, self.feature_channels[level], out_channels, kernel)
+                                   for level in self.levels)
         kinds = {1: FeatureNoise, 2: FeatureDropout, 3: partial(nn.Dropout, 0.5)}
         self.perturbations = nn.ModuleList(kinds.get(level, FeatureNoise)() for level in self.levels)
 
@@ -208,7 +231,7 @@ class PyramidOutputs(TappedBackbone):
         logits, features = self.forward_with_features(x)
         outputs = [logits]
         for level, head, perturb in zip(self.levels, self.heads, self.perturbations):
-            outputs.append(_upsample(head(perturb(features[level])), x.shape[2:]))
+            outputs.append(_upsample(head(perturb(features[level])), x.shape[2:], self.upsampling))
         return outputs
 
 
