@@ -260,7 +260,8 @@ class BatchStream:
 
     Labelled and unlabelled batches come from two generators (:func:`paired_generators`), so
     at one seed every method sees the labelled batches that supervised-only training sees:
-    a comparison of the two at one seed is paired, and the batch order drops out of it."""
+    the two runs differ in what the method adds (its unlabelled batches, its losses and
+    noise), not in which labelled patches they learnt from."""
 
     def __init__(self, labelled: PatchSampler, unlabelled: PatchSampler | None, sizes: tuple[int, int],
                  seed: int, prefetch: int = 2, num_workers: int = 0, pin_memory: bool = False):
