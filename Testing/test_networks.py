@@ -100,13 +100,14 @@ def test_with_dropout_is_stochastic_in_training_only():
 def test_urpc_reference_heads_read_the_decoder_blocks_not_the_skip_concatenations():
     """SSL4MIS's Decoder_URPC puts 3x3 heads on each up-block's output; MONAI's UNet ends each
     level in a skip concatenation whose first half is the encoder's map. The reference heads
-    pass over the concatenation (decoder channels only), the earlier ``"skip"`` heads read it."""
+    pass over the concatenation (decoder channels only); the default ``"skip"`` heads read it
+    (measured better at the bench's coarse CPU preset)."""
     from monai.networks.layers import SkipConnection  # noqa: PLC0415
 
     network = build_network("unet", 2, 1, 3, "tiny")
     concatenations = {n for n, m in network.named_modules() if isinstance(m, SkipConnection)}
-    reference = PyramidOutputs(network, 2, 1, 3)
-    skip = PyramidOutputs(build_network("unet", 2, 1, 3, "tiny"), 2, 1, 3, heads="skip")
+    reference = PyramidOutputs(network, 2, 1, 3, heads="reference")
+    skip = PyramidOutputs(build_network("unet", 2, 1, 3, "tiny"), 2, 1, 3)
     reference_taps = probe_feature_maps(network, 2, 1, (1, 2, 3), decoder_blocks=True)
     skip_taps = probe_feature_maps(network, 2, 1, (1, 2, 3))
     assert not {name for name, _ in reference_taps.values()} & concatenations
@@ -119,5 +120,5 @@ def test_urpc_reference_heads_read_the_decoder_blocks_not_the_skip_concatenation
     assert [o.shape for o in outputs] == [(2, 3, 32, 32)] * 4
     coarse = outputs[3][0, 0]  # the 1/8 head, nearest-upsampled: constant over 8 x 8 blocks
     assert torch.equal(coarse[:8, :8], coarse[0, 0].expand(8, 8))
-    with pytest.raises(ValueError, match="reference or skip"):
+    with pytest.raises(ValueError, match="skip or reference"):
         PyramidOutputs(build_network("unet", 2, 1, 3, "tiny"), 2, 1, 3, heads="decoder")
