@@ -272,3 +272,33 @@ def test_a_deadline_after_midnight_is_tomorrows():
     with pytest.raises(argparse.ArgumentTypeError, match="HH:MM"):
         le.deadline_after_now("1.25", evening)
     assert isinstance(le.parse_args(["--deadline", "01:25"]).deadline, datetime.datetime)
+
+
+def test_pooled_baseline_sets_every_run_against_every_supervised_equivalent_run(tmp_path):
+    """Runs of a method in several folders are pooled; the supervised-only runs (a run copied
+    into two folders counts once) and the control runs make the baseline."""
+    import pooled_baseline as pb  # noqa: PLC0415
+
+    def result(folder, method, seed, dice):
+        path = tmp_path / "runs" / folder / method / f"seed{seed}" / "bench_result.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"dice": dice}))
+
+    for folder in ("acdc_x", "acdc_x_paired"):
+        result(folder, "supervised", 1, 0.60)
+        result(folder, "fully_supervised", 1, 0.90)
+    result("acdc_x", "supervised", 2, 0.70)
+    result("acdc_x", "bcp", 1, 0.80)
+    result("acdc_x_paired", "bcp", 1, 0.70)
+    control = tmp_path / "controls" / "mt_c0.0001"
+    control.mkdir(parents=True)
+    (control / "eval.json").write_text(json.dumps({"mean": {"all": {"dice": 0.65}}}))
+    pb.main(["--scratch", str(tmp_path), "--folders", "acdc_x,acdc_x_paired", "--controls", "controls/mt_c*",
+             "--results", str(tmp_path / "out")])
+    report = json.loads((tmp_path / "out" / "pooled_baseline.json").read_text())
+    assert [d for _, d in report["baseline"]["runs"]] == [0.60, 0.70, 0.65]  # seed 1 once
+    assert abs(report["gap"] - 0.25) < 1e-9
+    bcp = report["methods"]["bcp"]
+    assert abs(bcp["gap_closed"] - 0.40) < 1e-9 and len(bcp["runs"]) == 2
+    assert [label for label, _ in bcp["runs"]] == ["seed1, one generator", "seed1, paired streams"]
+    assert "| bcp | 2 | 0.750 ± 0.071 | 40 %" in (tmp_path / "out" / "pooled_baseline.md").read_text()

@@ -1,0 +1,118 @@
+"""Every run of each method against a supervised-only baseline pooled from many runs.
+
+At the bench's CPU preset one supervised-only run is a single draw from a wide spread: a
+float-level change to the loss (Mean Teacher with no dropout and a consistency weight of
+1e-4, which at weight 0 trains the supervised-only weights bit for bit) moved ACDC's Dice at
+seed 1337 from 0.700 to 0.636. A method's gap closed against one such run says as much about
+the baseline's luck as about the method. This pools instead: every run of a method in the
+given runs folders (any seed, any batch stream), against the mean of every
+supervised-equivalent run (the folders' supervised-only runs plus control runs that are
+supervised-only training up to float-level perturbations), with a rough standard error.
+
+    python bench/pooled_baseline.py --scratch /root/sslbench \\
+        --folders acdc_3mm_3000it_p128x128_b4_adamw0.001_ssl4mis-split,acdc_3mm_3000it_p128x128_b4_adamw0.001_paired_ssl4mis-split \\
+        --controls 'controls18/mt_consistency0_dropout0_seed1337,controls19/mt_consistency0.000*_dropout0_seed1337'
+
+Writes ``pooled_baseline.{md,json}`` to ``--results``. Trains nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from label_efficiency import BASELINES, RESULTS, SCRATCH, streams_suffix  # noqa: E402
+
+from SSLSegmentLib.fileio import atomic_write_json, atomic_write_text  # noqa: E402
+
+
+def runs_of(folders: list[Path], method: str) -> list[tuple[str, float]]:
+    """``[(label, Dice)]`` of every finished run of ``method`` in ``folders``."""
+    return [(f"{result.parts[-2]}, {stream_of(folder)}", json.loads(result.read_text())["dice"])
+            for folder in folders for result in sorted(folder.glob(f"{method}/seed*/bench_result.json"))]
+
+
+def stream_of(folder: Path) -> str:
+    return "paired streams" if streams_suffix("paired") in folder.name else "one generator"
+
+
+def controls_of(scratch: Path, patterns: list[str]) -> list[tuple[str, float]]:
+    """``[(folder, Dice)]`` of the finished control runs (``sslsegment evaluate``'s ``eval.json``)."""
+    found = sorted({p for pattern in patterns for p in scratch.glob(pattern) if (p / "eval.json").exists()})
+    return [(p.name, json.loads((p / "eval.json").read_text())["mean"]["all"]["dice"]) for p in found]
+
+
+def standard_error(method_dice: list[float], baseline_sd: float, baseline_runs: int) -> float:
+    """Of a method's mean minus the baseline's mean: the method's own run-to-run sd where it
+    has two runs or more, the baseline's where it has one. Runs that share a seed are not
+    independent, so this is rough."""
+    method_sd = statistics.stdev(method_dice) if len(method_dice) > 1 else baseline_sd
+    return (method_sd ** 2 / len(method_dice) + baseline_sd ** 2 / baseline_runs) ** 0.5
+
+
+def pooled(folders: list[Path], controls: list[tuple[str, float]]) -> dict:
+    baseline = runs_of(folders, "supervised") + controls
+    full = dict(runs_of(folders, "fully_supervised"))  # the same run copied into several folders counts once
+    full = {label.split(",")[0]: dice for label, dice in full.items()}
+    if len(baseline) < 2 or not full:
+        raise SystemExit("need two supervised-equivalent runs or more and a fully supervised run")
+    baseline = list({(label.split(",")[0], dice): (label, dice) for label, dice in baseline}.values())
+    base_dice = [d for _, d in baseline]
+    base_mean, base_sd = statistics.fmean(base_dice), statistics.stdev(base_dice)
+    full_mean = statistics.fmean(full.values())
+    gap = full_mean - base_mean
+    methods = {}
+    names = sorted({p.parts[-3] for f in folders for p in f.glob("*/seed*/bench_result.json")} - set(BASELINES))
+    for method in names:
+        dice = [d for _, d in runs_of(folders, method)]
+        error = standard_error(dice, base_sd, len(baseline))
+        methods[method] = {"runs": runs_of(folders, method), "mean": statistics.fmean(dice),
+                           "sd": statistics.stdev(dice) if len(dice) > 1 else None,
+                           "gap_closed": (statistics.fmean(dice) - base_mean) / gap, "gap_closed_error": error / gap}
+    return {"baseline": {"runs": baseline, "mean": base_mean, "sd": base_sd},
+            "fully_supervised": {"runs": sorted(full.items()), "mean": full_mean}, "gap": gap,
+            "methods": dict(sorted(methods.items(), key=lambda kv: -kv[1]["mean"]))}
+
+
+def markdown(report: dict) -> str:
+    base, full = report["baseline"], report["fully_supervised"]
+    lines = [f"Supervised-only, {len(base['runs'])} supervised-equivalent runs: **{base['mean']:.3f} ± {base['sd']:.3f}** "
+             f"({', '.join(f'{d:.3f}' for _, d in base['runs'])}); fully supervised {full['mean']:.3f} "
+             f"({len(full['runs'])} runs); gap {report['gap']:.3f}.", "",
+             "| method | runs | Dice (mean ± sd) | gap closed against the pooled baseline (± 1 standard error) "
+             "| runs (seed, batch streams) |", "|---|---|---|---|---|"]
+    for method, r in report["methods"].items():
+        sd = f" ± {r['sd']:.3f}" if r["sd"] is not None else ""
+        lines.append(f"| {method} | {len(r['runs'])} | {r['mean']:.3f}{sd} | {100 * r['gap_closed']:.0f} % "
+                     f"(± {100 * r['gap_closed_error']:.0f} %) | "
+                     + ", ".join(f"{d:.3f} ({label})" for label, d in r["runs"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--scratch", type=Path, default=SCRATCH, help="label_efficiency.py's --scratch")
+    p.add_argument("--folders", required=True, help="comma-separated runs folders (names under SCRATCH/runs)")
+    p.add_argument("--controls", default="", help="comma-separated globs under SCRATCH: supervised-equivalent "
+                                                   "control runs, each with an eval.json")
+    p.add_argument("--results", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    folders = [args.scratch / "runs" / name for name in args.folders.split(",") if name]
+    missing = [str(f) for f in folders if not f.is_dir()]
+    if missing:
+        raise SystemExit(f"no such runs folder: {', '.join(missing)}")
+    report = pooled(folders, controls_of(args.scratch, [g for g in args.controls.split(",") if g]))
+    report["command"] = "python bench/pooled_baseline.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    args.results.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.results / "pooled_baseline.json", report)
+    atomic_write_text(args.results / "pooled_baseline.md", "# Pooled baseline\n\n" + markdown(report))
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
