@@ -56,8 +56,8 @@ def standard_error(method_dice: list[float], baseline_sd: float, baseline_runs: 
 
 def pooled(folders: list[Path], controls: list[tuple[str, float]]) -> dict:
     baseline = runs_of(folders, "supervised") + controls
-    full = dict(runs_of(folders, "fully_supervised"))  # the same run copied into several folders counts once
-    full = {label.split(",")[0]: dice for label, dice in full.items()}
+    # the same run copied into several folders counts once (keyed by seed)
+    full = {label.split(",")[0]: dice for label, dice in runs_of(folders, "fully_supervised")}
     if len(baseline) < 2 or not full:
         raise SystemExit("need two supervised-equivalent runs or more and a fully supervised run")
     baseline = list({(label.split(",")[0], dice): (label, dice) for label, dice in baseline}.values())
@@ -68,9 +68,10 @@ def pooled(folders: list[Path], controls: list[tuple[str, float]]) -> dict:
     methods = {}
     names = sorted({p.parts[-3] for f in folders for p in f.glob("*/seed*/bench_result.json")} - set(BASELINES))
     for method in names:
-        dice = [d for _, d in runs_of(folders, method)]
+        runs = runs_of(folders, method)
+        dice = [d for _, d in runs]
         error = standard_error(dice, base_sd, len(baseline))
-        methods[method] = {"runs": runs_of(folders, method), "mean": statistics.fmean(dice),
+        methods[method] = {"runs": runs, "mean": statistics.fmean(dice),
                            "sd": statistics.stdev(dice) if len(dice) > 1 else None,
                            "gap_closed": (statistics.fmean(dice) - base_mean) / gap, "gap_closed_error": error / gap}
     return {"baseline": {"runs": baseline, "mean": base_mean, "sd": base_sd},
