@@ -109,12 +109,13 @@ from SSLSegmentLib.data.labels import read_label, write_labelmap  # noqa: E402
 from SSLSegmentLib.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 from SSLSegmentLib.preprocessing import resample_image  # noqa: E402
 from SSLSegmentLib.run_protocol import read_progress  # noqa: E402
+from SSLSegmentLib.sampling import BATCH_STREAMS  # noqa: E402
 
 DATA = (ROOT / ".." / "shared" / "data").resolve()
 RESULTS = ROOT / "bench" / "results"
 SCRATCH = ROOT / "bench" / "runs" / "label_efficiency"
 BASELINES = ("supervised", "fully_supervised")
-STREAMS_TEXT = {"paired": "from separate generators (a method's labelled batches are supervised-only's at each seed)",
+STREAMS_TEXT = {BATCH_STREAMS: "from separate generators (a method's labelled batches are supervised-only's at each seed)",
                 "interleaved": "from one generator in turn (runs before stop 19: a method's labelled batches differ "
                                "from supervised-only's at the same seed)"}
 # Baselines first (the gap needs both), then the methods in the order of the earlier results,
@@ -283,18 +284,18 @@ def streams_suffix(batch_streams: str) -> str:
     batches at the same seed). Nothing for the folders of earlier runs, which drew both from
     one generator; ``--batch-streams interleaved`` reports them, and ``--resume`` can never
     pair them with runs of this code."""
-    return "_paired" if batch_streams == "paired" else ""
+    return "_paired" if batch_streams == BATCH_STREAMS else ""
 
 
 def check_batch_streams(parser: argparse.ArgumentParser, args) -> None:
     """This code draws paired streams only: the earlier folders are read, never added to."""
-    if args.batch_streams != "paired" and not args.report_only:
+    if args.batch_streams != BATCH_STREAMS and not args.report_only:
         parser.error("--batch-streams interleaved reports the runs of earlier code; it trains nothing "
                      "(add --report-only)")
 
 
 def add_batch_streams_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batch-streams", default="paired", choices=("paired", "interleaved"),
+    parser.add_argument("--batch-streams", default=BATCH_STREAMS, choices=(BATCH_STREAMS, "interleaved"),
                         help="the runs folder: paired (this code) or interleaved (runs before stop 19, report only)")
 
 
@@ -307,7 +308,7 @@ def split_suffix(key: str, acdc_labelled: str) -> str:
 def table_tag(key: str, args) -> str:
     """The table's name after ``key/device``: the split (ACDC), ``paired-streams`` (runs of this
     code, beside the earlier tables rather than in their place) and ``--tag``."""
-    streams = "paired-streams" if args.batch_streams == "paired" else ""
+    streams = "paired-streams" if args.batch_streams == BATCH_STREAMS else ""
     return "/".join(t for t in (split_suffix(key, args.acdc_labelled).lstrip("_"), streams, args.tag) if t)
 
 

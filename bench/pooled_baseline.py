@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from label_efficiency import BASELINES, RESULTS, SCRATCH, streams_suffix  # noqa: E402
+from label_efficiency import BASELINES, BATCH_STREAMS, RESULTS, SCRATCH, streams_suffix  # noqa: E402
 
 from SSLSegmentLib.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 
@@ -37,7 +37,7 @@ def runs_of(folders: list[Path], method: str) -> list[tuple[str, float]]:
 
 
 def stream_of(folder: Path) -> str:
-    return "paired streams" if streams_suffix("paired") in folder.name else "one generator"
+    return "paired streams" if streams_suffix(BATCH_STREAMS) in folder.name else "one generator"
 
 
 def controls_of(scratch: Path, patterns: list[str]) -> list[tuple[str, float]]:

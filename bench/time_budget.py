@@ -33,8 +33,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from label_efficiency import (  # noqa: E402
-    ACDC_SPLITS, DATA, DATASETS, ROOT, acdc_labelled_patients, add_batch_streams_option, check_batch_streams, cli,
-    link_folder, log, split_suffix, streams_suffix, utc_now, write_dataset_json)
+    ACDC_SPLITS, BATCH_STREAMS, DATA, DATASETS, ROOT, acdc_labelled_patients, add_batch_streams_option,
+    check_batch_streams, cli, link_folder, log, split_suffix, streams_suffix, utc_now, write_dataset_json)
 
 from SSLSegmentLib.config import DEFAULT_METHOD  # noqa: E402
 from SSLSegmentLib.fileio import atomic_write_json, atomic_write_text  # noqa: E402
@@ -67,7 +67,7 @@ def prepare(key: str, data: Path, scratch: Path, acdc_labelled: str = "ssl4mis")
 
 
 def run_folder(scratch: Path, key: str, method: str, minutes: float, seed: int,
-               acdc_labelled: str = "ssl4mis", batch_streams: str = "paired") -> Path:
+               acdc_labelled: str = "ssl4mis", batch_streams: str = BATCH_STREAMS) -> Path:
     return (scratch / "runs" / (key + split_suffix(key, acdc_labelled) + streams_suffix(batch_streams))
             / f"{method}_{minutes:g}min" / f"seed{seed}")
 
