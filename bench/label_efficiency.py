@@ -722,7 +722,7 @@ def start_table(key: str, methods: list[str], prepared: dict, args, command: str
     meta = {"title": DATASETS[key]["title"], "budget": budget_of(args, key), "spacing": prepared["spacing"],
             "split": prepared["split"], "planned": [*BASELINES, *methods], "commands": [command],
             "machine": describe_machine(args.device), "note": args.note, "failed": {}, "skipped": [],
-            "batch_streams": args.batch_streams}
+            "batch_streams": args.batch_streams, "folder": root.name}
     if (root / "meta.json").exists():
         earlier = json.loads((root / "meta.json").read_text())
         wanted = set(earlier["planned"]) | set(meta["planned"])
