@@ -302,3 +302,43 @@ def test_pooled_baseline_sets_every_run_against_every_supervised_equivalent_run(
     assert abs(bcp["gap_closed"] - 0.40) < 1e-9 and len(bcp["runs"]) == 2
     assert [label for label, _ in bcp["runs"]] == ["seed1, one generator", "seed1, paired streams"]
     assert "| bcp | 2 | 0.750 ± 0.071 | 40 %" in (tmp_path / "out" / "pooled_baseline.md").read_text()
+    # on a machine without the control folders, their figures come from the earlier report
+    pb.main(["--scratch", str(tmp_path), "--folders", "acdc_x", "--controls-from", str(tmp_path / "out" /
+             "pooled_baseline.json"), "--results", str(tmp_path / "again")])
+    again = json.loads((tmp_path / "again" / "pooled_baseline.json").read_text())
+    assert again["baseline"]["runs"] == [["seed1, one generator", 0.60], ["seed2, one generator", 0.70],
+                                         ["mt_c0.0001", 0.65]]
+
+
+def test_restored_run_folders_give_back_the_same_tables(tmp_path):
+    """``restore_runs.py`` writes a report's folders back (a fresh machine resumes the tables):
+    the folder each table names, derived from the budget where meta.json did not record it
+    (reports before stop 20), and a report rewritten from the restored runs equals the first."""
+    import label_efficiency as le  # noqa: PLC0415
+    import restore_runs  # noqa: PLC0415
+
+    settings = [[], ["--val-cases", "2", "--tag", "val2"], ["--dropout", "0", "--tag", "dropout0"],
+                ["--method-option", "urpc_heads=reference", "--tag", "heads"],
+                ["--acdc-labelled", "first"], ["--batch-streams", "interleaved", "--report-only"]]
+    le.SCRATCH = tmp_path / "first"
+    for argv in settings:
+        args = le.parse_args(argv)
+        ssl4mis = {"labelled_by": "SSL4MIS"} if args.acdc_labelled == "ssl4mis" else {}
+        root = le.start_table("acdc", ["bcp"], {"spacing": "3 x 3 mm in-plane", "split": ssl4mis}, args, "cmd")
+        for method, dice in (("supervised", 0.6), ("fully_supervised", 0.8), ("bcp", 0.7)):
+            (root / method / "seed1337").mkdir(parents=True)
+            le.atomic_write_json(root / method / "seed1337" / "bench_result.json",
+                                 {"dice": dice + len(argv) / 100, "hd95": 5.0, "s_per_iteration": 0.1,
+                                  "per_class": {"label_1": {"dice": dice, "hd95": 5.0}},
+                                  "train_s": 1.0, "predict_s": 1.0})
+    report = le.collect_report()
+    assert len(report["tables"]) == len(settings)
+    without_folder = {"tables": {t: {k: v for k, v in m.items() if k != "folder"} for t, m in report["tables"].items()}}
+    restored = restore_runs.restore(without_folder, tmp_path / "second")
+    assert set(restored.values()) == {3}
+    assert le.load_tables() == {t: f for t, f in json.loads((tmp_path / "first" / "tables.json").read_text()).items()}
+    again = le.collect_report()
+    for table, meta in report["tables"].items():
+        meta.pop("folder")
+        assert again["tables"][table] == meta, table
+    assert restore_runs.restore(report, tmp_path / "second") == dict.fromkeys(report["tables"], 0)  # kept as they are

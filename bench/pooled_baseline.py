@@ -13,6 +13,10 @@ supervised-only training up to float-level perturbations), with a rough standard
         --folders acdc_3mm_3000it_p128x128_b4_adamw0.001_ssl4mis-split,acdc_3mm_3000it_p128x128_b4_adamw0.001_paired_ssl4mis-split \\
         --controls 'controls18/mt_consistency0_dropout0_seed1337,controls19/mt_consistency0.000*_dropout0_seed1337'
 
+``--controls-from bench/results/pooled_baseline.json`` counts the control runs of that
+earlier report, whose folders stayed on the machine that ran them (the runs folders
+themselves come back with ``restore_runs.py``).
+
 Writes ``pooled_baseline.{md,json}`` to ``--results``. Trains nothing.
 """
 
@@ -44,6 +48,13 @@ def controls_of(scratch: Path, patterns: list[str]) -> list[tuple[str, float]]:
     """``[(folder, Dice)]`` of the finished control runs (``sslsegment evaluate``'s ``eval.json``)."""
     found = sorted({p for pattern in patterns for p in scratch.glob(pattern) if (p / "eval.json").exists()})
     return [(p.name, json.loads((p / "eval.json").read_text())["mean"]["all"]["dice"]) for p in found]
+
+
+def controls_from(report: Path) -> list[tuple[str, float]]:
+    """The control runs of an earlier ``pooled_baseline.json`` (its baseline runs that are not a
+    folder's supervised-only run), for a machine that no longer has their folders."""
+    runs = json.loads(report.read_text())["baseline"]["runs"]
+    return [(label, dice) for label, dice in runs if not label.startswith("seed")]
 
 
 def standard_error(method_dice: list[float], baseline_sd: float, baseline_runs: int) -> float:
@@ -100,13 +111,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--folders", required=True, help="comma-separated runs folders (names under SCRATCH/runs)")
     p.add_argument("--controls", default="", help="comma-separated globs under SCRATCH: supervised-equivalent "
                                                    "control runs, each with an eval.json")
+    p.add_argument("--controls-from", type=Path, help="an earlier pooled_baseline.json whose control runs count too "
+                                                     "(their folders stayed on another machine)")
     p.add_argument("--results", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     folders = [args.scratch / "runs" / name for name in args.folders.split(",") if name]
     missing = [str(f) for f in folders if not f.is_dir()]
     if missing:
         raise SystemExit(f"no such runs folder: {', '.join(missing)}")
-    report = pooled(folders, controls_of(args.scratch, [g for g in args.controls.split(",") if g]))
+    controls = controls_of(args.scratch, [g for g in args.controls.split(",") if g])
+    earlier = controls_from(args.controls_from) if args.controls_from else []
+    known = {label for label, _ in controls}
+    report = pooled(folders, controls + [(label, dice) for label, dice in earlier if label not in known])
     report["command"] = "python bench/pooled_baseline.py " + " ".join(argv if argv is not None else sys.argv[1:])
     args.results.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.results / "pooled_baseline.json", report)
