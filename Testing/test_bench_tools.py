@@ -53,6 +53,23 @@ def test_goals_are_checked_per_table():
     assert "| acdc/cuda | 3 | e (-6 %) |" in text and "| a | 60 % |" in text
 
 
+def test_goals_with_error_bars_are_shown_failed_or_not_shown():
+    """A goal is shown when it holds across one error of every estimate, failed when it fails
+    across it, and not shown otherwise."""
+    estimates = {"a": (0.70, 0.04), "b": (0.40, 0.05), "c": (0.30, 0.04), "d": (0.28, 0.01), "e": (0.0, 0.03)}
+    assert goals.check_with_errors(estimates) == {
+        "clearly_below": [], "clearly_good": ["a", "b", "d", "c"], "none_below": "shown", "four_good": "shown",
+        "best_65": "shown"}
+    # c's error now reaches below 25 %, e's whole bar is below -5 %
+    assert goals.check_with_errors({**estimates, "c": (0.30, 0.06), "e": (-0.2, 0.1)}) == {
+        "clearly_below": ["e"], "clearly_good": ["a", "b", "d"], "none_below": "failed",
+        "four_good": "not shown", "best_65": "shown"}
+    assert goals.check_with_errors({"a": (0.6, 0.1), "b": (-0.1, 0.1)}) == {
+        "clearly_below": [], "clearly_good": ["a"], "none_below": "not shown", "four_good": "failed",
+        "best_65": "not shown"}
+    assert goals.check_with_errors({"a": (0.5, 0.1)})["best_65"] == "failed"
+
+
 def test_seed_noise_is_pooled_over_the_methods_run_at_several_seeds():
     results = {"supervised": {"gap_closed": None, "n": 3, "gap_closed_per_seed": {"1": 0.0, "2": 0.0}},
                "fully_supervised": summary(None, 3),

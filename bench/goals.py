@@ -41,6 +41,29 @@ def check(results: dict) -> dict | None:
             "met": {"none_below": not below, "four_good": len(good) >= GOOD_COUNT, "best_65": gaps[best] >= BEST}}
 
 
+def check_with_errors(estimates: dict[str, tuple[float, float]]) -> dict:
+    """The goals for gap-closed estimates with an error bar (``{method: (gap, error)}``, e.g. the
+    pooled view of ``pooled_baseline.py``): each goal is "shown" where it holds for every value
+    within one error of the estimates, "failed" where it fails for every such value, and "not
+    shown" in between. Also the methods clearly below supervised-only (by more than the 5 %
+    allowed, beyond one error) and those clearly at 25 % or more."""
+    low = {m: g - e for m, (g, e) in estimates.items()}
+    high = {m: g + e for m, (g, e) in estimates.items()}
+
+    def verdict(shown: bool, failed: bool) -> str:
+        return "shown" if shown else "failed" if failed else "not shown"
+
+    return {
+        "clearly_below": sorted((m for m in estimates if high[m] < WORST_ALLOWED), key=high.get),
+        "clearly_good": sorted((m for m in estimates if low[m] >= GOOD), key=low.get, reverse=True),
+        "none_below": verdict(all(v >= WORST_ALLOWED for v in low.values()),
+                              any(v < WORST_ALLOWED for v in high.values())),
+        "four_good": verdict(sum(v >= GOOD for v in low.values()) >= GOOD_COUNT,
+                             sum(v >= GOOD for v in high.values()) < GOOD_COUNT),
+        "best_65": verdict(any(v >= BEST for v in low.values()), all(v < BEST for v in high.values())),
+    }
+
+
 def seed_noise(results: dict) -> tuple[float, list[str]] | None:
     """The pooled standard deviation over seeds of the gap closed per seed (the root of the
     mean of the methods' sample variances), and the methods it pools; None when no method

@@ -29,6 +29,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import goals  # noqa: E402
 from label_efficiency import BASELINES, BATCH_STREAMS, RESULTS, SCRATCH, streams_suffix  # noqa: E402
 
 from SSLSegmentLib.fileio import atomic_write_json, atomic_write_text  # noqa: E402
@@ -87,7 +88,8 @@ def pooled(folders: list[Path], controls: list[tuple[str, float]]) -> dict:
                            "gap_closed": (statistics.fmean(dice) - base_mean) / gap, "gap_closed_error": error / gap}
     return {"baseline": {"runs": baseline, "mean": base_mean, "sd": base_sd},
             "fully_supervised": {"runs": sorted(full.items()), "mean": full_mean}, "gap": gap,
-            "methods": dict(sorted(methods.items(), key=lambda kv: -kv[1]["mean"]))}
+            "methods": dict(sorted(methods.items(), key=lambda kv: -kv[1]["mean"])),
+            "goals": goals.check_with_errors({m: (r["gap_closed"], r["gap_closed_error"]) for m, r in methods.items()})}
 
 
 def markdown(report: dict) -> str:
@@ -102,7 +104,19 @@ def markdown(report: dict) -> str:
         lines.append(f"| {method} | {len(r['runs'])} | {r['mean']:.3f}{sd} | {100 * r['gap_closed']:.0f} % "
                      f"(± {100 * r['gap_closed_error']:.0f} %) | "
                      + ", ".join(f"{d:.3f} ({label})" for label, d in r["runs"]) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + ["", *goal_lines(report)]) + "\n"
+
+
+def goal_lines(report: dict) -> list[str]:
+    """Issue 14's goals judged on the pooled estimates with their error bars."""
+    verdicts = report["goals"]
+    return ["Issue 14's goals on these estimates (\"shown\": true for every value within one standard error; "
+            "\"failed\": false for every such value):", "",
+            f"- no method below supervised-only by more than 5 % of the gap: **{verdicts['none_below']}** "
+            f"(clearly below: {', '.join(verdicts['clearly_below']) or 'none'});",
+            f"- at least four methods closing 25 % or more: **{verdicts['four_good']}** "
+            f"(clearly at 25 % or more: {', '.join(verdicts['clearly_good']) or 'none'});",
+            f"- the best closing 65 % or more: **{verdicts['best_65']}**."]
 
 
 def main(argv: list[str] | None = None) -> int:
