@@ -270,6 +270,19 @@ def test_dan_discriminator_has_the_references_depth():
         make_method("adversarial", discriminator_stem_activation="False")  # text, not JSON false
 
 
+def test_dan_discriminator_can_judge_the_map_alone():
+    """With the image (both references) the verdict changes with the image; with
+    ``discriminator_sees_image: false`` it depends on the map alone."""
+    torch.manual_seed(0)
+    maps, image = torch.rand(2, 4, 32, 32).softmax(dim=1), torch.rand(2, 1, 32, 32)
+    for sees_image in (True, False):
+        judge = make_method("adversarial", discriminator_sees_image=sees_image).discriminator.eval()
+        moved = not torch.equal(judge(maps, image), judge(maps, image + 1.0))
+        assert moved == sees_image
+        assert not torch.equal(judge(maps, image), judge(maps.flip(-1), image))
+    assert make_method("adversarial", discriminator_sees_image=False).discriminator.image_conv is None
+
+
 def test_dan_discriminator_learns_from_eval_mode_predictions_without_gradient():
     torch.manual_seed(0)
     method = make_method("adversarial", dropout=0.5).train()

@@ -56,13 +56,15 @@ class Adversarial(Method):
     of strided convolutions: 4 as the reference since stop 16 (3 before it:
     :class:`~SSLSegmentLib.networks.discriminator.Discriminator`).
     ``"discriminator_stem_activation": false`` drops the activation after the map and image
-    features are added, as the 2D reference.
+    features are added, as the 2D reference. ``"discriminator_sees_image": false`` (a departure
+    from both references, which give it the image) judges the softmax map alone, so the image
+    shortcut above cannot carry its verdict.
     """
 
     name = "adversarial"
     options = ("discriminator_width", "discriminator_dropout", "dan_discriminator_schedule", "dan_discriminator_inputs",
                "dan_labelled_sampling", "discriminator_layers",
-               "discriminator_stem_activation")
+               "discriminator_stem_activation", "discriminator_sees_image")
     optimiser_overrides = {"discriminator": {"name": "adam", "lr": 1e-4, "betas": (0.9, 0.99)}}
 
     def __init__(self, settings, network_factory, num_classes, dim):
@@ -72,7 +74,9 @@ class Adversarial(Method):
         dropout = float(extra(settings, "discriminator_dropout", 0.5))
         layers = int(extra(settings, "discriminator_layers", 4))
         stem_activation = extra_flag(settings, "discriminator_stem_activation", True)
-        self.discriminator = Discriminator(dim, num_classes, INPUT_CHANNELS, width, dropout, layers, stem_activation)
+        sees_image = extra_flag(settings, "discriminator_sees_image", True)
+        self.discriminator = Discriminator(dim, num_classes, INPUT_CHANNELS, width, dropout, layers, stem_activation,
+                                           sees_image)
 
     def parameter_groups(self):
         return {"main": list(self.student.parameters()), "discriminator": list(self.discriminator.parameters())}

@@ -23,13 +23,17 @@ class Discriminator(nn.Module):
     addition is the 3D reference's; the 2D one has none, so its first two convolutions compose
     linearly, a defect kept one flag away (``stem_activation=False``).
 
+    ``sees_image=False`` judges the map alone (no image branch): a departure from the
+    references, for data sets where the labelled images can be told from the unlabelled ones by
+    the image alone (``bench/dan_image_shortcut.py``), so that the verdict is about the map.
+
     ``layers=3`` is the discriminator of stops 12 to 15, whose DAN figures the bench reports
     (width up to 4x, global pooling in 2D too). Inputs smaller than ``2 ** layers`` along an
     axis are zero-padded to it.
     """
 
     def __init__(self, dim: int, num_classes: int, image_channels: int = 1, width: int = 64, dropout: float = 0.5,
-                 layers: int = 4, stem_activation: bool = True):
+                 layers: int = 4, stem_activation: bool = True, sees_image: bool = True):
         super().__init__()
         if layers < 2:
             raise ValueError(f"a discriminator needs at least 2 strided convolutions, got {layers}")
@@ -37,7 +41,7 @@ class Discriminator(nn.Module):
         drop = getattr(nn, f"Dropout{dim}d")
         self.min_size = 2 ** layers
         self.map_conv = conv(num_classes, width, 4, stride=2, padding=1)
-        self.image_conv = conv(image_channels, width, 4, stride=2, padding=1)
+        self.image_conv = conv(image_channels, width, 4, stride=2, padding=1) if sees_image else None
         body: list[nn.Module] = []
         channels = width
         for layer in range(layers - 1):
@@ -52,8 +56,10 @@ class Discriminator(nn.Module):
 
     def forward(self, probabilities: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """``(B,)`` logits of "this prediction comes from a labelled image"."""
-        probabilities, image = self._padded(probabilities), self._padded(image)
-        return self.body(self.map_conv(probabilities) + self.image_conv(image))[:, 0]
+        features = self.map_conv(self._padded(probabilities))
+        if self.image_conv is not None:
+            features = features + self.image_conv(self._padded(image))
+        return self.body(features)[:, 0]
 
     def _padded(self, tensor: torch.Tensor) -> torch.Tensor:
         """Zero-padded at the end of each spatial axis shorter than ``min_size``."""
