@@ -359,3 +359,16 @@ def test_restored_run_folders_give_back_the_same_tables(tmp_path):
         meta.pop("folder")
         assert again["tables"][table] == meta, table
     assert restore_runs.restore(report, tmp_path / "second") == dict.fromkeys(report["tables"], 0)  # kept as they are
+
+
+def test_composed_report_keeps_the_written_sections_and_replaces_the_generated_tables():
+    import pytest  # noqa: PLC0415
+
+    from compose_report import GENERATED_TITLE, compose  # noqa: PLC0415
+
+    report = f"# Title\n\n## Stop 2\n\nold reading\n\n{GENERATED_TITLE}\n\nold tables\n"
+    new = compose(report, f"{GENERATED_TITLE}\n\nnew tables\n", "## Stop 3\n\nnew reading\n")
+    assert new == f"# Title\n\n## Stop 3\n\nnew reading\n\n## Stop 2\n\nold reading\n\n{GENERATED_TITLE}\n\nnew tables\n"
+    assert compose(new, f"{GENERATED_TITLE}\n\nnew tables\n") == new
+    with pytest.raises(ValueError, match="generated part"):
+        compose(report, "# Something else\n")
