@@ -441,3 +441,26 @@ def test_a_choice_option_with_another_value_is_an_error_naming_it(name, key):
     with pytest.raises(ValueError, match=f"{key} must be .* not 'sometimes'"):
         method.restarts_optimiser(step)  # what the trainer asks before each step (BCP reads it here)
         method.training_step(labelled, unlabelled, step)
+
+
+def test_urpc_weighs_its_scales_equally_as_the_reference_or_halving_from_the_main_output():
+    """The supervised loss over URPC's four outputs: their mean (reference), or nnU-Net's
+    deep-supervision weights 8/15, 4/15, 2/15, 1/15 from the full-resolution output down."""
+    from SSLSegmentLib.methods.urpc import scale_weights  # noqa: PLC0415
+
+    assert torch.allclose(scale_weights(4, "equal"), torch.full((4,), 0.25))
+    assert torch.allclose(scale_weights(4, "halving"), torch.tensor([8.0, 4.0, 2.0, 1.0]) / 15)
+    labelled, unlabelled = batches()
+    for kind, weights in (("equal", [0.25] * 4), ("halving", [8 / 15, 4 / 15, 2 / 15, 1 / 15])):
+        torch.manual_seed(0)
+        method = make_method("urpc", urpc_scale_weights=kind).train()
+        state = {k: v.clone() for k, v in method.state_dict().items()}
+        torch.manual_seed(1)
+        losses = method.training_step(labelled, unlabelled, STEP)
+        method.load_state_dict(state)
+        torch.manual_seed(1)  # the same perturbations of the same features
+        scales = method.network(torch.cat([labelled["image"], unlabelled["image"]]))
+        per_scale = [float(supervised_loss(s[:2], labelled["label"], NUM_CLASSES).detach()) for s in scales]
+        assert float(losses["supervised"]) == pytest.approx(sum(w * l for w, l in zip(weights, per_scale)))
+    with pytest.raises(ValueError, match="urpc_scale_weights must be equal or halving"):
+        make_method("urpc", urpc_scale_weights="nnunet")
