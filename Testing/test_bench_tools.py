@@ -327,21 +327,23 @@ def test_pooled_baseline_sets_every_run_against_every_supervised_equivalent_run(
                                          ["mt_c0.0001", 0.65]]
 
 
-def test_restored_run_folders_give_back_the_same_tables(tmp_path):
+def test_restored_run_folders_give_back_the_same_tables(tmp_path, monkeypatch):
     """``restore_runs.py`` writes a report's folders back (a fresh machine resumes the tables):
     the folder each table names, derived from the budget where meta.json did not record it
     (reports before stop 20), and a report rewritten from the restored runs equals the first."""
+    import pytest  # noqa: PLC0415
+
     import label_efficiency as le  # noqa: PLC0415
     import restore_runs  # noqa: PLC0415
 
     settings = [[], ["--val-cases", "2", "--tag", "val2"], ["--dropout", "0", "--tag", "dropout0"],
                 ["--method-option", "urpc_heads=reference", "--tag", "heads"],
                 ["--acdc-labelled", "first"], ["--batch-streams", "interleaved", "--report-only"]]
-    le.SCRATCH = tmp_path / "first"
+    monkeypatch.setattr(le, "SCRATCH", tmp_path / "first")
     for argv in settings:
         args = le.parse_args(argv)
-        ssl4mis = {"labelled_by": "SSL4MIS"} if args.acdc_labelled == "ssl4mis" else {}
-        root = le.start_table("acdc", ["bcp"], {"spacing": "3 x 3 mm in-plane", "split": ssl4mis}, args, "cmd")
+        split = {"labelled_by": "SSL4MIS's seven" if args.acdc_labelled == "ssl4mis" else "the first 7 by number"}
+        root = le.start_table("acdc", ["bcp"], {"spacing": "3 x 3 mm in-plane", "split": split}, args, "cmd")
         for method, dice in (("supervised", 0.6), ("fully_supervised", 0.8), ("bcp", 0.7)):
             (root / method / "seed1337").mkdir(parents=True)
             le.atomic_write_json(root / method / "seed1337" / "bench_result.json",
@@ -353,12 +355,19 @@ def test_restored_run_folders_give_back_the_same_tables(tmp_path):
     without_folder = {"tables": {t: {k: v for k, v in m.items() if k != "folder"} for t, m in report["tables"].items()}}
     restored = restore_runs.restore(without_folder, tmp_path / "second")
     assert set(restored.values()) == {3}
+    monkeypatch.setattr(le, "SCRATCH", tmp_path / "second")
     assert le.load_tables() == {t: f for t, f in json.loads((tmp_path / "first" / "tables.json").read_text()).items()}
     again = le.collect_report()
     for table, meta in report["tables"].items():
         meta.pop("folder")
         assert again["tables"][table] == meta, table
     assert restore_runs.restore(report, tmp_path / "second") == dict.fromkeys(report["tables"], 0)  # kept as they are
+    # a run on disk with another result (a later run, another report's) is never replaced
+    table = next(iter(report["tables"]))
+    report["tables"][table]["runs"]["bcp"]["1337"]["dice"] = 0.1
+    with pytest.raises(SystemExit, match="differ from the report's"):
+        restore_runs.restore(report, tmp_path / "second")
+    assert le.collect_report()["tables"][table]["runs"]["bcp"]["1337"]["dice"] != 0.1
 
 
 def test_composed_report_keeps_the_written_sections_and_replaces_the_generated_tables():

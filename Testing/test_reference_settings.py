@@ -444,8 +444,8 @@ def test_a_choice_option_with_another_value_is_an_error_naming_it(name, key):
 
 
 def test_urpc_weighs_its_scales_equally_as_the_reference_or_halving_from_the_main_output():
-    """The supervised loss over URPC's four outputs: their mean (reference), or nnU-Net's
-    deep-supervision weights 8/15, 4/15, 2/15, 1/15 from the full-resolution output down."""
+    """The supervised loss over URPC's four outputs: their mean (reference), or halving weights
+    8/15, 4/15, 2/15, 1/15 from the full-resolution output down."""
     from SSLSegmentLib.methods.urpc import scale_weights  # noqa: PLC0415
 
     assert torch.allclose(scale_weights(4, "equal"), torch.full((4,), 0.25))

@@ -13,7 +13,10 @@ for every table, the budget folder's ``meta.json`` and every finished run's
 After it, ``label_efficiency.py --resume`` at the same settings skips every restored run
 (the baselines included) and trains only what is missing, and ``--report-only`` rewrites the
 same tables. The models, predictions and logs are not in the report and are not restored.
-A run folder that already holds a result is left as it is.
+A run that already holds the same result is left as it is; one that holds another result
+(a later run, or another report's table of the same folder) stops the restore with an error
+naming it, before anything is written for its table. An existing meta.json gains the
+report's planned methods.
 
     python bench/restore_runs.py --report bench/results/label_efficiency_after_reference_settings.json \\
         --scratch /root/sslbench
@@ -52,7 +55,7 @@ def settings_of(table: str, meta: dict) -> argparse.Namespace:
         amp=budget.get("precision", "fp32") != "fp32", method_option=budget.get("method_options", []),
         dropout=budget.get("method_dropout"), val_cases=int(val_cases.group(1)) if val_cases else 0,
         batch_streams=meta.get("batch_streams") or "interleaved",
-        acdc_labelled="ssl4mis" if "labelled_by" in meta.get("split", {}) else "first")
+        acdc_labelled="ssl4mis" if meta.get("split", {}).get("labelled_by", "").startswith("SSL4MIS") else "first")
 
 
 def folder_of(table: str, meta: dict) -> str:
@@ -62,26 +65,37 @@ def folder_of(table: str, meta: dict) -> str:
 
 def restore(report: dict, scratch: Path) -> dict[str, int]:
     """Write the report's folders and runs under ``scratch``; ``{table: runs restored}``."""
-    le.SCRATCH = scratch
     restored = {}
     for table, meta in report["tables"].items():
         folder = scratch / "runs" / folder_of(table, meta)
-        folder.mkdir(parents=True, exist_ok=True)
-        if not (folder / "meta.json").exists():
-            atomic_write_json(folder / "meta.json", {k: v for k, v in meta.items() if k not in REPORT_ONLY_KEYS})
-        count = 0
-        for method, per_seed in meta.get("runs", {}).items():
-            for seed, result in per_seed.items():
-                result_file = folder / method / f"seed{seed}" / "bench_result.json"
-                if not result_file.exists():
-                    result_file.parent.mkdir(parents=True, exist_ok=True)
-                    atomic_write_json(result_file, result)
-                    count += 1
-        tables = le.load_tables()
-        tables[table] = folder.name
-        atomic_write_json(scratch / "tables.json", dict(sorted(tables.items())))
-        restored[table] = count
+        results = {folder / method / f"seed{seed}" / "bench_result.json": result
+                   for method, per_seed in meta.get("runs", {}).items() for seed, result in per_seed.items()}
+        differing = [str(f) for f, result in results.items() if f.exists() and json.loads(f.read_text()) != result]
+        if differing:
+            raise SystemExit(f"{table}: {len(differing)} run(s) on disk differ from the report's, e.g. "
+                             f"{differing[0]}; restore into another --scratch")
+        write_meta(folder, {k: v for k, v in meta.items() if k not in REPORT_ONLY_KEYS})
+        missing = {f: result for f, result in results.items() if not f.exists()}
+        for result_file, result in missing.items():
+            result_file.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(result_file, result)
+        tables_file = scratch / "tables.json"
+        tables = json.loads(tables_file.read_text()) if tables_file.exists() else {}
+        atomic_write_json(tables_file, dict(sorted({**tables, table: folder.name}.items())))
+        restored[table] = len(missing)
     return restored
+
+
+def write_meta(folder: Path, meta: dict) -> None:
+    """The folder's meta.json: the report's, or an existing one with the report's planned
+    methods added (as ``label_efficiency.start_table`` merges a later command's)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    file = folder / "meta.json"
+    if file.exists():
+        earlier = json.loads(file.read_text())
+        wanted = set(earlier["planned"]) | set(meta["planned"])
+        meta = {**earlier, "planned": [m for m in (*le.BASELINES, *le.METHODS) if m in wanted]}
+    atomic_write_json(file, meta)
 
 
 def main(argv=None) -> int:

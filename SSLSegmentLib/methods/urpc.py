@@ -32,8 +32,8 @@ SCALE_WEIGHTS = ("equal", "halving")
 def scale_weights(scales: int, kind: str) -> torch.Tensor:
     """The supervised loss's weight of each output, the full-resolution one first, summing to 1:
     ``"equal"`` (URPC's reference: the mean over scales) or ``"halving"`` (each coarser output
-    half the weight of the one above it: nnU-Net's deep supervision, Isensee et al., Nature
-    Methods 2021)."""
+    half the weight of the one above it, after nnU-Net's deep supervision, Isensee et al.,
+    Nature Methods 2021, which also drops its lowest-resolution output)."""
     weights = torch.ones(scales) if kind == "equal" else 0.5 ** torch.arange(scales, dtype=torch.float32)
     return weights / weights.sum()
 
@@ -59,7 +59,7 @@ class URPC(Method):
 
     ``"urpc_scale_weights"``: ``"equal"`` (default, the reference: the four outputs weigh the
     same in the supervised loss) or ``"halving"`` (a departure: 8/15, 4/15, 2/15 and 1/15 from
-    the full-resolution output down, nnU-Net's deep-supervision weights; :func:`scale_weights`),
+    the full-resolution output down, halving as nnU-Net's deep supervision; :func:`scale_weights`),
     so that the three coarse outputs weigh less than the one it predicts with. Not a measured
     default: URPC is below supervised-only at the bench's CPU preset with either heads, and the
     halving weights are the candidate fix.
