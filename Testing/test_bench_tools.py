@@ -381,3 +381,16 @@ def test_composed_report_keeps_the_written_sections_and_replaces_the_generated_t
     assert compose(new, f"{GENERATED_TITLE}\n\nnew tables\n") == new
     with pytest.raises(ValueError, match="generated part"):
         compose(report, "# Something else\n")
+
+
+def test_a_data_folder_without_images_is_named_in_the_error(tmp_path):
+    """A wrong ``--data`` says so, rather than that ACDC lacks SSL4MIS's patients."""
+    import pytest  # noqa: PLC0415
+
+    import label_efficiency as le  # noqa: PLC0415
+    import time_budget as tb  # noqa: PLC0415
+
+    with pytest.raises(SystemExit, match=f"no NRRD images in {tmp_path}/ACDC/train/images: --data"):
+        le.prepare_acdc(le.parse_args(["--data", str(tmp_path)]))
+    with pytest.raises(SystemExit, match="no NRRD images in .*LA/train/images"):
+        tb.prepare("la", tmp_path, tmp_path / "scratch")

@@ -177,6 +177,15 @@ def write_dataset_json(path: Path, classes: dict, labelled: list[tuple[Path, Pat
     return path
 
 
+def nrrd_names(folder: Path) -> list[str]:
+    """The NRRD images of a data folder, sorted; none is an error naming the folder (a wrong
+    ``--data`` used to surface as "lacks SSL4MIS's labelled patients")."""
+    names = sorted(p.name for p in folder.glob("*.nrrd"))
+    if not names:
+        raise SystemExit(f"no NRRD images in {folder}: --data must name a folder laid out like ../shared/data")
+    return names
+
+
 def acdc_labelled_patients(patients: list[str], split: str) -> set[str]:
     """The 7 labelled patients of ``--acdc-labelled``: SSL4MIS's, or the first 7 by number."""
     if split == "first":
@@ -190,7 +199,7 @@ def acdc_labelled_patients(patients: list[str], split: str) -> set[str]:
 
 def prepare_acdc(args) -> dict:
     root = args.data / "ACDC"
-    names = sorted(p.name for p in (root / "train" / "images").glob("*.nrrd"))
+    names = nrrd_names(root / "train" / "images")
     patients = sorted({n.split("_")[0] for n in names})
     labelled_patients = acdc_labelled_patients(patients, args.acdc_labelled)
     out = SCRATCH / f"acdc_{args.acdc_spacing:g}mm"
@@ -210,7 +219,7 @@ def prepare_acdc(args) -> dict:
 
 def prepare_la(args) -> dict:
     root = args.data / "LA" / "train"
-    names = sorted(p.name for p in (root / "images").glob("*.nrrd"))
+    names = nrrd_names(root / "images")
     train_names, eval_names = names[:-16], names[-16:]
     out = SCRATCH / f"la_{args.la_spacing:g}mm"
     spacing = lambda g: (args.la_spacing,) * 3  # noqa: E731

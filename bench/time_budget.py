@@ -34,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from label_efficiency import (  # noqa: E402
     ACDC_SPLITS, BATCH_STREAMS, DATA, DATASETS, ROOT, acdc_labelled_patients, add_batch_streams_option,
-    check_batch_streams, cli, link_folder, log, split_suffix, streams_suffix, utc_now, write_dataset_json)
+    check_batch_streams, cli, link_folder, log, nrrd_names, split_suffix, streams_suffix, utc_now, write_dataset_json)
 
 from SSLSegmentLib.config import DEFAULT_METHOD  # noqa: E402
 from SSLSegmentLib.fileio import atomic_write_json, atomic_write_text  # noqa: E402
@@ -47,14 +47,14 @@ def prepare(key: str, data: Path, scratch: Path, acdc_labelled: str = "ssl4mis")
     """dataset.json over the original files (no resampling: the product's spacing rule decides)."""
     if key == "acdc":
         root = data / "ACDC"
-        names = sorted(p.name for p in (root / "train" / "images").glob("*.nrrd"))
+        names = nrrd_names(root / "train" / "images")
         labelled = acdc_labelled_patients(sorted({n.split("_")[0] for n in names}), acdc_labelled)
         few = [(root / "train" / "images" / n, root / "train" / "labels" / n) for n in names if n.split("_")[0] in labelled]
         rest = [root / "train" / "images" / n for n in names if n.split("_")[0] not in labelled]
         eval_images, eval_labels = root / "val" / "images", root / "val" / "labels"
     else:
         root = data / "LA" / "train"
-        names = sorted(p.name for p in (root / "images").glob("*.nrrd"))
+        names = nrrd_names(root / "images")
         train, held_out = names[:-16], names[-16:]
         few = [(root / "images" / n, root / "labels" / n) for n in train[:8]]
         rest = [root / "images" / n for n in train[8:]]
