@@ -394,3 +394,19 @@ def test_a_data_folder_without_images_is_named_in_the_error(tmp_path):
         le.prepare_acdc(le.parse_args(["--data", str(tmp_path)]))
     with pytest.raises(SystemExit, match="no NRRD images in .*LA/train/images"):
         tb.prepare("la", tmp_path, tmp_path / "scratch")
+
+
+def test_time_budget_report_names_the_split_and_the_batch_streams(tmp_path):
+    import argparse  # noqa: PLC0415
+
+    import time_budget as tb  # noqa: PLC0415
+
+    run = {"dataset": "acdc", "method": "bcp", "minutes": 5, "seed": 1, "dice": 0.7, "hd95": 40.0, "iterations": 9,
+           "train_s": 290.0, "predict_s": 11.0, "plan": {"seconds_per_iteration": 0.2}, "patch": [128, 128],
+           "spacing": [3.0, 3.0, 10.0], "precision": "auto", "load_1min": 2.0}
+    for split, text in (("ssl4mis", "SSL4MIS's seven"), ("first", "the first 7 by number")):
+        args = argparse.Namespace(threads=1, note="", acdc_labelled=split, batch_streams="paired", results=tmp_path)
+        tb.report([run], args)
+        markdown = (tmp_path / "time_budget.md").read_text()
+        assert f"Labelled patients: {text} (`--acdc-labelled`). Labelled and unlabelled batches from separate" in markdown
+        assert "| 5 | bcp | 0.700 | 40.0 | 9 | 0.200 | 290 | 11 | 2.0 |" in markdown

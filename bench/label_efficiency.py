@@ -130,6 +130,7 @@ ACDC_SSL4MIS_LABELLED = ("patient099", "patient038", "patient050", "patient100",
 """SSL4MIS's 7 labelled ACDC patients, in its ``train.list`` order (136 slices: its
 ``patients_to_slices(..., 7)``); abnormal right ventricle, hypertrophic and infarction cases."""
 ACDC_SPLITS = ("ssl4mis", "first")
+ACDC_SPLIT_TEXT = {"ssl4mis": "SSL4MIS's seven", "first": "the first 7 by number"}
 
 DATASETS = {
     "acdc": {"title": "ACDC 2D (7 of 70 patients labelled; eval: ACDC/val, 20 volumes)",
@@ -213,7 +214,7 @@ def prepare_acdc(args) -> dict:
             "eval_images": root / "val" / "images", "eval_labels": root / "val" / "labels",
             "split": {"labelled": sorted(labelled_patients), "labelled_volumes": len(few),
                       "unlabelled_volumes": len(rest), "eval": "ACDC/val (20 volumes)",
-                      "labelled_by": "SSL4MIS's seven" if args.acdc_labelled == "ssl4mis" else "the first 7 by number"},
+                      "labelled_by": ACDC_SPLIT_TEXT[args.acdc_labelled]},
             "spacing": f"{args.acdc_spacing:g} x {args.acdc_spacing:g} mm in-plane (z kept, 2D slices)"}
 
 

@@ -33,8 +33,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from label_efficiency import (  # noqa: E402
-    ACDC_SPLITS, BATCH_STREAMS, DATA, DATASETS, ROOT, acdc_labelled_patients, add_batch_streams_option,
-    check_batch_streams, cli, link_folder, log, nrrd_names, split_suffix, streams_suffix, utc_now, write_dataset_json)
+    ACDC_SPLIT_TEXT, ACDC_SPLITS, BATCH_STREAMS, DATA, DATASETS, ROOT, STREAMS_TEXT, acdc_labelled_patients,
+    add_batch_streams_option, check_batch_streams, cli, link_folder, log, nrrd_names, split_suffix, streams_suffix,
+    utc_now, write_dataset_json)
 
 from SSLSegmentLib.config import DEFAULT_METHOD  # noqa: E402
 from SSLSegmentLib.fileio import atomic_write_json, atomic_write_text  # noqa: E402
@@ -116,8 +117,10 @@ def report(results: list[dict], args) -> None:
         if not rows:
             continue
         first = rows[0]
+        split = f" Labelled patients: {ACDC_SPLIT_TEXT[args.acdc_labelled]} (`--acdc-labelled`)." if key == "acdc" else ""
         lines += [f"## {DATASETS[key]['title']}", "",
-                  f"Patch {first['patch']}, training spacing {first['spacing']}, precision {first['precision']}.", "",
+                  f"Patch {first['patch']}, training spacing {first['spacing']}, precision {first['precision']}."
+                  f"{split} Labelled and unlabelled batches {STREAMS_TEXT[args.batch_streams]}.", "",
                   "| minutes | method | Dice | HD95 (mm) | iterations | s/iter (plan) | train s | predict s | load |",
                   "|---|---|---|---|---|---|---|---|---|"]
         lines += [f"| {r['minutes']:g} | {r['method']} | {r['dice']:.3f} | {r['hd95']:.1f} | {r['iterations']} | "
