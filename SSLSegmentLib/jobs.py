@@ -49,7 +49,7 @@ from .job_progress import format_duration, tail  # noqa: F401  (re-exported)
 from .round_settings import TrainSettings  # noqa: F401  (re-exported: the round's settings)
 from .run_protocol import (  # noqa: F401  (the states and the reader: re-exported for the panel and the web UI)
     CANCELLED, DONE, FAILED, LOG_FILE, MODEL_FILE, PREDICTIONS_DIR, PROGRESS_FILE, RUNNING, TERMINAL_STATES,
-    ProgressReader, read_run_status, request_cancel,
+    ProgressReader, current_warnings, read_run_status, request_cancel,
 )
 
 
@@ -278,8 +278,8 @@ class Job:
         return None
 
     def warnings(self) -> list[str]:
-        """What the engine warned about (a run too short for its method), in order."""
-        return [r["message"] for r in self.history if r.get("event") == "warning" and r.get("message")]
+        """What the engine warns about (a run too short for its method) as it stands now, in order."""
+        return current_warnings(self.history)
 
 
 def status_text(job: Job) -> str:

@@ -154,6 +154,21 @@ class ProgressReader:
         self._identity = identity
 
 
+SHORT_RUN = "short_run"
+"""The ``key`` of the progress events that warn of a run too short for its method."""
+
+
+def current_warnings(records: list[dict]) -> list[str]:
+    """The warnings a run stands by, from its progress records, in the order first given: a
+    warning event with a ``key`` replaces the earlier one of that key (a time budget's new
+    count), and one whose ``message`` is None withdraws it."""
+    current: dict[str, str | None] = {}
+    for record in records:
+        if record.get("event") == "warning":
+            current[record.get("key") or record.get("message") or ""] = record.get("message")
+    return [message for message in current.values() if message]
+
+
 def read_progress(folder: str | os.PathLike) -> list[dict]:
     """Every complete progress record of the run in ``folder`` (the reader's rule)."""
     return ProgressReader(Path(folder) / PROGRESS_FILE).read_new()

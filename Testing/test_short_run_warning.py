@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
+from types import SimpleNamespace
 
 from helpers import train_in_process, write_two_labelled_cases
 
@@ -18,14 +20,16 @@ from SSLSegmentLib.data.cases import discover_dataset
 from SSLSegmentLib.job_folder import round_summary
 from SSLSegmentLib.methods import method_class
 from SSLSegmentLib.methods.base import short_run_warning
-from SSLSegmentLib.run_protocol import read_progress
+from SSLSegmentLib.run_protocol import SHORT_RUN, current_warnings, read_progress
 from SSLSegmentLib.training.lifecycle import train_run
+from SSLSegmentLib.training.outputs import TrainerOutputs
 from SSLSegmentLib.training.run_folder import RunFolder
 
 
 def _warnings_in(run) -> tuple[list[str], list[str]]:
+    """status.json's warnings, and those the progress records stand by (what the panel shows)."""
     status = json.loads((run / "status.json").read_text())
-    return status.get("warnings", []), [r["message"] for r in read_progress(run) if r.get("event") == "warning"]
+    return status.get("warnings", []), current_warnings(read_progress(run))
 
 
 def test_the_rule_names_the_iterations_and_the_method():
@@ -86,3 +90,38 @@ def test_unimatch_warns_below_the_counts_at_which_it_was_measured_ahead():
     assert short_run_warning(unimatch, 3000, 2) is None and short_run_warning(unimatch, 2000, 3) is None
     assert "the 3000 that unimatch needs in 2D" in short_run_warning(unimatch, 1431, 2)
     assert "the 2000 that unimatch needs in 3D" in short_run_warning(unimatch, 318, 3)
+
+
+class _Recorder(TrainerOutputs):
+    """The trainer's warning piece on its own: records what it writes to the progress stream."""
+
+    def __init__(self, method_name, dim):
+        self.method, self.warnings, self.records = method_class(method_name), [], []
+        self.data = SimpleNamespace(plan=SimpleNamespace(dim=dim))
+        self.run = SimpleNamespace(add_progress=self.records.append)
+        self.context, self.log = SimpleNamespace(is_main=True), logging.getLogger("test_short_run")
+
+
+def test_a_new_count_replaces_the_warning_and_a_long_enough_one_withdraws_it():
+    """A time budget fixes its count several times (a 2-minute BCP run: 936, 819, ... 550): the
+    status and the panel show one warning with the count the run does, not the first of eight."""
+    trainer = _Recorder("bcp", 2)
+    for count in (936, 819, 819, 550):
+        trainer.warn_if_short_run(count)
+    assert trainer.warnings == [short_run_warning(method_class("bcp"), 550, 2)]
+    assert current_warnings(trainer.records) == trainer.warnings and len(trainer.records) == 3  # 819 once
+    assert all(r["key"] == SHORT_RUN for r in trainer.records)
+    trainer.warnings.insert(0, "case 'x': spacing far from the others")  # another warning stays where it is
+    trainer.warn_if_short_run(1200)
+    assert trainer.warnings == ["case 'x': spacing far from the others"]
+    assert current_warnings(trainer.records) == []
+
+
+def test_the_panel_shows_the_latest_count_of_a_short_run():
+    job = jobs.Job(jobs.JobFolder(Path("unused")), 1, ["true"])
+    job.history = [{"event": "warning", "key": SHORT_RUN, "message": "936 iterations are fewer"},
+                   {"event": "warning", "message": "other"},
+                   {"event": "warning", "key": SHORT_RUN, "message": "550 iterations are fewer"}]
+    assert job.warnings() == ["550 iterations are fewer", "other"]
+    job._state, job.error = jobs.DONE, None
+    assert jobs.status_text(job) == "Round 1: done - warning: 550 iterations are fewer"

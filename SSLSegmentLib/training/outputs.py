@@ -11,6 +11,7 @@ import torch
 from ..domain import describe_training_domain
 from ..fileio import atomic_path
 from ..methods.base import short_run_warning
+from ..run_protocol import SHORT_RUN
 from ..model_file import save_model
 from .divergence import check_weights
 
@@ -22,14 +23,27 @@ class TrainerOutputs:
     """What the run's ``status.json`` lists under ``warnings`` when it ends done."""
 
     def warn_if_short_run(self, iterations: int) -> None:
-        """Warn (log, progress, status) when ``iterations`` are too few for the method to gain."""
+        """Warn (log, progress, status) when ``iterations`` are too few for the method to gain.
+
+        A time budget fixes the count again as the pace changes: each new count replaces the
+        earlier warning (status.json and the panel show one, with the count the run will do),
+        and a count long enough withdraws it."""
         warning = short_run_warning(self.method, iterations, self.data.plan.dim)
-        if warning is None or warning in self.warnings:
+        earlier = getattr(self, "short_run_warning", None)
+        if warning == earlier:
             return
-        self.warnings.append(warning)
-        self.run.add_progress({"event": "warning", "message": warning})
+        if earlier is not None:
+            self.warnings.remove(earlier)
+        self.short_run_warning = warning
+        if warning is not None:
+            self.warnings.append(warning)
+        self.run.add_progress({"event": "warning", "key": SHORT_RUN, "message": warning})
         if self.context.is_main:
-            self.log.warning("warning: %s", warning)
+            if warning is not None:
+                self.log.warning("warning: %s", warning)
+            else:
+                self.log.info("%d iterations are enough for %s: the short-run warning is withdrawn", iterations,
+                              self.method.name)
 
     def _progress_record(self, done, total, losses_sum, steps, lr, weight, started, val_dice) -> dict[str, Any]:
         elapsed = time.monotonic() - started
