@@ -11,8 +11,8 @@ import torch
 from ..domain import describe_training_domain
 from ..fileio import atomic_path
 from ..methods.base import short_run_warning
-from ..run_protocol import SHORT_RUN
 from ..model_file import save_model
+from ..run_protocol import SHORT_RUN
 from .divergence import check_weights
 
 
@@ -29,12 +29,12 @@ class TrainerOutputs:
         earlier warning (status.json and the panel show one, with the count the run will do),
         and a count long enough withdraws it."""
         warning = short_run_warning(self.method, iterations, self.data.plan.dim)
-        earlier = getattr(self, "short_run_warning", None)
+        earlier = getattr(self, "_short_run_message", None)
         if warning == earlier:
             return
         if earlier is not None:
             self.warnings.remove(earlier)
-        self.short_run_warning = warning
+        self._short_run_message = warning
         if warning is not None:
             self.warnings.append(warning)
         self.run.add_progress({"event": "warning", "key": SHORT_RUN, "message": warning})
