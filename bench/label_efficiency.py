@@ -417,15 +417,21 @@ def summarise(method: str, per_seed: dict[int, dict], baselines: dict[str, dict[
 
 
 # --- reports --------------------------------------------------------------------------------
-def load_tables() -> dict:
-    file = SCRATCH / "tables.json"
+def load_tables(scratch: Path | None = None) -> dict:
+    file = (scratch or SCRATCH) / "tables.json"
     return json.loads(file.read_text()) if file.exists() else {}
 
 
-def register_table(key: str, device: str, root: Path, tag: str = "") -> None:
-    tables = load_tables()
-    tables[f"{key}/{device}" + (f"/{tag}" if tag else "")] = root.name
-    atomic_write_json(SCRATCH / "tables.json", dict(sorted(tables.items())))
+def register_table(table: str, folder: str, scratch: Path | None = None) -> None:
+    """``tables.json``: the table (``key/device[/tag]``) is reported from the budget folder."""
+    tables = {**load_tables(scratch), table: folder}
+    atomic_write_json((scratch or SCRATCH) / "tables.json", dict(sorted(tables.items())))
+
+
+def merged_planned(earlier: list[str], planned: list[str]) -> list[str]:
+    """The methods of two commands on one budget folder, in the bench's order."""
+    wanted = set(earlier) | set(planned)
+    return [m for m in (*BASELINES, *METHODS) if m in wanted]
 
 
 def collect_report() -> dict:
@@ -735,12 +741,12 @@ def start_table(key: str, methods: list[str], prepared: dict, args, command: str
             "batch_streams": args.batch_streams, "folder": root.name}
     if (root / "meta.json").exists():
         earlier = json.loads((root / "meta.json").read_text())
-        wanted = set(earlier["planned"]) | set(meta["planned"])
-        meta["planned"] = [m for m in (*BASELINES, *METHODS) if m in wanted]
+        meta["planned"] = merged_planned(earlier["planned"], meta["planned"])
         meta["commands"] = [*earlier.get("commands", []), command]
         meta["note"] = earlier.get("note") or args.note
     atomic_write_json(root / "meta.json", meta)
-    register_table(key, args.device, root, table_tag(key, args))
+    tag = table_tag(key, args)
+    register_table(f"{key}/{args.device}" + (f"/{tag}" if tag else ""), root.name)
     return root
 
 

@@ -79,9 +79,7 @@ def restore(report: dict, scratch: Path) -> dict[str, int]:
         for result_file, result in missing.items():
             result_file.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_json(result_file, result)
-        tables_file = scratch / "tables.json"
-        tables = json.loads(tables_file.read_text()) if tables_file.exists() else {}
-        atomic_write_json(tables_file, dict(sorted({**tables, table: folder.name}.items())))
+        le.register_table(table, folder.name, scratch)
         restored[table] = len(missing)
     return restored
 
@@ -93,8 +91,7 @@ def write_meta(folder: Path, meta: dict) -> None:
     file = folder / "meta.json"
     if file.exists():
         earlier = json.loads(file.read_text())
-        wanted = set(earlier["planned"]) | set(meta["planned"])
-        meta = {**earlier, "planned": [m for m in (*le.BASELINES, *le.METHODS) if m in wanted]}
+        meta = {**earlier, "planned": le.merged_planned(earlier["planned"], meta["planned"])}
     atomic_write_json(file, meta)
 
 
