@@ -289,12 +289,16 @@ class SSLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, DataSe
             self.describeChoices()
 
     def describeChoices(self):
-        """Each method's and network's item tooltip: its description and paper (the catalogue)."""
+        """Each method's and network's item tooltip: its description and paper (the catalogue),
+        and for a method what the bench measured (a method worse than supervised-only says so)."""
         for combo, kind in ((self.ui.methodComboBox, "method"), (self.ui.networkComboBox, "network")):
             entries = catalogue.listing(kind)
             for index in range(combo.count):
-                description, reference = entries.get(combo.itemText(index), ("", ""))
-                combo.setItemData(index, f"{description} ({reference})", qt.Qt.ToolTipRole)
+                name = combo.itemText(index)
+                description, reference = entries.get(name, ("", ""))
+                measured = catalogue.measured_text(name) if kind == "method" else ""
+                combo.setItemData(index, f"{description} ({reference})" + (f"\n{measured}" if measured else ""),
+                                  qt.Qt.ToolTipRole)
 
     # -- state machine -------------------------------------------------------------------
     def setState(self, state):

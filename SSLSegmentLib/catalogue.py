@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import measured_gain
+
 
 class CatalogueMismatch(RuntimeError):
     """A registry and this catalogue disagree (a programming error, not bad input)."""
@@ -126,6 +128,30 @@ def check_registered(kind: str, registered) -> None:
             unknown = [n for n in info.networks if n not in NETWORK_NAMES]
             if unknown:
                 raise CatalogueMismatch(f"method {info.name!r} needs networks not in the catalogue: {unknown}")
+
+
+def measured_figures(name: str) -> str:
+    """Method ``name``'s gap closed on the label-efficiency bench, per data set, e.g.
+    "ACDC 66 ± 7 % (4 runs), LA 51 ± 6 % (3 runs)", and where it ended worse than
+    supervised-only; "" where nothing was measured (the supervised-only baseline itself).
+    From ``measured_gain``, which the bench writes from its committed reports."""
+    sets = measured_gain.GAP_CLOSED.get(name)
+    if not sets:
+        return ""
+    text = ", ".join(f"{data_set} {gap}{'' if error is None else f' ± {error}'} % ({runs} run{'s' * (runs > 1)})"
+                     for data_set, (gap, error, runs) in sets.items())
+    below = measured_gain.BELOW_SUPERVISED.get(name)
+    return text + (f"; worse than supervised-only on {' and '.join(below)}" if below else "")
+
+
+MEASURED_MEANING = ("the share of the gap between supervised-only and fully supervised training that a method "
+                    f"closed on the label-efficiency bench, {measured_gain.SETTING}")
+
+
+def measured_text(name: str) -> str:
+    """:func:`measured_figures` as a sentence that says what they mean (a tooltip, a hint)."""
+    figures = measured_figures(name)
+    return f"Gap closed: {figures}. This is {MEASURED_MEANING}." if figures else ""
 
 
 def listing(kind: str) -> dict[str, tuple[str, str]]:

@@ -114,10 +114,22 @@ def run_evaluate(args) -> int:
     return 0
 
 
-def run_list(registry: dict[str, tuple[str, str]]) -> int:
-    width = max(len(name) for name in registry)
-    for name, (description, reference) in sorted(registry.items()):
-        print(f"{name:<{width}}  {description}" + (f"  [{reference}]" if reference else ""))
+def run_list(kind: str) -> int:
+    """``sslsegment methods`` / ``networks``: the catalogue in its order (the default first),
+    each method with what the bench measured for it."""
+    from .catalogue import DEFAULT_METHOD, DEFAULT_NETWORK, MEASURED_MEANING, listing, measured_figures  # noqa: PLC0415
+
+    registry = listing(kind)
+    default = DEFAULT_METHOD if kind == "method" else DEFAULT_NETWORK
+    width = max(len(name) for name in registry) + len(" (default)")
+    for name, (description, reference) in registry.items():
+        label = f"{name} (default)" if name == default else name
+        print(f"{label:<{width}}  {description}" + (f"  [{reference}]" if reference else ""))
+        measured = measured_figures(name) if kind == "method" else ""
+        if measured:
+            print(f"{'':<{width}}  gap closed: {measured}")
+    if kind == "method":
+        print(f"\ngap closed: {MEASURED_MEANING}.")
     return 0
 
 
@@ -142,9 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "evaluate":
             return run_evaluate(args)
         if args.command in ("methods", "networks"):
-            from .catalogue import listing  # noqa: PLC0415 (torch-free: the registries agree with it on load)
-
-            return run_list(listing(args.command[:-1]))
+            return run_list(args.command[:-1])  # the catalogue: torch-free, the registries agree with it on load
         if args.command == "demo":
             from .demo import demo_command  # noqa: PLC0415
 

@@ -19,6 +19,8 @@ import pytest
 
 from web_browser import Server, chromium_path, image_stats, missing_browser_reason
 
+from SSLSegmentLib.catalogue import DEFAULT_METHOD, measured_figures
+
 pytestmark = pytest.mark.skipif(missing_browser_reason() is not None,
                                 reason=f"browser UI tests: {missing_browser_reason()}")
 
@@ -152,8 +154,18 @@ def test_whole_loop_in_a_real_browser(phantoms, browser, tmp_path):
         expect(page.locator("#row-case_001")).to_contain_text("labelled", timeout=10_000)
         _shot(page, tmp_path, "02-painted")
 
-        # Cancel stops the training process tree; then train for real.
+        # The method list says what the bench measured: the default's figures under the select,
+        # and a method worse than supervised-only says so in the list.
         page.click("#tab-train")
+        expect(page.get_by_text(f"gap closed: {measured_figures(DEFAULT_METHOD)}")).to_be_visible(timeout=10_000)
+        page.locator("#method").click(force=True)
+        expect(page.locator(".v-overlay .v-list-item").first).to_be_visible(timeout=10_000)
+        expect(page.locator(".v-overlay .v-list-item", has_text="adversarial")).to_contain_text(
+            "worse than supervised-only", timeout=10_000)
+        _shot(page, tmp_path, "02-method-list")
+        page.keyboard.press("Escape")
+
+        # Cancel stops the training process tree; then train for real.
         page.fill("#iterations", "100000")
         page.click("#train-btn")
         expect(page.locator("#train-text")).to_contain_text("iteration", timeout=120_000)

@@ -8,10 +8,14 @@ from trame.widgets import html
 from trame.widgets import vuetify3 as v
 from trame_slicer.app.ui import SegmentEditorUI
 
+from ..catalogue import measured_figures
 from ..round_settings import METHOD_CHOICES, NETWORK_CHOICES, PRESET_CHOICES
 
 TABS = (("data", "Data"), ("label", "Label"), ("train", "Train"), ("results", "Results"), ("export", "Export"))
 ROLE_ITEMS = ["labelled", "unlabelled", "excluded"]
+METHOD_ITEMS = [{"title": name, "value": name, "subtitle": f"gap closed: {measured_figures(name)}"}
+                if measured_figures(name) else {"title": name, "value": name} for name in METHOD_CHOICES]
+"""The method list with what the bench measured for each (``sslsegment methods`` says what it means)."""
 EXPORT_ITEMS = [{"title": "Slicer segmentation (.seg.nrrd)", "value": "seg.nrrd"},
                 {"title": "Labelmap (.nrrd)", "value": "nrrd"}]
 
@@ -89,7 +93,9 @@ def _data_panel(app):
 
 
 def _train_panel(app):
-    v.VSelect(v_model=("method",), items=("methods", list(METHOD_CHOICES)), label="Method", density="compact")
+    v.VSelect(v_model=("method",), items=("methods", METHOD_ITEMS), item_props=True, label="Method",
+              density="compact", id="method", persistent_hint=True,
+              hint=("methods.find(m => m.value === method)?.subtitle || ''",))
     v.VSelect(v_model=("network",), items=("networks", list(NETWORK_CHOICES)), label="Network", density="compact")
     v.VSelect(v_model=("preset",), items=("presets", list(PRESET_CHOICES)), label="Preset", density="compact")
     v.VTextField(v_model_number=("iterations",), type="number", label="Iterations", density="compact",
