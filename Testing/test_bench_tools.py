@@ -410,3 +410,45 @@ def test_time_budget_report_names_the_split_and_the_batch_streams(tmp_path):
         markdown = (tmp_path / "time_budget.md").read_text()
         assert f"Labelled patients: {text} (`--acdc-labelled`). Labelled and unlabelled batches from separate" in markdown
         assert "| 5 | bcp | 0.700 | 40.0 | 9 | 0.200 | 290 | 11 | 2.0 |" in markdown
+
+
+def test_split_sizes_compares_the_labelled_set_with_the_pool_and_a_runs_predictions(tmp_path):
+    """Two ACDC patients labelled with a twice larger LV than the pool's; a run that predicts
+    the evaluation case's LV 1.5 times too large and its RV half as large."""
+    import json
+
+    import numpy as np
+    import SimpleITK as sitk
+
+    import split_sizes
+
+    def write(folder, name, lv_rows, rv_rows=4, spacing=(2.0, 2.0, 5.0)):
+        array = np.zeros((2, 16, 16), np.uint8)
+        array[:, :lv_rows, :4] = 3
+        array[:, :rv_rows, 8:12] = 1
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing(spacing)
+        folder.mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(image, str(folder / name))
+        return folder / name
+
+    data = tmp_path / "data"
+    patients = [f"patient{n:03d}" for n in range(1, 101)]  # the SSL4MIS ones included
+    labelled = set(split_sizes.acdc_labelled_patients(patients, "ssl4mis"))
+    for patient in ("patient021", "patient038", "patient049", "patient050", "patient058", "patient099",
+                    "patient100", "patient001", "patient002"):
+        for folder in ("images", "labels"):
+            write(data / "ACDC" / "train" / folder, f"{patient}_frame01.nrrd", 8 if patient in labelled else 4)
+    for folder in ("images", "labels"):
+        write(data / "ACDC" / "val" / folder, "patient101_frame01.nrrd", 4)
+    run = tmp_path / "runs" / "acdc_3mm_3000it_p128x128_b4_adamw0.001_paired_ssl4mis-split" / "dct" / "seed1337"
+    write(run / "pred" / "labelmaps", "patient101_frame01.nrrd", 6, rv_rows=2)
+    results = tmp_path / "results"
+    assert split_sizes.main(["--data", str(data), "--datasets", "acdc", "--results", str(results),
+                             "--runs", str(run)]) == 0
+    report = json.loads((results / "split_sizes.json").read_text())
+    ssl4mis = report["splits"][0]
+    assert ssl4mis["volumes"] == {"labelled": 7, "unlabelled": 2, "evaluation": 1}
+    assert ssl4mis["mean_ml"]["labelled"]["LV"] == 8 * 4 * 2 * 20 / 1000  # voxels x 20 mm^3
+    assert ssl4mis["labelled_over_unlabelled"] == {"RV": 1.0, "Myo": None, "LV": 2.0}  # no Myo anywhere
+    assert report["predicted_over_true"] == {"dct seed1337 (paired_ssl4mis-split)": {"RV": 0.5, "LV": 1.5}}
