@@ -220,6 +220,10 @@ def test_method_dropout_and_validation_hold_out_have_their_own_runs_folders():
     assert le.budget_of(own, "acdc")["validation"].startswith("none")
     assert le.budget_of(held_out, "acdc")["validation"].startswith("2 labelled case(s) held out")
     assert le.runs_root("la", held_out).name == le.runs_root("la", own).name + "_val2"
+    unweighted = le.parse_args(["--consistency", "0"])  # a method without its unlabelled term
+    assert le.budget_of(unweighted, "acdc")["method_consistency"] == 0.0
+    assert le.runs_root("acdc", unweighted).name == le.runs_root("acdc", own).name.replace(
+        "_ssl4mis-split", "_consistency0_ssl4mis-split")
 
 
 def test_confidence_ranking_uses_the_networks_confidence_and_counts_the_worst_cases_caught(tmp_path):

@@ -464,3 +464,21 @@ def test_urpc_weighs_its_scales_equally_as_the_reference_or_halving_from_the_mai
         assert float(losses["supervised"]) == pytest.approx(sum(w * l for w, l in zip(weights, per_scale)))
     with pytest.raises(ValueError, match="urpc_scale_weights must be equal or halving"):
         make_method("urpc", urpc_scale_weights="nnunet")
+
+
+def test_urpc_can_leave_out_its_coarsest_heads():
+    """``urpc_scales``: 4 outputs as the reference (main, 1/2, 1/4, 1/8), or 3 without the 1/8
+    head; the supervised loss and the consistency are over the outputs there are."""
+    labelled, unlabelled = batches()
+    images = torch.cat([labelled["image"], unlabelled["image"]])
+    for scales in (4, 3, 2):
+        torch.manual_seed(0)
+        method = make_method("urpc", urpc_scales=scales).train()
+        assert len(method.network(images)) == scales
+        torch.manual_seed(1)
+        losses = method.training_step(labelled, unlabelled, STEP)
+        assert torch.isfinite(losses["main"]) and float(losses["consistency"]) > 0
+    three, four = make_method("urpc", urpc_scales=3), make_method("urpc")
+    assert len(three.network.heads) == 2 and len(four.network.heads) == 3
+    with pytest.raises(ValueError, match="urpc_scales must be 4, 3, 2, not 5"):
+        make_method("urpc", urpc_scales=5)

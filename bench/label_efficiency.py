@@ -257,7 +257,8 @@ def budget_of(args, key: str) -> dict:
             "precision": "bf16 autocast" if args.amp and args.device == "cuda" else "fp32",
             "validation": validation_of(args.val_cases), "dim": dim,
             **({"method_options": sorted(args.method_option)} if args.method_option else {}),
-            **({"method_dropout": args.dropout} if args.dropout is not None else {})}
+            **({"method_dropout": args.dropout} if args.dropout is not None else {}),
+            **({"method_consistency": args.consistency} if args.consistency is not None else {})}
 
 
 def validation_of(val_cases: int) -> str:
@@ -284,6 +285,7 @@ def runs_root(key: str, args) -> Path:
                                + ("_amp" if b["precision"] != "fp32" else "")
                                + "".join(f"_{option}" for option in b.get("method_options", []))
                                + (f"_dropout{b['method_dropout']:g}" if "method_dropout" in b else "")
+                               + (f"_consistency{b['method_consistency']:g}" if "method_consistency" in b else "")
                                + (f"_val{args.val_cases}" if args.val_cases else "")
                                + split_suffix(key, args.acdc_labelled))
 
@@ -338,6 +340,7 @@ def run_method(key: str, method: str, seed: int, prepared: dict, args) -> dict:
     extra += ["--num-workers", str(args.num_workers)] if args.num_workers is not None else []
     extra += [] if method in BASELINES else [a for o in args.method_option for a in ("--method-option", o)]
     extra += [] if method in BASELINES or args.dropout is None else ["--dropout", f"{args.dropout:g}"]
+    extra += [] if method in BASELINES or args.consistency is None else ["--consistency", f"{args.consistency:g}"]
     train_s = cli("train", "--dataset", str(dataset), "--method", "supervised" if method in BASELINES else method,
                   "--network", "unet", "--size", args.size, "--dim", str(budget["dim"]),
                   "--iterations", str(budget["iterations"]), "--patch-size", budget["patch"],
@@ -540,6 +543,8 @@ def markdown(report: dict) -> str:
                   f"seeds {', '.join(map(str, seeds))}; validation: {b['validation']}"
                   + (f"; method options: {', '.join(b['method_options'])}" if b.get("method_options") else "")
                   + (f"; backbone dropout {b['method_dropout']:g} in every method" if "method_dropout" in b else "")
+                  + (f"; unsupervised weight (lambda max) {b['method_consistency']:g} in every method"
+                     if "method_consistency" in b else "")
                   + f"; labelled and unlabelled batches {STREAMS_TEXT[entry.get('batch_streams', 'interleaved')]}.", "",
                   f"Machine: {entry.get('machine', '?')}. {entry.get('note', '')}".rstrip(), "",
                   f"Split: labelled {entry['split']['labelled_volumes']} volumes{labelled_by(entry['split'])}, unlabelled "
@@ -673,6 +678,10 @@ def parse_args(argv=None):
     p.add_argument("--dropout", type=float, default=None,
                    help="backbone dropout for every method (not the baselines; default: each method's own); "
                         "runs go to their own budget folder")
+    p.add_argument("--consistency", type=float, default=None,
+                   help="the unsupervised loss's maximum weight for every method (not the baselines; default: "
+                        "each method's own; 0 isolates what a method's network and supervised loss do without "
+                        "its unlabelled term); runs go to their own budget folder")
     p.add_argument("--val-cases", type=int, default=0,
                    help="labelled cases held out for validation in every run, the best checkpoint kept (default 0: "
                         "all train, the last weights are evaluated); runs go to their own budget folder")

@@ -53,7 +53,7 @@ def settings_of(table: str, meta: dict) -> argparse.Namespace:
         acdc_batch=budget["labelled_batch"], la_batch=budget["labelled_batch"], size="small",
         optimiser=budget["optimiser"], lr=budget["lr"], device=device,
         amp=budget.get("precision", "fp32") != "fp32", method_option=budget.get("method_options", []),
-        dropout=budget.get("method_dropout"), val_cases=int(val_cases.group(1)) if val_cases else 0,
+        dropout=budget.get("method_dropout"), consistency=budget.get("method_consistency"), val_cases=int(val_cases.group(1)) if val_cases else 0,
         batch_streams=meta.get("batch_streams") or "interleaved",
         acdc_labelled="ssl4mis" if meta.get("split", {}).get("labelled_by", "").startswith("SSL4MIS") else "first")
 
