@@ -227,5 +227,5 @@ def short_run_warning(method: "Method | type[Method]", iterations: int, dim: int
     if iterations >= needed:
         return None
     return (f"{iterations} iterations are fewer than the {needed} that {method.name} needs in {dim}D to do better "
-            f"than supervised-only training (measured: bench/results/time_budget.md); train longer (more "
-            f"iterations or minutes) or choose --method supervised for a run this short")
+            f"than supervised-only training (measured on cardiac MRI: bench/results/time_budget*.md); train "
+            f"longer (more iterations or minutes) or choose --method supervised for a run this short")
