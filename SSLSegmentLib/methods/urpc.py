@@ -76,7 +76,8 @@ class URPC(Method):
     What costs URPC its Dice at this preset is not its consistency term: with the unsupervised
     weight at 0 (the bench's ``--consistency 0``) it gave 0.634, and 0.643 to 0.649 with it
     (heads, weights and scales above), against 0.700 for supervised-only at that seed and 0.677
-    pooled over ten runs. It is the supervised loss through the auxiliary heads.
+    pooled over ten runs. What remains, since URPC has no backbone dropout and its labelled
+    batches are supervised-only's, is the supervised loss through the auxiliary heads.
     """
 
     name = "urpc"
