@@ -13,9 +13,16 @@ from ..round_settings import METHOD_CHOICES, NETWORK_CHOICES, PRESET_CHOICES
 
 TABS = (("data", "Data"), ("label", "Label"), ("train", "Train"), ("results", "Results"), ("export", "Export"))
 ROLE_ITEMS = ["labelled", "unlabelled", "excluded"]
-METHOD_ITEMS = [{"title": name, "value": name, "subtitle": f"gap closed: {measured_figures(name)}"}
-                if measured_figures(name) else {"title": name, "value": name} for name in METHOD_CHOICES]
-"""The method list with what the bench measured for each (``sslsegment methods`` says what it means)."""
+
+
+def _method_item(name: str) -> dict:
+    """A method list entry with what the bench measured for it (``sslsegment methods`` says
+    what the figures mean)."""
+    figures = measured_figures(name)
+    return {"title": name, "value": name, **({"subtitle": f"gap closed: {figures}"} if figures else {})}
+
+
+METHOD_ITEMS = [_method_item(name) for name in METHOD_CHOICES]
 EXPORT_ITEMS = [{"title": "Slicer segmentation (.seg.nrrd)", "value": "seg.nrrd"},
                 {"title": "Labelmap (.nrrd)", "value": "nrrd"}]
 
