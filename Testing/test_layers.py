@@ -22,8 +22,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "SSLSegmentLib"
 
-CONTRACT = {"config", "options", "catalogue", "round_settings", "run_protocol", "errors", "fileio", "settings_check",
-            "train_arguments"}
+CONTRACT = {"config", "options", "catalogue", "measured_gain", "round_settings", "run_protocol", "errors", "fileio",
+            "settings_check", "train_arguments"}
 CLIENTS = {"cli", "demo", "jobs", "job_folder", "job_progress", "child_process", "logic", "slicer_logic", "web",
            "segmenting", "headless", "mrml", "dependencies", "predict_status", "__main__"}
 TORCH_FREE = CONTRACT | {"jobs", "job_folder", "job_progress", "child_process"}
