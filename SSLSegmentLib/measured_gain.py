@@ -21,7 +21,7 @@ GAP_CLOSED: dict[str, dict[str, tuple[int, int | None, int]]] = {
     'fixmatch': {'ACDC': (27, 7, 4), 'LA': (3, None, 1)},
     'ict': {'ACDC': (-9, 6, 2), 'LA': (1, None, 1)},
     'mean_teacher': {'ACDC': (-10, 5, 2), 'LA': (3, None, 1)},
-    'rdrop': {'ACDC': (-3, 14, 1), 'LA': (21, None, 1)},
+    'rdrop': {'ACDC': (2, 7, 2), 'LA': (21, None, 1)},
     'uamt': {'ACDC': (7, 12, 2), 'LA': (-1, None, 1)},
     'unimatch': {'ACDC': (28, 5, 3), 'LA': (62, 9, 3)},
     'urpc': {'ACDC': (-32, 13, 2), 'LA': (-17, None, 1)},
