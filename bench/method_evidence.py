@@ -33,9 +33,8 @@ MODULE = ROOT / "SSLSegmentLib" / "measured_gain.py"
 POOLED = RESULTS / "pooled_baseline.json"
 TABLES = RESULTS / "label_efficiency_after_reference_settings.json"
 LA_TABLES = ("la/cpu", "la/cpu/paired-streams")
-BASELINES = ("supervised", "fully_supervised")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from goals import WORST_ALLOWED  # noqa: E402
+from goals import BASELINES, WORST_ALLOWED  # noqa: E402
 SETTING = "cardiac MRI at the CPU preset, ACDC 2D with 7 of 70 patients labelled and LA 3D with 8 of 64"
 
 Figure = tuple[int, "int | None", int]
