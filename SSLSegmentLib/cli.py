@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -122,14 +123,20 @@ def run_list(kind: str) -> int:
     registry = listing(kind)
     default = DEFAULT_METHOD if kind == "method" else DEFAULT_NETWORK
     width = max(len(name) for name in registry) + len(" (default)")
+    lines = []
     for name, (description, reference) in registry.items():
         label = f"{name} (default)" if name == default else name
-        print(f"{label:<{width}}  {description}" + (f"  [{reference}]" if reference else ""))
+        lines.append(f"{label:<{width}}  {description}" + (f"  [{reference}]" if reference else ""))
         measured = measured_figures(name) if kind == "method" else ""
         if measured:
-            print(f"{'':<{width}}  gap closed: {measured}")
+            lines.append(f"{'':<{width}}  gap closed: {measured}")
     if kind == "method":
-        print(f"\ngap closed: {MEASURED_MEANING}.")
+        lines.append(f"\ngap closed: {MEASURED_MEANING}.")
+    try:
+        sys.stdout.write("\n".join(lines) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:  # `sslsegment methods | head`: the reader took what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
     return 0
 
 

@@ -3,6 +3,8 @@ never stale, and worded so that a method worse than supervised-only says so."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 
 from helpers import ROOT, run_cli
@@ -61,3 +63,15 @@ def test_the_cli_lists_the_default_first_with_each_methods_figures():
     assert lines[0].startswith(f"{catalogue.DEFAULT_METHOD} (default) ")
     assert lines[1].split() == ["gap", "closed:", *catalogue.measured_figures(catalogue.DEFAULT_METHOD).split()]
     assert lines[-1] == f"gap closed: {catalogue.MEASURED_MEANING}."
+
+
+def test_a_reader_that_stops_early_ends_the_listing_quietly():
+    """``sslsegment methods | head -1``: the pipe closes before the listing is written, and the
+    command ends with exit 0 and no BrokenPipeError traceback."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    lister = subprocess.Popen([sys.executable, "-m", "SSLSegmentLib", "methods"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, env=env, cwd=ROOT)
+    lister.stdout.close()  # the reader is gone before the first line
+    errors = lister.stderr.read().decode()
+    assert lister.wait(timeout=120) == 0, errors
+    assert "Traceback" not in errors and "BrokenPipe" not in errors, errors
