@@ -212,10 +212,11 @@ class TrainConfig:
                        to_value=lambda no_amp: not no_amp, to_text=lambda amp: None if amp else [])
     """Mixed precision on CUDA (bf16 where supported) when ``precision`` is auto."""
     precision: str = option("auto", "--precision", choices=("auto", "fp32", "bf16"),
-                            help="auto: mixed precision on CUDA, bf16 on CPUs with native bf16 (AMX, AVX512-BF16), "
-                                 "else fp32")
+                            help="auto: mixed precision on CUDA, bf16 on CPUs with native bf16 (AMX, AVX512-BF16) "
+                                 "when a check pass agrees with fp32, else fp32")
     """auto: mixed precision on CUDA (``amp``) and bf16 on CPUs with native bf16 (AMX,
-    AVX512-BF16); fp32: none; bf16: always (``precision.py``)."""
+    AVX512-BF16) whose kernels pass a check on the run's network and patch, fp32 otherwise;
+    fp32: none; bf16: always, refused where the check fails (``precision.py``)."""
     channels_last: bool | None = option(
         None, "--channels-last", choices=tuple(_CHANNELS_LAST), parser_default="auto", group="scaling",
         help="channels-last tensors on CUDA (auto: on in 2D)", to_value=_CHANNELS_LAST.__getitem__,

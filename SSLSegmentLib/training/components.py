@@ -12,6 +12,7 @@ from ..config import TrainConfig
 from ..errors import InputError
 from ..methods import Method, MethodSettings, method_class
 from ..networks import build_network, supports_channels_last, supports_dropout
+from ..precision import bf16_disagreement, mixed_precision
 from ..settings_check import check_method_options
 from .data_setup import TrainingData
 from .distributed import DistributedContext
@@ -44,6 +45,31 @@ def channels_last_format(config: TrainConfig, dim: int, device: torch.device, mi
     if device.type != "cuda" or not wanted or not supports_channels_last(config.network):
         return None
     return torch.channels_last_3d if dim == 3 else torch.channels_last
+
+
+def choose_precision(config: TrainConfig, method: Method, dim: int, patch: tuple[int, ...], device: torch.device,
+                     context: DistributedContext, log) -> tuple[bool, torch.memory_format | None]:
+    """``(mixed precision, memory format)`` for the run. bf16 on a CPU is used only once a
+    pass of the run's network and patch under it agrees with fp32
+    (:func:`~SSLSegmentLib.precision.bf16_disagreement`): ``auto`` then falls back to fp32 with a
+    warning, and an explicit ``--precision bf16`` is refused, since it would train on wrong
+    gradients."""
+    mixed = mixed_precision(config.precision, config.amp, device)
+    memory_format = channels_last_format(config, dim, device, mixed)
+    if not mixed or device.type != "cpu":
+        return mixed, memory_format
+    batch = sum(config.batch_sizes(dim))
+    example = torch.randn((batch, 1, *patch), generator=torch.Generator().manual_seed(config.seed))
+    problem = bf16_disagreement(method.inference_network(), example, memory_format)
+    if not context.any(problem is not None):
+        return mixed, memory_format
+    problem = problem or "bf16 disagrees with fp32 on another rank"
+    if config.precision == "bf16":
+        raise InputError(f"--precision bf16: this CPU's bf16 kernels give wrong results for this network and patch "
+                         f"{tuple(patch)}: {problem}; use --precision fp32 (or auto, which checks)")
+    log.warning("this CPU's bf16 kernels give wrong results for this network and patch %s (%s): training in fp32",
+                tuple(patch), problem)
+    return False, channels_last_format(config, dim, device, False)
 
 
 def seed_everything(seed: int) -> None:

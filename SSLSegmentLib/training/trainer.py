@@ -34,13 +34,12 @@ from ..methods import StepInfo
 from ..methods.base import consistency_weight
 from ..metrics import dice_per_class
 from ..model_file import load_model, read_model_payload, refuse_non_finite_weights
-from ..precision import mixed_precision
 from ..preprocessing import Plan
 from ..sampling import BATCH_STREAMS, BatchStream, PatchSampler, to_tensors
 from . import memory, resume
 from .budget import TimeBudget
 from .components import (  # noqa: F401  (re-exported: the CLI and tests import them from here)
-    build_method, build_optimisers, channels_last_format, prepare_optimisers, resolve_device,
+    build_method, build_optimisers, channels_last_format, choose_precision, prepare_optimisers, resolve_device,
     seed_everything,
 )
 from .data_setup import prepare_training_data
@@ -108,8 +107,8 @@ class Trainer(TrainerOutputs):
         if initial:
             method.initialise_from(initial["state_dict"])
             self.log.info("networks initialised from %s", config.init_model)
-        self.amp = mixed_precision(config.precision, config.amp, self.device)
-        self.memory_format = channels_last_format(config, self.data.plan.dim, self.device, self.amp)
+        self.amp, self.memory_format = choose_precision(config, method, self.data.plan.dim, self.data.patch,
+                                                        self.device, context, self.log)
         self.method = convert_batchnorm(method, self.device, context).to(self.device)
         if self.memory_format is not None:
             self.method = self.method.to(memory_format=self.memory_format)
@@ -128,7 +127,8 @@ class Trainer(TrainerOutputs):
         self.stream = self._batch_stream()
         if context.is_main:
             atomic_write_json(self.run.config, {
-                "config": config.to_dict(), "device": str(self.device), "world_size": context.world_size,
+                "config": config.to_dict(), "device": str(self.device), "mixed_precision": self.amp,
+                "world_size": context.world_size,
                 "plan": self.data.plan.to_dict(), "patch_size": list(self.data.patch),
                 "batch_sizes": list(self.batch_sizes), "batch_streams": BATCH_STREAMS,
                 "classes": [c.name for c in self.data.classes]})
