@@ -79,16 +79,30 @@ finite."""
 def bf16_disagreement(network: torch.nn.Module, example: torch.Tensor,
                       memory_format: torch.memory_format | None = None) -> str | None:
     """None when one forward and backward pass of ``network`` on ``example`` under CPU bf16
-    autocast agrees with the fp32 pass; otherwise a sentence naming the first tensor that
-    disagrees.
+    autocast agrees with the fp32 pass; otherwise a sentence naming the worst tensor.
 
     Why: oneDNN's bf16 convolutions return garbage for small spatial sizes on some CPUs (seen
     on an AMD EPYC with AVX512-BF16, torch 2.13: weight gradients of 1e30 or NaN at 2 x 4 x 4
     voxels, the bottom of a U-Net on a 32 x 48 x 48 patch; pytorch/pytorch#163347). Training
-    then diverges, or worse, learns from wrong gradients without a NaN. The pass runs on a
-    copy in eval mode (dropout off, so both passes see the same function) and costs about two
-    training steps.
+    then diverges, or worse, learns from wrong gradients without a NaN. The pass costs about
+    two training steps.
     """
+    cosines = bf16_cosines(network, example, memory_format)
+    broken = [name for name, cosine in cosines.items() if cosine != cosine]  # NaN: a non-finite value
+    if broken:
+        return f"bf16 gives non-finite values in {_what(broken[0])}"
+    name, cosine = min(cosines.items(), key=lambda item: item[1], default=("logits", 1.0))
+    if cosine < MIN_COSINE:
+        return f"bf16 disagrees with fp32 in {_what(name)} (cosine {cosine:.2f}, expected {MIN_COSINE} or more)"
+    return None
+
+
+def bf16_cosines(network: torch.nn.Module, example: torch.Tensor,
+                 memory_format: torch.memory_format | None = None) -> dict[str, float]:
+    """Cosine between the bf16-autocast and the fp32 pass of ``network`` on ``example``: for
+    the output and each judged weight gradient (:data:`NEGLIGIBLE_GRADIENT`); NaN where the
+    bf16 pass gave a non-finite value. Runs on a copy in eval mode (no dropout, so both passes
+    compute the same function), with one seeded random upstream gradient."""
     import copy  # noqa: PLC0415
 
     probe = copy.deepcopy(network).eval()
@@ -98,23 +112,21 @@ def bf16_disagreement(network: torch.nn.Module, example: torch.Tensor,
     for mixed in (False, True):
         probe.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed):
-            logits = probe(example)
-        logits = logits.float()
+            logits = probe(example).float()
         if upstream is None:
             upstream = torch.randn(logits.shape, generator=torch.Generator().manual_seed(0))
         (logits * upstream).sum().backward()
         results[mixed] = {"logits": logits.detach(),
                           **{name: p.grad.detach().clone() for name, p in probe.named_parameters() if p.grad is not None}}
-    largest = max(float(g.abs().max()) for name, g in results[False].items() if name != "logits")
+    largest = max((float(g.abs().max()) for name, g in results[False].items() if name != "logits"), default=0.0)
+    cosines = {}
     for name, exact in results[False].items():
         mixed = results[True][name]
         if not torch.isfinite(mixed).all():
-            return f"bf16 gives non-finite values in {_what(name)}"
-        judged = name == "logits" or (exact.dim() >= 2 and float(exact.abs().max()) > NEGLIGIBLE_GRADIENT * largest)
-        cosine = float(torch.nn.functional.cosine_similarity(mixed.flatten(), exact.flatten(), dim=0))
-        if judged and cosine < MIN_COSINE:
-            return f"bf16 disagrees with fp32 in {_what(name)} (cosine {cosine:.2f}, expected {MIN_COSINE} or more)"
-    return None
+            cosines[name] = float("nan")
+        elif name == "logits" or (exact.dim() >= 2 and float(exact.abs().max()) > NEGLIGIBLE_GRADIENT * largest):
+            cosines[name] = float(torch.nn.functional.cosine_similarity(mixed.flatten(), exact.flatten(), dim=0))
+    return cosines
 
 
 def _what(name: str) -> str:

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 
 import pytest
 import torch
+from helpers import ROOT
 from test_methods import METHODS, make_batches, make_method
 
 from SSLSegmentLib import precision
@@ -156,3 +158,20 @@ def test_auto_falls_back_to_fp32_where_the_check_fails(phantom_data, tmp_path, m
     assert "the gradient of w" in caplog.text and "training in fp32" in caplog.text
     trainer.train()
     assert json.loads(run.config.read_text())["mixed_precision"] is False
+
+
+def test_the_bf16_bench_reports_what_the_trainer_would_decide(tmp_path, monkeypatch):
+    """``bench/bf16_check.py`` on one small case: the verdict is the trainer's rule applied to
+    the lowest cosine it prints, and the report names the CPU."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bf16_check  # noqa: PLC0415
+
+    monkeypatch.setattr(bf16_check, "PATCHES", {2: [(32, 32)], 3: [(16, 32, 32)]})
+    assert bf16_check.main(["--networks", "unet", "--results", str(tmp_path)]) == 0
+    report = json.loads(next(tmp_path.glob("bf16_check_*.json")).read_text())
+    assert report["cpu"] and report["min_cosine"] == precision.MIN_COSINE and len(report["rows"]) == 2
+    for row in report["rows"]:
+        lowest = row["lowest_cosine"]
+        assert row["agrees"] == (lowest is not None and lowest >= precision.MIN_COSINE)
+    table = next(tmp_path.glob("bf16_check_*.md")).read_text()
+    assert "| unet | 16 x 32 x 32 | oneDNN |" in table
