@@ -64,12 +64,18 @@ def check(network: str, dim: int, patch: tuple[int, ...], onednn: bool) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--networks", default=",".join(listing("network")))
+    parser.add_argument("--patches", default=None,
+                        help="comma-separated patches such as 128x128,32x48x48 (default: the presets')")
     parser.add_argument("--reference", action="store_true", help="also with oneDNN off (correct, slow kernels)")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    patches_by_dim = PATCHES
+    if args.patches:
+        chosen = [tuple(int(v) for v in text.split("x")) for text in args.patches.split(",")]
+        patches_by_dim = {dim: [p for p in chosen if len(p) == dim] for dim in (2, 3)}
     rows = []
     for network in args.networks.split(","):
-        for dim, patches in PATCHES.items():
+        for dim, patches in patches_by_dim.items():
             divisor = next(n.divisor for n in NETWORKS if n.name == network)
             for patch in (p for p in patches if all(side % divisor == 0 for side in p)):
                 for onednn in (True, False) if args.reference else (True,):
