@@ -154,10 +154,35 @@ def test_auto_falls_back_to_fp32_where_the_check_fails(phantom_data, tmp_path, m
     with caplog.at_level(logging.WARNING):
         trainer.setup()
     assert trainer.amp is False and trainer.memory_format is None
-    assert "bf16 kernels give wrong results for this network and patch (16, 32, 32)" in caplog.text
+    assert "bf16 kernels give wrong results at patch (16, 32, 32) (unet: bf16 disagrees" in caplog.text
     assert "the gradient of w" in caplog.text and "training in fp32" in caplog.text
     trainer.train()
     assert json.loads(run.config.read_text())["mixed_precision"] is False
+
+
+def test_the_check_covers_every_network_the_method_trains(phantom_data, tmp_path, monkeypatch, caplog):
+    """CTCT trains a CNN and a transformer: a transformer whose bf16 pass is wrong turns bf16
+    off as a wrong CNN would, and the warning names it."""
+    from SSLSegmentLib.training import components  # noqa: PLC0415
+
+    checked = []
+
+    def swin_is_wrong(network, *_):
+        checked.append(network.registry_name)
+        return "bf16 disagrees with fp32 in the network's output" if network.registry_name == "swin_unet" else None
+
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(components, "bf16_disagreement", swin_is_wrong)
+    run = RunFolder(tmp_path / "run")
+    run.prepare()
+    config = TrainConfig(method="ctct", size="tiny", dim="2", patch_size=(32, 32), iterations=2, val_cases=0,
+                         device="cpu", cache_dir=str(tmp_path / "cache"))
+    trainer = Trainer(config, discover_dataset(phantom_data["images"], phantom_data["labels"]), run,
+                      logging.getLogger("test_precision"))
+    with caplog.at_level(logging.WARNING):
+        trainer.setup()
+    assert checked == ["unet", "swin_unet"] and trainer.amp is False
+    assert "(swin_unet: bf16 disagrees with fp32 in the network's output): training in fp32" in caplog.text
 
 
 def test_the_bf16_bench_reports_what_the_trainer_would_decide(tmp_path, monkeypatch):

@@ -50,7 +50,8 @@ def channels_last_format(config: TrainConfig, dim: int, device: torch.device, mi
 def choose_precision(config: TrainConfig, method: Method, dim: int, patch: tuple[int, ...], device: torch.device,
                      context: DistributedContext, log) -> tuple[bool, torch.memory_format | None]:
     """``(mixed precision, memory format)`` for the run. bf16 on a CPU is used only once a
-    pass of the run's network and patch under it agrees with fp32
+    pass of each of the method's networks (:func:`image_networks`) at the run's patch under it
+    agrees with fp32
     (:func:`~SSLSegmentLib.precision.bf16_disagreement`): ``auto`` then falls back to fp32 with a
     warning, and an explicit ``--precision bf16`` is refused, since it would train on wrong
     gradients."""
@@ -60,16 +61,28 @@ def choose_precision(config: TrainConfig, method: Method, dim: int, patch: tuple
         return mixed, memory_format
     batch = sum(config.batch_sizes(dim))
     example = torch.randn((batch, 1, *patch), generator=torch.Generator().manual_seed(config.seed))
-    problem = bf16_disagreement(method.inference_network(), example, memory_format)
+    problem = next((f"{name}: {found}" for name, network in image_networks(method).items()
+                    if (found := bf16_disagreement(network, example, memory_format)) is not None), None)
     if not context.any(problem is not None):
         return mixed, memory_format
     problem = problem or "bf16 disagrees with fp32 on another rank"
     if config.precision == "bf16":
-        raise InputError(f"--precision bf16: this CPU's bf16 kernels give wrong results for this network and patch "
-                         f"{tuple(patch)}: {problem}; use --precision fp32 (or auto, which checks)")
-    log.warning("this CPU's bf16 kernels give wrong results for this network and patch %s (%s): training in fp32",
-                tuple(patch), problem)
+        raise InputError(f"--precision bf16: this CPU's bf16 kernels give wrong results at patch {tuple(patch)} "
+                         f"({problem}); use --precision fp32 (or auto, which checks)")
+    log.warning("this CPU's bf16 kernels give wrong results at patch %s (%s): training in fp32", tuple(patch), problem)
     return False, channels_last_format(config, dim, device, False)
+
+
+def image_networks(method: Method) -> dict[str, torch.nn.Module]:
+    """One network per architecture the method built from the run's network factory, by
+    registry name: the inference network first, then any other (CTCT's transformer). A
+    discriminator, which reads segmentation maps, is not one of them."""
+    networks: dict[str, torch.nn.Module] = {}
+    for network in (method.inference_network(), *method.modules()):
+        name = getattr(network, "registry_name", None)
+        if name is not None:
+            networks.setdefault(name, network)
+    return networks
 
 
 def seed_everything(seed: int) -> None:
