@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 
 import pytest
@@ -48,7 +49,8 @@ def test_every_method_trains_under_cpu_bf16_channels_last(name):
     torch.manual_seed(0)
     method = make_method(name, 3).train().to(memory_format=torch.channels_last_3d)
     labelled, unlabelled = make_batches(3, name)
-    broken = precision.bf16_disagreement(method.inference_network(), labelled["image"], torch.channels_last_3d)
+    broken = next(filter(None, (precision.bf16_disagreement(probe, labelled["image"], torch.channels_last_3d)
+                                for probe in method.precision_probes().values())), None)
     if broken:  # the trainer would fall back to fp32 here (tested below)
         pytest.skip(f"this CPU's bf16 kernels are wrong for these tiny shapes: {broken}")
     labelled["image"] = labelled["image"].contiguous(memory_format=torch.channels_last_3d)
@@ -81,6 +83,23 @@ def test_trainer_follows_the_precision_setting(phantom_data, tmp_path, wanted, m
     assert all(torch.isfinite(torch.tensor(v)) for r in steps for v in r["losses"].values())
     payload = torch.load(run.model, weights_only=True)
     assert all(t.dtype == torch.float32 for t in payload["state_dict"].values() if t.is_floating_point())
+
+
+@pytest.mark.parametrize("name", ["supervised", "mean_teacher", *METHODS])
+def test_the_check_sees_every_network_a_method_trains(name):
+    """Every trainable parameter lies in a network the bf16 check passes (or in one of the
+    same architecture: CPS's second U-Net), and each probe runs on an image batch."""
+    torch.manual_seed(0)
+    method = make_method(name, 3)
+    probes = method.precision_probes()
+    covered = {id(p) for probe in probes.values() for p in probe.parameters()}
+    covered |= {id(p) for module in method.modules() if getattr(module, "registry_name", None) in probes
+                for p in module.parameters()}
+    trainable = [p for group in method.parameter_groups().values() for p in group]
+    assert all(id(p) in covered for p in trainable), name
+    image = make_batches(3, name)[0]["image"]
+    for probe_name, probe in probes.items():
+        assert "logits" in precision.bf16_cosines(probe, image), probe_name
 
 
 def _bf16_broken_here() -> bool:
@@ -128,9 +147,12 @@ class GradientBrokenUnderBf16(torch.nn.Module):
 
 
 def test_the_bf16_check_names_the_disagreement():
+    torch.manual_seed(0)
     example = torch.randn(2, 1, 32, 32)
     swapped = precision.bf16_disagreement(ChannelsSwappedUnderBf16(), example)
-    assert swapped.startswith("bf16 disagrees with fp32 in the network's output (cosine ")
+    # the swap reaches the output and the weight gradient; the message names the lower cosine
+    assert re.fullmatch(r"bf16 disagrees with fp32 in (the network's output|the gradient of conv\.weight) "
+                        r"\(cosine -?[0-9.]+, expected 0\.8 or more\)", swapped), swapped
     assert precision.bf16_disagreement(GradientBrokenUnderBf16(), example) == (
         "bf16 gives non-finite values in the gradient of conv.weight")
     correct = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.InstanceNorm2d(8, affine=True),

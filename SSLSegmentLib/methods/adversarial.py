@@ -118,6 +118,9 @@ class Adversarial(Method):
             "discriminator_accuracy": accuracy,
         }
 
+    def precision_probes(self):
+        return {**super().precision_probes(), "discriminator": DiscriminatorProbe(self.discriminator, self.num_classes)}
+
     def judged_predictions(self, images, probabilities):
         """What the discriminator learns from: the segmentation network's eval-mode softmax
         (reference) or its training-mode one, without gradient either way."""
@@ -141,3 +144,20 @@ class Adversarial(Method):
             target = torch.full_like(logits, float(is_labelled))
         accuracy = ((logits.detach() > 0).to(target.dtype) == target).to(logits.dtype).mean()
         return F.binary_cross_entropy_with_logits(logits, target), accuracy
+
+
+class DiscriminatorProbe(torch.nn.Module):
+    """The discriminator fed from an image batch alone, for the bf16 check: a softmax map made
+    from the image (channel ``k`` is the image times ``k + 1``) and the image itself. Its
+    strided convolutions reach the small sizes where some CPUs' bf16 kernels fail."""
+
+    def __init__(self, discriminator: Discriminator, num_classes: int):
+        super().__init__()
+        self.discriminator = discriminator
+        self.num_classes = num_classes
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        scales = torch.arange(1, self.num_classes + 1, dtype=image.dtype, device=image.device)
+        shape = (1, self.num_classes) + (1,) * (image.dim() - 2)
+        probabilities = (image * scales.view(shape)).softmax(dim=1)
+        return self.discriminator(probabilities, image)

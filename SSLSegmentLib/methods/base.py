@@ -183,6 +183,20 @@ class Method(nn.Module):
         """Networks with the inference network's architecture (initialised on retrain)."""
         return [self.inference_network()]
 
+    def precision_probes(self) -> dict[str, nn.Module]:
+        """Modules that take the run's image batch, one per architecture this method trains,
+        by name: the bf16 check passes each once before a CPU run autocasts
+        (``training.components.choose_precision``). By default every network built from the
+        run's factory, by registry name, the inference network first (CTCT: the CNN and the
+        transformer). A method that trains another kind of network adds a module that feeds
+        it from an image batch (DAN's discriminator)."""
+        networks: dict[str, nn.Module] = {}
+        for network in (self.inference_network(), *self.modules()):
+            name = getattr(network, "registry_name", None)
+            if name is not None:
+                networks.setdefault(name, network)
+        return networks
+
     # --- helpers for subclasses ---------------------------------------------------------
     def supervised_loss(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         """``0.5 * (CE + Dice)`` on the labelled batch, as in SSL4MIS."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..networks.heads import AuxiliaryDecoders
+from ..networks.heads import AuxiliaryDecoders, UnperturbedOutputs
 from .base import Method, register_method
 from .helpers import INPUT_CHANNELS, extra, extra_choice, extra_flag, joined_images
 
@@ -50,3 +50,6 @@ class CCT(Method):
 
     def inference_network(self):
         return self.network.backbone
+
+    def precision_probes(self):
+        return {"decoders": UnperturbedOutputs(self.network)}

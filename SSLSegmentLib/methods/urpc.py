@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..networks.heads import PyramidOutputs
+from ..networks.heads import PyramidOutputs, UnperturbedOutputs
 from .base import Method, register_method
 from .helpers import INPUT_CHANNELS, extra, extra_choice, joined_images
 
@@ -109,3 +109,7 @@ class URPC(Method):
 
     def inference_network(self):
         return self.network.backbone
+
+    def precision_probes(self):
+        return {"pyramid": UnperturbedOutputs(self.network)}
+

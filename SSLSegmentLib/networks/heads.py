@@ -231,10 +231,16 @@ class PyramidOutputs(TappedBackbone):
     def forward(self, x):
         if not self.training:
             return self.backbone(x)
+        return self.outputs(x)
+
+    def outputs(self, x, perturbed: bool = True):
+        """``[main, 1/2, ...]`` logits at the input size; ``perturbed=False`` leaves the
+        features unperturbed (:class:`UnperturbedOutputs`)."""
         logits, features = self.forward_with_features(x)
         outputs = [logits]
         for level, head, perturb in zip(self.levels, self.heads, self.perturbations):
-            outputs.append(_upsample(head(perturb(features[level])), x.shape[2:], self.upsampling))
+            feature = perturb(features[level]) if perturbed else features[level]
+            outputs.append(_upsample(head(feature), x.shape[2:], self.upsampling))
         return outputs
 
 
@@ -265,9 +271,28 @@ class AuxiliaryDecoders(TappedBackbone):
     def forward(self, x):
         if not self.training:
             return self.backbone(x)
+        return self.outputs(x)
+
+    def outputs(self, x, perturbed: bool = True):
+        """``[main, aux_1, ..., aux_K]`` logits; ``perturbed=False`` feeds every auxiliary
+        decoder the tapped map as it is (:class:`UnperturbedOutputs`)."""
         logits, features = self.forward_with_features(x)
         shared = features[self.level]
-        return [logits] + [_upsample(d(p(shared)), x.shape[2:]) for d, p in zip(self.decoders, self.perturbations)]
+        return [logits] + [_upsample(d(p(shared) if perturbed else shared), x.shape[2:])
+                           for d, p in zip(self.decoders, self.perturbations)]
+
+
+class UnperturbedOutputs(nn.Module):
+    """Every output of a multi-output network (:class:`PyramidOutputs`,
+    :class:`AuxiliaryDecoders`), unperturbed and joined into one tensor: what the bf16 check
+    passes twice, so that both passes compute the same function through every head."""
+
+    def __init__(self, network: PyramidOutputs | AuxiliaryDecoders):
+        super().__init__()
+        self.network = network
+
+    def forward(self, x):
+        return torch.cat([output.flatten(1) for output in self.network.outputs(x, perturbed=False)], dim=1)
 
 
 class WithDropout(TappedBackbone):

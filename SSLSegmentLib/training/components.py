@@ -50,7 +50,7 @@ def channels_last_format(config: TrainConfig, dim: int, device: torch.device, mi
 def choose_precision(config: TrainConfig, method: Method, dim: int, patch: tuple[int, ...], device: torch.device,
                      context: DistributedContext, log) -> tuple[bool, torch.memory_format | None]:
     """``(mixed precision, memory format)`` for the run. bf16 on a CPU is used only once a
-    pass of each of the method's networks (:func:`image_networks`) at the run's patch under it
+    pass of each of the method's networks (``Method.precision_probes``) at the run's patch under it
     agrees with fp32
     (:func:`~SSLSegmentLib.precision.bf16_disagreement`): ``auto`` then falls back to fp32 with a
     warning, and an explicit ``--precision bf16`` is refused, since it would train on wrong
@@ -61,7 +61,7 @@ def choose_precision(config: TrainConfig, method: Method, dim: int, patch: tuple
         return mixed, memory_format
     batch = sum(config.batch_sizes(dim))
     example = torch.randn((batch, 1, *patch), generator=torch.Generator().manual_seed(config.seed))
-    problem = next((f"{name}: {found}" for name, network in image_networks(method).items()
+    problem = next((f"{name}: {found}" for name, network in method.precision_probes().items()
                     if (found := bf16_disagreement(network, example, memory_format)) is not None), None)
     if not context.any(problem is not None):
         return mixed, memory_format
@@ -71,18 +71,6 @@ def choose_precision(config: TrainConfig, method: Method, dim: int, patch: tuple
                          f"({problem}); use --precision fp32 (or auto, which checks)")
     log.warning("this CPU's bf16 kernels give wrong results at patch %s (%s): training in fp32", tuple(patch), problem)
     return False, channels_last_format(config, dim, device, False)
-
-
-def image_networks(method: Method) -> dict[str, torch.nn.Module]:
-    """One network per architecture the method built from the run's network factory, by
-    registry name: the inference network first, then any other (CTCT's transformer). A
-    discriminator, which reads segmentation maps, is not one of them."""
-    networks: dict[str, torch.nn.Module] = {}
-    for network in (method.inference_network(), *method.modules()):
-        name = getattr(network, "registry_name", None)
-        if name is not None:
-            networks.setdefault(name, network)
-    return networks
 
 
 def seed_everything(seed: int) -> None:
