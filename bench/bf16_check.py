@@ -1,8 +1,9 @@
 """Are this CPU's bf16 kernels right for our networks and patches?
 
-The trainer uses bf16 autocast on a CPU only after one pass of the run's network and patch
-agrees with fp32 (``SSLSegmentLib/precision.py``: ``bf16_disagreement``, ``MIN_COSINE``).
-This bench prints what that check sees for each network at the patches the presets use:
+The trainer uses bf16 autocast on a CPU only after one pass of each network the run trains
+(``Method.precision_probes``) at its patch agrees with fp32 (``SSLSegmentLib/precision.py``:
+``bf16_disagreement``, ``MIN_COSINE``). This bench prints what that check sees for each
+catalogue network at the patches the presets use:
 the lowest cosine between the bf16 and the fp32 pass over the output and the judged weight
 gradients, the tensor where it is lowest, and the verdict. With ``--reference``, the same
 pass again with oneDNN switched off (PyTorch's own bf16 kernels, slow in 3D), which is what
