@@ -29,20 +29,22 @@ def _table(results: dict) -> dict:
     return {"results": {"supervised": {"gap_closed": None, "n": 1}, **results}}
 
 
-def test_evidence_pools_acdc_and_takes_la_from_the_first_table_that_ran_a_method():
+def test_evidence_pools_acdc_and_la_seed_by_seed():
     pooled = {"methods": {"good": {"runs": [["a", 0.8], ["b", 0.8]], "gap_closed": 0.661, "gap_closed_error": 0.071},
                           "bad": {"runs": [["a", 0.4]], "gap_closed": -0.30, "gap_closed_error": 0.02},
                           "noisy": {"runs": [["a", 0.6]], "gap_closed": -0.09, "gap_closed_error": 0.05}}}
     tables = {
         "la/cpu": _table({"good": {"gap_closed": 0.5, "n": 3, "gap_closed_per_seed": {"1": 0.4, "2": 0.5, "3": 0.6}},
                           "bad": {"gap_closed": 0.02, "n": 1, "gap_closed_per_seed": {"1": 0.02}}}),
-        "la/cpu/paired-streams": _table({"bad": {"gap_closed": -0.9, "n": 1},
+        "la/cpu/paired-streams": _table({"bad": {"gap_closed": -0.9, "n": 1, "gap_closed_per_seed": {"1": -0.9}},
+                                         "good": {"gap_closed": 0.3, "n": 1, "gap_closed_per_seed": {"4": 0.3}},
                                          "only_here": {"gap_closed": 0.1, "n": 1}}),
     }
     figures = method_evidence.evidence(pooled, tables)
-    assert figures["good"] == {"ACDC": (66, 7, 2), "LA": (50, 6, 3)}  # 0.1 / sqrt(3) = 5.8 %
-    assert figures["bad"] == {"ACDC": (-30, 2, 1), "LA": (2, None, 1)}  # la/cpu wins over the later table
-    assert figures["only_here"] == {"LA": (10, None, 1)}
+    # seeds 1 to 3 from la/cpu, seed 4 from the other table: mean 0.45, sd 0.129 / sqrt(4)
+    assert figures["good"] == {"ACDC": (66, 7, 2), "LA": (45, 6, 4)}
+    assert figures["bad"] == {"ACDC": (-30, 2, 1), "LA": (2, None, 1)}  # la/cpu wins the seed both ran
+    assert figures["only_here"] == {"LA": (10, None, 1)}  # no per-seed gaps: the table's figure, once
     # Below by more than 5 % beyond the error: "bad" on ACDC; "noisy" (-9 ± 5) is within it.
     assert method_evidence.clearly_below(figures) == {"bad": ["ACDC"]}
 

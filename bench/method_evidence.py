@@ -8,9 +8,12 @@ reports, never from a hand-copied table:
 
 - ACDC (2D): the pooled view of ``bench/results/pooled_baseline.json`` (every run of a method
   against the mean of every supervised-only run, with a rough standard error);
-- LA (3D): the label-efficiency tables named by ``--la-tables`` (the first table that has a
-  method gives its figure; the error is the standard error over its seeds, where there are
-  several).
+- LA (3D): the runs of the label-efficiency tables named by ``--la-tables``, one per seed
+  (where two tables ran a method at the same seed, the first named gives it), each against its
+  own table's baselines at that seed: the figure is the mean of these per-seed gaps, the
+  error their standard error, where there are several. The tables differ in their batch
+  streams only, which supervised-only training does not draw (its runs agree), as the pooled
+  ACDC view pools both.
 
     python bench/method_evidence.py            # rewrites SSLSegmentLib/measured_gain.py
     python bench/method_evidence.py --check    # exit 1 when the module is stale
@@ -47,17 +50,25 @@ def acdc_figures(pooled: dict) -> dict[str, Figure]:
             for method, r in pooled["methods"].items()}
 
 
-def table_figures(table: dict) -> dict[str, Figure]:
-    """One label-efficiency table: the gap closed by the mean over seeds, with the standard
-    error of the per-seed gaps where the method ran at several seeds."""
-    figures = {}
-    for method, r in table["results"].items():
-        if method in BASELINES or r.get("gap_closed") is None:
-            continue
-        per_seed = [g for g in r.get("gap_closed_per_seed", {}).values() if g is not None]
-        error = statistics.stdev(per_seed) / len(per_seed) ** 0.5 if len(per_seed) > 1 else None
-        figures[method] = (round(100 * r["gap_closed"]), None if error is None else round(100 * error), r["n"])
-    return figures
+def per_seed_gaps(tables: dict, names) -> dict[str, dict[str, float]]:
+    """``{method: {seed: gap closed}}`` over the tables ``names`` (the first named wins a seed);
+    a table result without per-seed gaps counts once, under the seed ``"?"``."""
+    gaps: dict[str, dict[str, float]] = {}
+    for name in names:
+        for method, r in tables.get(name, {}).get("results", {}).items():
+            if method in BASELINES or r.get("gap_closed") is None:
+                continue
+            per_seed = r.get("gap_closed_per_seed") or {"?": r["gap_closed"]}
+            for seed, gap in per_seed.items():
+                if gap is not None:
+                    gaps.setdefault(method, {}).setdefault(seed, gap)
+    return gaps
+
+
+def mean_figure(gaps: list[float]) -> Figure:
+    """The mean gap closed in percent, its standard error where there are several, the runs."""
+    error = statistics.stdev(gaps) / len(gaps) ** 0.5 if len(gaps) > 1 else None
+    return round(100 * statistics.fmean(gaps)), None if error is None else round(100 * error), len(gaps)
 
 
 def evidence(pooled: dict, tables: dict, la_tables=LA_TABLES) -> dict[str, dict[str, Figure]]:
@@ -66,10 +77,8 @@ def evidence(pooled: dict, tables: dict, la_tables=LA_TABLES) -> dict[str, dict[
     figures: dict[str, dict[str, Figure]] = {}
     for method, figure in acdc_figures(pooled).items():
         figures.setdefault(method, {})["ACDC"] = figure
-    for name in reversed(la_tables):  # the first table named wins
-        if name in tables:
-            for method, figure in table_figures(tables[name]).items():
-                figures.setdefault(method, {})["LA"] = figure
+    for method, gaps in per_seed_gaps(tables, la_tables).items():
+        figures.setdefault(method, {})["LA"] = mean_figure(list(gaps.values()))
     return {m: dict(sorted(figures[m].items())) for m in sorted(figures)}
 
 
@@ -115,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--pooled", type=Path, default=POOLED)
     p.add_argument("--tables", type=Path, default=TABLES)
-    p.add_argument("--la-tables", default=",".join(LA_TABLES), help="comma-separated, the first wins")
+    p.add_argument("--la-tables", default=",".join(LA_TABLES), help="comma-separated; the first wins a seed both ran")
     p.add_argument("--out", type=Path, default=MODULE)
     p.add_argument("--check", action="store_true", help="exit 1 when --out differs from the reports")
     args = p.parse_args(argv)
