@@ -152,7 +152,12 @@ def test_a_load_that_passes_lets_the_cut_plan_grow_back(phantom_data, tmp_path):
     if events[0]["iterations"] - events[0]["warmup_iterations"] < 12:
         pytest.skip("the machine is too busy: the budget left too few iterations to cut and regrow")
     reasons = [e["reason"] for e in events]
-    assert reasons[:2] == ["warm-up", "slower"] and "faster" in reasons, reasons
+    assert reasons[:2] == ["warm-up", "slower"], reasons
+    if "faster" not in reasons and events[1]["iterations"] - events[1]["decided_at"] < RECENT_CHECKS:
+        # growing needs a full window of checks after the cut; a machine busy with other work
+        # (a bench beside the tests: 0.9 s per tiny step) leaves fewer steps than that
+        pytest.skip(f"the machine is too busy: the cut left fewer than {RECENT_CHECKS} steps to grow on: {events[1]}")
+    assert "faster" in reasons, reasons
     cut = events[1]["iterations"]
     grown = next(e for e in events if e["reason"] == "faster")["iterations"]
     assert cut < grown
