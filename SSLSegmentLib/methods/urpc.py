@@ -112,4 +112,3 @@ class URPC(Method):
 
     def precision_probes(self):
         return {"pyramid": UnperturbedOutputs(self.network)}
-

@@ -50,11 +50,10 @@ def channels_last_format(config: TrainConfig, dim: int, device: torch.device, mi
 def choose_precision(config: TrainConfig, method: Method, dim: int, patch: tuple[int, ...], device: torch.device,
                      context: DistributedContext, log) -> tuple[bool, torch.memory_format | None]:
     """``(mixed precision, memory format)`` for the run. bf16 on a CPU is used only once a
-    pass of each of the method's networks (``Method.precision_probes``) at the run's patch under it
-    agrees with fp32
-    (:func:`~SSLSegmentLib.precision.bf16_disagreement`): ``auto`` then falls back to fp32 with a
-    warning, and an explicit ``--precision bf16`` is refused, since it would train on wrong
-    gradients."""
+    pass of each network the method trains (``Method.precision_probes``) at the run's patch
+    under it agrees with fp32 (:func:`~SSLSegmentLib.precision.bf16_disagreement`): ``auto``
+    then falls back to fp32 with a warning naming the network, and an explicit
+    ``--precision bf16`` is refused, since it would train on wrong gradients."""
     mixed = mixed_precision(config.precision, config.amp, device)
     memory_format = channels_last_format(config, dim, device, mixed)
     if not mixed or device.type != "cpu":
