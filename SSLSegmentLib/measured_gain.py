@@ -16,7 +16,7 @@ GAP_CLOSED: dict[str, dict[str, tuple[int, int | None, int]]] = {
     'cct': {'ACDC': (1, 6, 3), 'LA': (-2, None, 1)},
     'cps': {'ACDC': (12, 4, 2), 'LA': (16, None, 1)},
     'ctct': {'ACDC': (23, 14, 1)},
-    'dct': {'ACDC': (22, 7, 2), 'LA': (9, None, 1)},
+    'dct': {'ACDC': (5, 18, 3), 'LA': (9, None, 1)},
     'entropy_minimization': {'ACDC': (1, 6, 3), 'LA': (-6, None, 1)},
     'fixmatch': {'ACDC': (26, 6, 6), 'LA': (3, None, 1)},
     'ict': {'ACDC': (1, 11, 4), 'LA': (1, None, 1)},
