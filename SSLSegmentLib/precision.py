@@ -97,6 +97,17 @@ def bf16_disagreement(network: torch.nn.Module, example: torch.Tensor,
     return None
 
 
+def first_bf16_disagreement(networks: dict[str, torch.nn.Module], example: torch.Tensor,
+                            memory_format: torch.memory_format | None = None) -> str | None:
+    """:func:`bf16_disagreement` over named networks (a method's ``precision_probes``): the
+    first problem found, prefixed with its network's name, or None when every one agrees."""
+    for name, network in networks.items():
+        problem = bf16_disagreement(network, example, memory_format)
+        if problem is not None:
+            return f"{name}: {problem}"
+    return None
+
+
 def bf16_cosines(network: torch.nn.Module, example: torch.Tensor,
                  memory_format: torch.memory_format | None = None) -> dict[str, float]:
     """Cosine between the bf16-autocast and the fp32 pass of ``network`` on ``example``: for

@@ -49,8 +49,7 @@ def test_every_method_trains_under_cpu_bf16_channels_last(name):
     torch.manual_seed(0)
     method = make_method(name, 3).train().to(memory_format=torch.channels_last_3d)
     labelled, unlabelled = make_batches(3, name)
-    broken = next(filter(None, (precision.bf16_disagreement(probe, labelled["image"], torch.channels_last_3d)
-                                for probe in method.precision_probes().values())), None)
+    broken = precision.first_bf16_disagreement(method.precision_probes(), labelled["image"], torch.channels_last_3d)
     if broken:  # the trainer would fall back to fp32 here (tested below)
         pytest.skip(f"this CPU's bf16 kernels are wrong for these tiny shapes: {broken}")
     labelled["image"] = labelled["image"].contiguous(memory_format=torch.channels_last_3d)
@@ -163,10 +162,8 @@ def test_the_bf16_check_names_the_disagreement():
 def test_auto_falls_back_to_fp32_where_the_check_fails(phantom_data, tmp_path, monkeypatch, caplog):
     """On a CPU with native bf16 whose kernels fail the check, ``auto`` trains in fp32 (no
     channels-last) and says so; config.json records what was used."""
-    from SSLSegmentLib.training import components  # noqa: PLC0415
-
     monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: True)
-    monkeypatch.setattr(components, "bf16_disagreement", lambda *_: "bf16 disagrees with fp32 in the gradient of w")
+    monkeypatch.setattr(precision, "bf16_disagreement", lambda *_: "bf16 disagrees with fp32 in the gradient of w")
     run = RunFolder(tmp_path / "run")
     run.prepare()
     config = TrainConfig(method="supervised", size="tiny", dim="3", patch_size=(16, 32, 32), iterations=2,
@@ -185,8 +182,6 @@ def test_auto_falls_back_to_fp32_where_the_check_fails(phantom_data, tmp_path, m
 def test_the_check_covers_every_network_the_method_trains(phantom_data, tmp_path, monkeypatch, caplog):
     """CTCT trains a CNN and a transformer: a transformer whose bf16 pass is wrong turns bf16
     off as a wrong CNN would, and the warning names it."""
-    from SSLSegmentLib.training import components  # noqa: PLC0415
-
     checked = []
 
     def swin_is_wrong(network, *_):
@@ -194,7 +189,7 @@ def test_the_check_covers_every_network_the_method_trains(phantom_data, tmp_path
         return "bf16 disagrees with fp32 in the network's output" if network.registry_name == "swin_unet" else None
 
     monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: True)
-    monkeypatch.setattr(components, "bf16_disagreement", swin_is_wrong)
+    monkeypatch.setattr(precision, "bf16_disagreement", swin_is_wrong)
     run = RunFolder(tmp_path / "run")
     run.prepare()
     config = TrainConfig(method="ctct", size="tiny", dim="2", patch_size=(32, 32), iterations=2, val_cases=0,

@@ -12,7 +12,7 @@ from ..config import TrainConfig
 from ..errors import InputError
 from ..methods import Method, MethodSettings, method_class
 from ..networks import build_network, supports_channels_last, supports_dropout
-from ..precision import bf16_disagreement, mixed_precision
+from ..precision import first_bf16_disagreement, mixed_precision
 from ..settings_check import check_method_options
 from .data_setup import TrainingData
 from .distributed import DistributedContext
@@ -51,7 +51,7 @@ def choose_precision(config: TrainConfig, method: Method, dim: int, patch: tuple
                      context: DistributedContext, log) -> tuple[bool, torch.memory_format | None]:
     """``(mixed precision, memory format)`` for the run. bf16 on a CPU is used only once a
     pass of each network the method trains (``Method.precision_probes``) at the run's patch
-    under it agrees with fp32 (:func:`~SSLSegmentLib.precision.bf16_disagreement`): ``auto``
+    under it agrees with fp32 (:func:`~SSLSegmentLib.precision.first_bf16_disagreement`): ``auto``
     then falls back to fp32 with a warning naming the network, and an explicit
     ``--precision bf16`` is refused, since it would train on wrong gradients."""
     mixed = mixed_precision(config.precision, config.amp, device)
@@ -60,8 +60,7 @@ def choose_precision(config: TrainConfig, method: Method, dim: int, patch: tuple
         return mixed, memory_format
     batch = sum(config.batch_sizes(dim))
     example = torch.randn((batch, 1, *patch), generator=torch.Generator().manual_seed(config.seed))
-    problem = next((f"{name}: {found}" for name, network in method.precision_probes().items()
-                    if (found := bf16_disagreement(network, example, memory_format)) is not None), None)
+    problem = first_bf16_disagreement(method.precision_probes(), example, memory_format)
     if not context.any(problem is not None):
         return mixed, memory_format
     problem = problem or "bf16 disagrees with fp32 on another rank"
