@@ -450,8 +450,10 @@ def test_urpc_weighs_its_scales_equally_as_the_reference_or_halving_from_the_mai
 
     assert torch.allclose(scale_weights(4, "equal"), torch.full((4,), 0.25))
     assert torch.allclose(scale_weights(4, "halving"), torch.tensor([8.0, 4.0, 2.0, 1.0]) / 15)
+    assert torch.equal(scale_weights(3, "main"), torch.tensor([1.0, 0.0, 0.0]))
     labelled, unlabelled = batches()
-    for kind, weights in (("equal", [0.25] * 4), ("halving", [8 / 15, 4 / 15, 2 / 15, 1 / 15])):
+    for kind, weights in (("equal", [0.25] * 4), ("halving", [8 / 15, 4 / 15, 2 / 15, 1 / 15]),
+                          ("main", [1.0, 0.0, 0.0, 0.0])):
         torch.manual_seed(0)
         method = make_method("urpc", urpc_scale_weights=kind).train()
         state = {k: v.clone() for k, v in method.state_dict().items()}
@@ -462,7 +464,7 @@ def test_urpc_weighs_its_scales_equally_as_the_reference_or_halving_from_the_mai
         scales = method.network(torch.cat([labelled["image"], unlabelled["image"]]))
         per_scale = [float(supervised_loss(s[:2], labelled["label"], NUM_CLASSES).detach()) for s in scales]
         assert float(losses["supervised"]) == pytest.approx(sum(w * l for w, l in zip(weights, per_scale)))
-    with pytest.raises(ValueError, match="urpc_scale_weights must be equal or halving"):
+    with pytest.raises(ValueError, match="urpc_scale_weights must be equal or halving or main"):
         make_method("urpc", urpc_scale_weights="nnunet")
 
 

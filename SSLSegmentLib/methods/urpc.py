@@ -26,14 +26,17 @@ def pyramid_consistency(scale_logits: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(losses).mean()
 
 
-SCALE_WEIGHTS = ("equal", "halving")
+SCALE_WEIGHTS = ("equal", "halving", "main")
 
 
 def scale_weights(scales: int, kind: str) -> torch.Tensor:
     """The supervised loss's weight of each output, the full-resolution one first, summing to 1:
-    ``"equal"`` (URPC's reference: the mean over scales) or ``"halving"`` (each coarser output
+    ``"equal"`` (URPC's reference: the mean over scales), ``"halving"`` (each coarser output
     half the weight of the one above it, after nnU-Net's deep supervision, Isensee et al.,
-    Nature Methods 2021, which also drops its lowest-resolution output)."""
+    Nature Methods 2021, which also drops its lowest-resolution output) or ``"main"`` (the
+    full-resolution output alone: the heads learn only from the pyramid consistency)."""
+    if kind == "main":
+        return torch.eye(scales)[0]
     weights = torch.ones(scales) if kind == "equal" else 0.5 ** torch.arange(scales, dtype=torch.float32)
     return weights / weights.sum()
 
