@@ -329,6 +329,12 @@ def test_pooled_baseline_sets_every_run_against_every_supervised_equivalent_run(
     again = json.loads((tmp_path / "again" / "pooled_baseline.json").read_text())
     assert again["baseline"]["runs"] == [["seed1, one generator", 0.60], ["seed2, one generator", 0.70],
                                          ["mt_c0.0001", 0.65]]
+    # a method whose default moved is pooled from the runs at its new default only
+    result("acdc_x_paired_lower", "bcp", 1, 0.85)
+    pb.main(["--scratch", str(tmp_path), "--folders", "acdc_x,acdc_x_paired", "--method-folders",
+             "bcp=acdc_x_paired_lower", "--results", str(tmp_path / "moved")])
+    moved = json.loads((tmp_path / "moved" / "pooled_baseline.json").read_text())["methods"]["bcp"]
+    assert moved["runs"] == [["seed1, paired streams", 0.85]]
 
 
 def test_restored_run_folders_give_back_the_same_tables(tmp_path, monkeypatch):

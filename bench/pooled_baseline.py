@@ -66,7 +66,11 @@ def standard_error(method_dice: list[float], baseline_sd: float, baseline_runs: 
     return (method_sd ** 2 / len(method_dice) + baseline_sd ** 2 / baseline_runs) ** 0.5
 
 
-def pooled(folders: list[Path], controls: list[tuple[str, float]]) -> dict:
+def pooled(folders: list[Path], controls: list[tuple[str, float]],
+           method_folders: dict[str, list[Path]] | None = None) -> dict:
+    """``method_folders``: for a method whose default moved (a departure adopted after its runs
+    in ``folders``), the folders of its runs at the new default, which replace those."""
+    method_folders = method_folders or {}
     baseline = runs_of(folders, "supervised") + controls
     # the same run copied into several folders counts once (keyed by seed)
     full = {label.split(",")[0]: dice for label, dice in runs_of(folders, "fully_supervised")}
@@ -78,9 +82,10 @@ def pooled(folders: list[Path], controls: list[tuple[str, float]]) -> dict:
     full_mean = statistics.fmean(full.values())
     gap = full_mean - base_mean
     methods = {}
-    names = sorted({p.parts[-3] for f in folders for p in f.glob("*/seed*/bench_result.json")} - set(BASELINES))
+    names = sorted({p.parts[-3] for f in folders for p in f.glob("*/seed*/bench_result.json")}
+                   - set(BASELINES) | set(method_folders))
     for method in names:
-        runs = runs_of(folders, method)
+        runs = runs_of(method_folders.get(method, folders), method)
         dice = [d for _, d in runs]
         error = standard_error(dice, base_sd, len(baseline))
         methods[method] = {"runs": runs, "mean": statistics.fmean(dice),
@@ -127,16 +132,26 @@ def main(argv: list[str] | None = None) -> int:
                                                    "control runs, each with an eval.json")
     p.add_argument("--controls-from", type=Path, help="an earlier pooled_baseline.json whose control runs count too "
                                                      "(their folders stayed on another machine)")
+    p.add_argument("--method-folders", action="append", default=[], metavar="METHOD=FOLDER[+FOLDER]",
+                   help="a method whose default moved: its runs come from these folders (at the new default) "
+                        "instead of --folders")
     p.add_argument("--results", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     folders = [args.scratch / "runs" / name for name in args.folders.split(",") if name]
-    missing = [str(f) for f in folders if not f.is_dir()]
+    method_folders = {}
+    for spec in args.method_folders:
+        method, _, names = spec.partition("=")
+        if not names:
+            raise SystemExit(f"--method-folders needs METHOD=FOLDER, not {spec!r}")
+        method_folders[method] = [args.scratch / "runs" / name for name in names.split("+")]
+    missing = [str(f) for f in folders + [f for fs in method_folders.values() for f in fs] if not f.is_dir()]
     if missing:
         raise SystemExit(f"no such runs folder: {', '.join(missing)}")
     controls = controls_of(args.scratch, [g for g in args.controls.split(",") if g])
     earlier = controls_from(args.controls_from) if args.controls_from else []
     known = {label for label, _ in controls}
-    report = pooled(folders, controls + [(label, dice) for label, dice in earlier if label not in known])
+    report = pooled(folders, controls + [(label, dice) for label, dice in earlier if label not in known],
+                    method_folders)
     report["command"] = "python bench/pooled_baseline.py " + " ".join(argv if argv is not None else sys.argv[1:])
     args.results.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.results / "pooled_baseline.json", report)
