@@ -462,3 +462,44 @@ def test_split_sizes_compares_the_labelled_set_with_the_pool_and_a_runs_predicti
     assert ssl4mis["mean_ml"]["labelled"]["LV"] == 8 * 4 * 2 * 20 / 1000  # voxels x 20 mm^3
     assert ssl4mis["labelled_over_unlabelled"] == {"RV": 1.0, "Myo": None, "LV": 2.0}  # no Myo anywhere
     assert report["predicted_over_true"] == {"dct seed1337 (paired_ssl4mis-split)": {"RV": 0.5, "LV": 1.5}}
+
+
+def test_runs_at_a_methods_old_default_move_to_a_side_table(tmp_path, monkeypatch):
+    """``move_runs.py``: after a method's default weight changed, its runs leave the main table
+    for the folder ``--consistency OLD`` gives (baselines copied), the main table stops planning
+    it (so ``--resume`` trains it afresh), and a move never overwrites runs."""
+    import pytest  # noqa: PLC0415
+
+    import label_efficiency as le  # noqa: PLC0415
+    import move_runs  # noqa: PLC0415
+
+    monkeypatch.setattr(le, "SCRATCH", tmp_path)
+    main = le.start_table("acdc", ["adversarial", "bcp"], {"spacing": "3 x 3 mm", "split": {"labelled_by": "SSL4MIS"}},
+                          le.parse_args([]), "cmd")
+    for method in ("supervised", "fully_supervised", "adversarial", "bcp"):
+        (main / method / "seed1337").mkdir(parents=True)
+        (main / method / "seed1337" / "bench_result.json").write_text(json.dumps(
+            {"dice": 0.5, "hd95": 5.0, "s_per_iteration": 0.1, "per_class": {"label_1": {"dice": 0.5, "hd95": 5.0}},
+             "train_s": 1.0, "predict_s": 1.0}))
+    (table,) = le.load_tables()
+
+    side_table = move_runs.move(tmp_path, table, "adversarial", 0.1, "dan-weight0.1")
+    side = tmp_path / "runs" / le.load_tables()[side_table]
+    assert side == le.runs_root("acdc", le.parse_args(["--consistency", "0.1"])) and side_table == f"{table}/dan-weight0.1"
+    assert sorted(p.name for p in side.iterdir()) == ["adversarial", "fully_supervised", "meta.json", "supervised"]
+    assert not (main / "adversarial").exists() and (main / "supervised" / "seed1337").is_dir()
+    side_meta, main_meta = (json.loads((f / "meta.json").read_text()) for f in (side, main))
+    assert side_meta["budget"]["method_consistency"] == 0.1 and side_meta["planned"] == [*BASELINES, "adversarial"]
+    assert "adversarial" not in main_meta["planned"] and side_table in main_meta["note"]
+    assert [m for m, _ in le.collect_report()["tables"][side_table]["results"].items()] == \
+        ["supervised", "fully_supervised", "adversarial"]
+    with pytest.raises(SystemExit, match="no adversarial runs"):
+        move_runs.move(tmp_path, table, "adversarial", 0.1, "dan-weight0.1")
+    (side / "bcp").mkdir()
+    with pytest.raises(SystemExit, match="exists already"):
+        move_runs.move(tmp_path, table, "bcp", 0.1, "dan-weight0.1")
+    assert (main / "bcp" / "seed1337").is_dir()
+    # a table left with only its baselines is no longer reported (its folder stays)
+    (side / "bcp").rmdir()
+    move_runs.move(tmp_path, table, "bcp", 0.1, "dan-weight0.1")
+    assert table not in le.load_tables() and (main / "meta.json").exists()
