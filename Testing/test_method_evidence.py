@@ -40,13 +40,19 @@ def test_evidence_pools_acdc_and_la_seed_by_seed():
                                          "good": {"gap_closed": 0.3, "n": 1, "gap_closed_per_seed": {"4": 0.3}},
                                          "only_here": {"gap_closed": 0.1, "n": 1}}),
     }
-    figures = method_evidence.evidence(pooled, tables)
+    figures = method_evidence.evidence(pooled, tables, la_moved={})
     # seeds 1 to 3 from la/cpu, seed 4 from the other table: mean 0.45, sd 0.129 / sqrt(4)
     assert figures["good"] == {"ACDC": (66, 7, 2), "LA": (45, 6, 4)}
     assert figures["bad"] == {"ACDC": (-30, 2, 1), "LA": (2, None, 1)}  # la/cpu wins the seed both ran
     assert figures["only_here"] == {"LA": (10, None, 1)}  # no per-seed gaps: the table's figure, once
     # Below by more than 5 % beyond the error: "bad" on ACDC; "noisy" (-9 ± 5) is within it.
     assert method_evidence.clearly_below(figures) == {"bad": ["ACDC"]}
+    # a method whose default moved: LA from the tables at its new default alone, or none
+    tables["la/cpu/paired-streams/lower-weight"] = _table(
+        {"bad": {"gap_closed": 0.1, "n": 1, "gap_closed_per_seed": {"1": 0.1}}})
+    moved = method_evidence.evidence(pooled, tables, la_moved={"bad": ("la/cpu/paired-streams/lower-weight",),
+                                                               "good": ("la/cpu/paired-streams/none-yet",)})
+    assert moved["bad"]["LA"] == (10, None, 1) and "LA" not in moved["good"]
 
 
 def test_the_wording_says_where_a_method_is_worse_than_supervised_only():

@@ -239,6 +239,18 @@ def test_dan_follows_ssl4mis():
     assert poly.learning_rate_factor(late, "discriminator") == method.learning_rate_factor(late, "main")
 
 
+@pytest.mark.parametrize("configured, expected", [(None, 0.01), (0.1, 0.1)])
+def test_dan_weighs_its_fooling_term_a_tenth_of_the_reference_unless_asked(configured, expected):
+    """lambda max 0.01 by default (a measured departure: the reference's 0.1 pulled the pool's
+    predictions to the labelled patients' sizes); ``--consistency 0.1`` is SSL4MIS's."""
+    data = SimpleNamespace(plan=SimpleNamespace(dim=2), num_classes=NUM_CLASSES)
+    built = build_method(TrainConfig(method="adversarial", size="tiny", consistency=configured), data)
+    assert built.settings.consistency == expected
+    losses = built.training_step(*batches(), StepInfo(5, 10, built.settings.consistency))
+    supervised, adversarial = (float(losses[k].detach()) for k in ("supervised", "adversarial"))
+    assert float(losses["main"].detach()) == pytest.approx(supervised + expected * adversarial, rel=1e-5)
+
+
 def test_dan_discriminator_has_the_references_depth():
     """Four strided convolutions to 8 times the width, a 2 x 2 grid pooled in 2D and a global pool
     in 3D, as SSL4MIS's FCDiscriminator and FC3DDiscriminator; three (stops 12 to 15) one option

@@ -63,9 +63,11 @@ class URPC(Method):
     ``"urpc_scale_weights"``: ``"equal"`` (default, the reference: the four outputs weigh the
     same in the supervised loss) or ``"halving"`` (a departure: 8/15, 4/15, 2/15 and 1/15 from
     the full-resolution output down, halving as nnU-Net's deep supervision; :func:`scale_weights`),
-    so that the three coarse outputs weigh less than the one it predicts with. Not a measured
-    default: URPC is below supervised-only at the bench's CPU preset with either heads, and the
-    halving weights did not lift it (0.643 against 0.649, one seed).
+    so that the three coarse outputs weigh less than the one it predicts with, or ``"main"``
+    (a departure: only the full-resolution output is supervised). Neither is a measured
+    default: URPC is below supervised-only at the bench's CPU preset with either heads, and
+    neither lifted it (seed 1337, the same labelled batches: halving 0.643, main 0.664, against
+    0.649 with equal weights and 0.700 for supervised-only).
 
     ``"urpc_scales"``: 4 (default, the reference: the main output and heads at 1/2, 1/4 and
     1/8), 3 (without the 1/8 head, as nnU-Net's deep supervision leaves out its lowest
@@ -76,11 +78,15 @@ class URPC(Method):
     Measured (seed 1337, the same labelled batches): 0.642 without the 1/8 head (RV 0.58 of the
     true volume) against 0.649 with it, so the reference's 4 stays the default.
 
-    What costs URPC its Dice at this preset is not its consistency term: with the unsupervised
-    weight at 0 (the bench's ``--consistency 0``) it gave 0.634, and 0.643 to 0.649 with it
-    (heads, weights and scales above), against 0.700 for supervised-only at that seed and 0.677
-    pooled over ten runs. What remains, since URPC has no backbone dropout and its labelled
-    batches are supervised-only's, is the supervised loss through the auxiliary heads.
+    What costs URPC its Dice at this preset is neither its consistency term nor the auxiliary
+    heads' supervision: with the unsupervised weight at 0 (the bench's ``--consistency 0``) it
+    gave 0.634, with only the main output supervised 0.664, and 0.643 to 0.649 with the heads,
+    weights and scales above, against 0.700 for supervised-only at that seed. The deficit holds
+    at every seed (equal weights: 0.649, 0.636 and 0.694 at seeds 1337 to 1339, against
+    supervised-only's 0.700, 0.674 and 0.711; stop 23 of
+    ``bench/results/label_efficiency_after_reference_settings.md``). What remains is the heads
+    themselves: they pass the supervision's or the consistency's gradients into the backbone's
+    skip features, the one thing every variant above shares. Not located further.
     """
 
     name = "urpc"
