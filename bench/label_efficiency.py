@@ -425,9 +425,12 @@ def load_tables(scratch: Path | None = None) -> dict:
     return json.loads(file.read_text()) if file.exists() else {}
 
 
-def register_table(table: str, folder: str, scratch: Path | None = None) -> None:
-    """``tables.json``: the table (``key/device[/tag]``) is reported from the budget folder."""
+def register_table(table: str, folder: str | None, scratch: Path | None = None) -> None:
+    """``tables.json``: the table (``key/device[/tag]``) is reported from the budget folder;
+    ``folder=None`` stops reporting it (its folder stays)."""
     tables = {**load_tables(scratch), table: folder}
+    if folder is None:
+        tables.pop(table)
     atomic_write_json((scratch or SCRATCH) / "tables.json", dict(sorted(tables.items())))
 
 

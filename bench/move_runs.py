@@ -7,8 +7,9 @@ they would be reported as the method's figure, and ``--resume`` would skip train
 This moves them to the folder the bench gives ``--consistency OLD`` (with the table's other
 options), registered as the side table ``<table>/<tag>``, with the table's baselines copied
 beside them (the same runs). The main table no longer plans the method, and its note says
-where the runs went; a table left with only its baselines is no longer reported. Nothing is deleted, and a folder that already holds the method's runs
-stops the move before anything is written.
+where the runs went; a table left with only its baselines is no longer reported. Nothing is
+deleted, and a folder that already holds the method's runs stops the move before anything is
+written.
 
     python bench/move_runs.py --scratch /root/sslbench --method adversarial --consistency 0.1 \\
         --tag dan-weight0.1 --tables acdc/cpu,acdc/cpu/ssl4mis-split,la/cpu
@@ -63,9 +64,7 @@ def move(scratch: Path, table: str, method: str, consistency: float, tag: str) -
                 f"since its default changed they are in table {side_table}.".strip()})
     le.register_table(side_table, side.name, scratch)
     if set(meta["planned"]) - {method} <= set(le.BASELINES):  # nothing left but the baselines' copies
-        tables = le.load_tables(scratch)
-        tables.pop(table)
-        atomic_write_json(scratch / "tables.json", tables)
+        le.register_table(table, None, scratch)
     return side_table
 
 
