@@ -335,6 +335,14 @@ def test_pooled_baseline_sets_every_run_against_every_supervised_equivalent_run(
              "bcp=acdc_x_paired_lower", "--results", str(tmp_path / "moved")])
     moved = json.loads((tmp_path / "moved" / "pooled_baseline.json").read_text())["methods"]["bcp"]
     assert moved["runs"] == [["seed1, paired streams", 0.85]]
+    # a label-efficiency run that trains supervised-only up to float (URPC, main output, weight 0)
+    # is a control, labelled by its folder so that it never passes for seed 1's supervised run
+    result("acdc_x_paired_urpc_main_consistency0", "urpc", 1, 0.62)
+    pb.main(["--scratch", str(tmp_path), "--folders", "acdc_x", "--controls",
+             "runs/acdc_x_paired_urpc_main_consistency0/urpc/seed*", "--results", str(tmp_path / "bench_control")])
+    assert json.loads((tmp_path / "bench_control" / "pooled_baseline.json").read_text())["baseline"]["runs"] == [
+        ["seed1, one generator", 0.60], ["seed2, one generator", 0.70],
+        ["acdc_x_paired_urpc_main_consistency0/urpc/seed1", 0.62]]
 
 
 def test_restored_run_folders_give_back_the_same_tables(tmp_path, monkeypatch):

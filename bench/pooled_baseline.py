@@ -46,9 +46,19 @@ def stream_of(folder: Path) -> str:
 
 
 def controls_of(scratch: Path, patterns: list[str]) -> list[tuple[str, float]]:
-    """``[(folder, Dice)]`` of the finished control runs (``sslsegment evaluate``'s ``eval.json``)."""
-    found = sorted({p for pattern in patterns for p in scratch.glob(pattern) if (p / "eval.json").exists()})
-    return [(p.name, json.loads((p / "eval.json").read_text())["mean"]["all"]["dice"]) for p in found]
+    """``[(label, Dice)]`` of the finished control runs: folders with ``sslsegment evaluate``'s
+    ``eval.json`` (labelled by the folder's name) or label-efficiency runs with a
+    ``bench_result.json`` (``runs/<budget>/<method>/seed<n>``, labelled ``<budget>/<method>/seed<n>``
+    so that a control never passes for the supervised-only run of its seed)."""
+    found = sorted({p for pattern in patterns for p in scratch.glob(pattern)
+                    if (p / "eval.json").exists() or (p / "bench_result.json").exists()})
+    return [control_run(p) for p in found]
+
+
+def control_run(folder: Path) -> tuple[str, float]:
+    if (folder / "eval.json").exists():
+        return folder.name, json.loads((folder / "eval.json").read_text())["mean"]["all"]["dice"]
+    return "/".join(folder.parts[-3:]), json.loads((folder / "bench_result.json").read_text())["dice"]
 
 
 def controls_from(report: Path) -> list[tuple[str, float]]:
@@ -129,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scratch", type=Path, default=SCRATCH, help="label_efficiency.py's --scratch")
     p.add_argument("--folders", required=True, help="comma-separated runs folders (names under SCRATCH/runs)")
     p.add_argument("--controls", default="", help="comma-separated globs under SCRATCH: supervised-equivalent "
-                                                   "control runs, each with an eval.json")
+                                                   "control runs, each with an eval.json or a bench_result.json")
     p.add_argument("--controls-from", type=Path, help="an earlier pooled_baseline.json whose control runs count too "
                                                      "(their folders stayed on another machine)")
     p.add_argument("--method-folders", action="append", default=[], metavar="METHOD=FOLDER[+FOLDER]",
