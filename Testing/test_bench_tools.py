@@ -340,9 +340,14 @@ def test_pooled_baseline_sets_every_run_against_every_supervised_equivalent_run(
     result("acdc_x_paired_urpc_main_consistency0", "urpc", 1, 0.62)
     pb.main(["--scratch", str(tmp_path), "--folders", "acdc_x", "--controls",
              "runs/acdc_x_paired_urpc_main_consistency0/urpc/seed*", "--results", str(tmp_path / "bench_control")])
-    assert json.loads((tmp_path / "bench_control" / "pooled_baseline.json").read_text())["baseline"]["runs"] == [
-        ["seed1, one generator", 0.60], ["seed2, one generator", 0.70],
-        ["acdc_x_paired_urpc_main_consistency0/urpc/seed1", 0.62]]
+    baseline = json.loads((tmp_path / "bench_control" / "pooled_baseline.json").read_text())["baseline"]
+    assert baseline["runs"] == [["seed1, one generator", 0.60], ["seed2, one generator", 0.70],
+                                ["acdc_x_paired_urpc_main_consistency0/urpc/seed1", 0.62]]
+    # seed 1's two runs give the spread within a seed: sd of (0.60, 0.62)
+    assert baseline["by_seed"]["seeds"] == {"1": [0.60, 0.62], "2": [0.70]}
+    assert abs(baseline["by_seed"]["within_sd"] - 0.02 / 2 ** 0.5) < 1e-9
+    assert "By seed (1: 0.600, 0.620; 2: 0.700): the sd within a seed is 0.014" in (
+        tmp_path / "bench_control" / "pooled_baseline.md").read_text()
 
 
 def test_restored_run_folders_give_back_the_same_tables(tmp_path, monkeypatch):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -76,6 +77,25 @@ def standard_error(method_dice: list[float], baseline_sd: float, baseline_runs: 
     return (method_sd ** 2 / len(method_dice) + baseline_sd ** 2 / baseline_runs) ** 0.5
 
 
+def spread_by_seed(runs: list[tuple[str, float]]) -> dict:
+    """The supervised-equivalent runs grouped by the seed their label names: ``{"seeds": {seed:
+    [Dice, ...]}, "within_sd": ...}``, where ``within_sd`` pools the spread inside each seed
+    with two runs or more (float-level changes at one seed) for comparison with the spread over
+    every run: when they are alike, a seed's runs are no closer to each other than any two
+    runs, and one run per seed says little about a method at that seed."""
+    seeds: dict[int, list[float]] = {}
+    for label, dice in runs:
+        found = re.search(r"seed(\d+)", label)
+        if found:
+            seeds.setdefault(int(found.group(1)), []).append(dice)
+    repeated = [d for d in seeds.values() if len(d) > 1]
+    within = None
+    if repeated:
+        squares = sum(sum((x - statistics.fmean(d)) ** 2 for x in d) for d in repeated)
+        within = (squares / sum(len(d) - 1 for d in repeated)) ** 0.5
+    return {"seeds": dict(sorted(seeds.items())), "within_sd": within}
+
+
 def pooled(folders: list[Path], controls: list[tuple[str, float]],
            method_folders: dict[str, list[Path]] | None = None) -> dict:
     """``method_folders``: for a method whose default moved (a departure adopted after its runs
@@ -101,7 +121,7 @@ def pooled(folders: list[Path], controls: list[tuple[str, float]],
         methods[method] = {"runs": runs, "mean": statistics.fmean(dice),
                            "sd": statistics.stdev(dice) if len(dice) > 1 else None,
                            "gap_closed": (statistics.fmean(dice) - base_mean) / gap, "gap_closed_error": error / gap}
-    return {"baseline": {"runs": baseline, "mean": base_mean, "sd": base_sd},
+    return {"baseline": {"runs": baseline, "mean": base_mean, "sd": base_sd, "by_seed": spread_by_seed(baseline)},
             "fully_supervised": {"runs": sorted(full.items()), "mean": full_mean}, "gap": gap,
             "methods": dict(sorted(methods.items(), key=lambda kv: -kv[1]["mean"])),
             "goals": goals.check_with_errors({m: (r["gap_closed"], r["gap_closed_error"]) for m, r in methods.items()})}
@@ -111,7 +131,7 @@ def markdown(report: dict) -> str:
     base, full = report["baseline"], report["fully_supervised"]
     lines = [f"Supervised-only, {len(base['runs'])} supervised-equivalent runs: **{base['mean']:.3f} ± {base['sd']:.3f}** "
              f"({', '.join(f'{d:.3f}' for _, d in base['runs'])}); fully supervised {full['mean']:.3f} "
-             f"({len(full['runs'])} runs); gap {report['gap']:.3f}.", "",
+             f"({len(full['runs'])} runs); gap {report['gap']:.3f}.", "", *seed_lines(base.get("by_seed")),
              "| method | runs | Dice (mean ± sd) | gap closed against the pooled baseline (± 1 standard error) "
              "| runs (seed, batch streams) |", "|---|---|---|---|---|"]
     for method, r in report["methods"].items():
@@ -120,6 +140,15 @@ def markdown(report: dict) -> str:
                      f"(± {100 * r['gap_closed_error']:.0f} %) | "
                      + ", ".join(f"{d:.3f} ({label})" for label, d in r["runs"]) + " |")
     return "\n".join(lines + ["", *goal_lines(report)]) + "\n"
+
+
+def seed_lines(by_seed: dict | None) -> list[str]:
+    """The baseline's runs seed by seed, and its spread within a seed against the spread over all."""
+    if not by_seed or by_seed["within_sd"] is None:
+        return []
+    seeds = "; ".join(f"{seed}: {', '.join(f'{d:.3f}' for d in dice)}" for seed, dice in by_seed["seeds"].items())
+    return [f"By seed ({seeds}): the sd within a seed is {by_seed['within_sd']:.3f}, pooled over the seeds "
+            "with two runs or more, against the sd over every run above.", ""]
 
 
 def goal_lines(report: dict) -> list[str]:
