@@ -91,7 +91,7 @@ def spread_by_seed(runs: list[tuple[str, float]]) -> dict:
     repeated = [d for d in seeds.values() if len(d) > 1]
     within = None
     if repeated:
-        squares = sum(sum((x - statistics.fmean(d)) ** 2 for x in d) for d in repeated)
+        squares = sum(statistics.variance(d) * (len(d) - 1) for d in repeated)
         within = (squares / sum(len(d) - 1 for d in repeated)) ** 0.5
     return {"seeds": dict(sorted(seeds.items())), "within_sd": within}
 
@@ -131,7 +131,7 @@ def markdown(report: dict) -> str:
     base, full = report["baseline"], report["fully_supervised"]
     lines = [f"Supervised-only, {len(base['runs'])} supervised-equivalent runs: **{base['mean']:.3f} ± {base['sd']:.3f}** "
              f"({', '.join(f'{d:.3f}' for _, d in base['runs'])}); fully supervised {full['mean']:.3f} "
-             f"({len(full['runs'])} runs); gap {report['gap']:.3f}.", "", *seed_lines(base.get("by_seed")),
+             f"({len(full['runs'])} runs); gap {report['gap']:.3f}.", "", *seed_lines(base["by_seed"]),
              "| method | runs | Dice (mean ± sd) | gap closed against the pooled baseline (± 1 standard error) "
              "| runs (seed, batch streams) |", "|---|---|---|---|---|"]
     for method, r in report["methods"].items():
@@ -142,9 +142,9 @@ def markdown(report: dict) -> str:
     return "\n".join(lines + ["", *goal_lines(report)]) + "\n"
 
 
-def seed_lines(by_seed: dict | None) -> list[str]:
+def seed_lines(by_seed: dict) -> list[str]:
     """The baseline's runs seed by seed, and its spread within a seed against the spread over all."""
-    if not by_seed or by_seed["within_sd"] is None:
+    if by_seed["within_sd"] is None:
         return []
     seeds = "; ".join(f"{seed}: {', '.join(f'{d:.3f}' for d in dice)}" for seed, dice in by_seed["seeds"].items())
     return [f"By seed ({seeds}): the sd within a seed is {by_seed['within_sd']:.3f}, pooled over the seeds "

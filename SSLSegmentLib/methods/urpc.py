@@ -92,7 +92,7 @@ class URPC(Method):
     decimals over the first iterations) and drifts from them only at float level; at seeds 1338
     and 1339 it gave 0.629 and 0.702, against supervised-only's 0.674 and 0.711 and URPC's 0.636
     and 0.694 (stop 24). Against the mean of every supervised-equivalent run at its seed URPC is
-    0.01 to 0.02 below at each seed, inside the spread within a seed (sd 0.019,
+    0.01 to 0.02 below at each seed, inside the spread within a seed (sd 0.018,
     ``bench/results/pooled_baseline.md``): a small deficit or none, not located.
     """
 
