@@ -107,13 +107,16 @@ def test_budgeted_run_ends_within_the_budget_and_its_schedule_spans_the_fixed_co
     # every step after the last decision follows the schedule of the count then fixed
     decided = events[-1]["decided_at"]
     later = [r for r in steps if r["iteration"] > decided and r["total"] == fixed]
+    assert later, "no step after the last decision"
     for record in later:
         step = record["iteration"] - 1
         assert record["lr"] == pytest.approx(base_lr * poly_lr(1.0, step, fixed))
         assert record["consistency_weight"] == pytest.approx(
             consistency_weight(trainer.method.settings, step, fixed), abs=1e-6)
+    # The ramp-up spans the fixed count (not the cap): a busy machine may decide late, so that
+    # every logged step after the decision lies past the ramp-up; the schedule itself must not.
     maximum = trainer.method.settings.consistency
-    assert any(0 < r["consistency_weight"] < 0.99 * maximum for r in later), "no record inside the ramp-up"
+    assert 0 < consistency_weight(trainer.method.settings, fixed // 2, fixed) < 0.99 * maximum
     assert sorted(p.name for p in run.predictions.glob("*.seg.nrrd")) == ["case_003.seg.nrrd", "case_004.seg.nrrd"]
     _assert_in_time(seconds)
 
