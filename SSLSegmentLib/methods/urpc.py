@@ -93,7 +93,11 @@ class URPC(Method):
     and 1339 it gave 0.629 and 0.702, against supervised-only's 0.674 and 0.711 and URPC's 0.636
     and 0.694 (stop 24). Against the mean of every supervised-equivalent run at its seed URPC is
     0.01 to 0.02 below at each seed, inside the spread within a seed (sd 0.018,
-    ``bench/results/pooled_baseline.md``): a small deficit or none, not located.
+    ``bench/results/pooled_baseline.md``). Four more seeds settle that it is a deficit: 0.666,
+    0.620, 0.648 and 0.633 at seeds 1340 to 1343 (supervised-only 0.678, 0.690, 0.623 and
+    0.649), so that over its 8 runs URPC (0.645) sits 19 % ± 7 of the gap below the pooled
+    baseline (stop 25). Its cause is not located; the method pickers say it is below
+    supervised-only (``SSLSegmentLib/measured_gain.py``).
     """
 
     name = "urpc"
