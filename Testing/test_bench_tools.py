@@ -4,8 +4,11 @@ the goals table (issue 14)."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
+import time
 
+import pytest
 from helpers import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
@@ -117,7 +120,6 @@ def test_teacher_model_carries_the_ema_teachers_weights(tmp_path):
 def test_label_efficiency_runs_every_catalogued_method_and_refuses_an_unknown_one():
     """A method added to the catalogue (UniMatch) is run, not silently left out; a misspelt
     name stops the bench instead of running only the baselines."""
-    import pytest  # noqa: PLC0415
 
     import label_efficiency  # noqa: PLC0415
     from SSLSegmentLib import catalogue  # noqa: PLC0415
@@ -187,7 +189,6 @@ def test_acdc_split_is_ssl4mis_by_default_and_keeps_its_runs_apart():
     """SSL4MIS's seven labelled ACDC patients (the first of its shuffled train.list) by default;
     the first seven by number (all dilated hearts, the tables before stop 17) one flag away, in
     their own runs folder and table; a data set without SSL4MIS's patients is refused."""
-    import pytest  # noqa: PLC0415
 
     import label_efficiency as le  # noqa: PLC0415
 
@@ -258,7 +259,6 @@ def test_runs_of_paired_batch_streams_never_mix_with_earlier_runs(tmp_path):
     """Runs of this code (labelled and unlabelled batches from separate generators) go into
     ``_paired`` folders, so ``--resume`` cannot pair a method of this code with a baseline of
     the earlier one-generator stream; the earlier folders are reported, never trained into."""
-    import pytest  # noqa: PLC0415
 
     import label_efficiency as le  # noqa: PLC0415
     import time_budget as tb  # noqa: PLC0415
@@ -283,7 +283,6 @@ def test_a_deadline_after_midnight_is_tomorrows():
     import argparse  # noqa: PLC0415
     import datetime  # noqa: PLC0415
 
-    import pytest  # noqa: PLC0415
 
     import label_efficiency as le  # noqa: PLC0415
 
@@ -354,7 +353,6 @@ def test_restored_run_folders_give_back_the_same_tables(tmp_path, monkeypatch):
     """``restore_runs.py`` writes a report's folders back (a fresh machine resumes the tables):
     the folder each table names, derived from the budget where meta.json did not record it
     (reports before stop 20), and a report rewritten from the restored runs equals the first."""
-    import pytest  # noqa: PLC0415
 
     import label_efficiency as le  # noqa: PLC0415
     import restore_runs  # noqa: PLC0415
@@ -394,7 +392,6 @@ def test_restored_run_folders_give_back_the_same_tables(tmp_path, monkeypatch):
 
 
 def test_composed_report_keeps_the_written_sections_and_replaces_the_generated_tables():
-    import pytest  # noqa: PLC0415
 
     from compose_report import GENERATED_TITLE, compose  # noqa: PLC0415
 
@@ -408,7 +405,6 @@ def test_composed_report_keeps_the_written_sections_and_replaces_the_generated_t
 
 def test_a_data_folder_without_images_is_named_in_the_error(tmp_path):
     """A wrong ``--data`` says so, rather than that ACDC lacks SSL4MIS's patients."""
-    import pytest  # noqa: PLC0415
 
     import label_efficiency as le  # noqa: PLC0415
     import time_budget as tb  # noqa: PLC0415
@@ -481,7 +477,6 @@ def test_runs_at_a_methods_old_default_move_to_a_side_table(tmp_path, monkeypatc
     """``move_runs.py``: after a method's default weight changed, its runs leave the main table
     for the folder ``--consistency OLD`` gives (baselines copied), the main table stops planning
     it (so ``--resume`` trains it afresh), and a move never overwrites runs."""
-    import pytest  # noqa: PLC0415
 
     import label_efficiency as le  # noqa: PLC0415
     import move_runs  # noqa: PLC0415
@@ -516,3 +511,49 @@ def test_runs_at_a_methods_old_default_move_to_a_side_table(tmp_path, monkeypatc
     (side / "bcp").rmdir()
     move_runs.move(tmp_path, table, "bcp", 0.1, "dan-weight0.1")
     assert table not in le.load_tables() and (main / "meta.json").exists()
+
+
+@pytest.mark.slow
+def test_a_bench_run_killed_mid_training_goes_on_from_its_checkpoint(phantom_data, tmp_path, monkeypatch):
+    """``--resume`` deleted a run that had not finished and trained it again from the start, so
+    a run longer than a session (CTCT on LA: two hours on 2 cores) could never finish. It now
+    goes on with ``sslsegment train --resume`` from the last checkpoint, and the result counts
+    the loop time of both stretches and says where it resumed."""
+    import label_efficiency as le  # noqa: PLC0415
+    from SSLSegmentLib.training.run_folder import RunFolder  # noqa: PLC0415
+
+    monkeypatch.setattr(le, "SCRATCH", tmp_path / "bench")
+    args = le.parse_args(["--resume", "--la-iterations", "20", "--la-patch", "16,32,32", "--size", "tiny",
+                          "--num-workers", "0"])
+    images, labels = phantom_data["images"], phantom_data["labels"]
+    labelled = [(images / f"{p.name.split('.')[0]}.nrrd", p) for p in sorted(labels.iterdir())]
+    unlabelled = [p for p in sorted(images.iterdir()) if p not in {i for i, _ in labelled}]
+    classes = {"0": "background", "1": "organ", "2": "lesion"}
+    few = le.write_dataset_json(tmp_path / "few.json", classes, labelled, unlabelled)
+    prepared = {"few": few, "all": few, "eval_images": phantom_data["test_images"],
+                "eval_labels": phantom_data["test_labels"]}
+    run = le.runs_root("la", args) / "mean_teacher" / "seed1337"
+    (run / "train").parent.mkdir(parents=True)
+    command = le.train_arguments("mean_teacher", 1337, le.budget_of(args, "la"), prepared, run, args)
+    killed = subprocess.Popen([sys.executable, "-m", "SSLSegmentLib", *command], cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    progress = RunFolder(run / "train")
+    deadline = time.monotonic() + 180
+    while not any(r.get("iteration", 0) >= 6 for r in progress.read_progress()):
+        assert killed.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+        time.sleep(0.05)
+    killed.kill()
+    killed.wait(timeout=60)
+    assert le.interrupted_training(run / "train")
+    first_stretch = le.loop_seconds(run / "train")
+
+    result = le.run_method("la", "mean_teacher", 1337, prepared, args)
+    assert result["resumed_from"] and result["resumed_from"][0] >= 4
+    assert (run / "train" / "model.pt").exists() and not le.interrupted_training(run / "train")
+    assert progress.read_status()["state"] == "done"
+    assert result["train_s"] > first_stretch > 0
+    stretches = le.loop_segments(run / "train")
+    assert len(stretches) == 2 and stretches[1][0] == 20 - result["resumed_from"][0]
+    assert result["loop_s_per_iteration"] == round(sum(s for _, s in stretches) / sum(n for n, _ in stretches), 4)
+    assert 0 <= result["dice"] <= 1
+    assert le.run_method("la", "mean_teacher", 1337, prepared, args) == result  # done: skipped

@@ -72,7 +72,8 @@ Options: ``--methods a,b`` (baselines always run), ``--seeds 1337,1338,1339`` (e
 each seed; the tables give the mean and standard deviation over seeds, and "gap closed" from
 the means), ``--jobs N`` (runs side by side, for a GPU or a many-core machine), ``--device
 cuda``, ``--data DIR`` (a folder laid out like ``../shared/data``), ``--resume`` (skip runs
-whose results exist for the same budget), ``--deadline HH:MM`` (UTC, its next occurrence) or
+whose results exist for the same budget; a run killed mid-training goes on from its last
+checkpoint, a tenth of the run at most behind), ``--deadline HH:MM`` (UTC, its next occurrence) or
 ``--time-limit S`` (start no run after it), ``--report-only`` (rewrite the md/json/png from the
 runs on disk), ``--batch-streams interleaved`` (with ``--report-only``: the folders of runs
 before stop 19, whose labelled and unlabelled batches came from one generator).
@@ -324,34 +325,49 @@ def table_tag(key: str, args) -> str:
     return "/".join(t for t in (split_suffix(key, args.acdc_labelled).lstrip("_"), streams, args.tag) if t)
 
 
-def run_method(key: str, method: str, seed: int, prepared: dict, args) -> dict:
-    run = runs_root(key, args) / method / f"seed{seed}"
-    result_file = run / "bench_result.json"
-    if args.resume and result_file.exists():
-        return json.loads(result_file.read_text())
-    if run.exists():
-        shutil.rmtree(run)
-    run.mkdir(parents=True)
-    budget = budget_of(args, key)
+def interrupted_training(train_folder: Path) -> bool:
+    """A training that stopped before its end and left a resumable checkpoint
+    (``sslsegment train --resume`` goes on with it, with its own settings)."""
+    return (train_folder / "checkpoint_resume.pt").is_file() and not (train_folder / "model.pt").exists()
+
+
+def train_arguments(method: str, seed: int, budget: dict, prepared: dict, run: Path, args) -> list[str]:
+    """``sslsegment train`` for a new run of ``method`` at ``seed`` into ``run/train``."""
     dataset = prepared["all"] if method == "fully_supervised" else prepared["few"]
-    log_file = run / "bench.log"
     # One preprocessing cache for every run of the bench (keyed by file checksums and settings).
     extra = ["--cache-dir", str(SCRATCH / ".sslsegment-cache")]
     extra += ["--num-workers", str(args.num_workers)] if args.num_workers is not None else []
     extra += [] if method in BASELINES else [a for o in args.method_option for a in ("--method-option", o)]
     extra += [] if method in BASELINES or args.dropout is None else ["--dropout", f"{args.dropout:g}"]
     extra += [] if method in BASELINES or args.consistency is None else ["--consistency", f"{args.consistency:g}"]
-    train_s = cli("train", "--dataset", str(dataset), "--method", "supervised" if method in BASELINES else method,
-                  "--network", "unet", "--size", args.size, "--dim", str(budget["dim"]),
-                  "--iterations", str(budget["iterations"]), "--patch-size", budget["patch"],
-                  "--labelled-batch", str(budget["labelled_batch"]),
-                  "--unlabelled-batch", str(budget["unlabelled_batch"]), "--val-cases", str(args.val_cases),
-                  "--optimiser", args.optimiser, "--lr", str(args.lr), *([] if args.amp else ["--no-amp"]),
-                  "--seed", str(seed), "--device", args.device, *extra, "--out", str(run / "train"),
-                  # the bench resamples its own copies and labels CPU runs fp32: keep the
-                  # product's CPU defaults (spacing "fit", bf16 on AMX) out of its tables
-                  "--spacing", "data", *([] if args.device == "cuda" else ["--precision", "fp32"]),
-                  log_file=log_file)
+    return ["train", "--dataset", str(dataset), "--method", "supervised" if method in BASELINES else method,
+            "--network", "unet", "--size", args.size, "--dim", str(budget["dim"]),
+            "--iterations", str(budget["iterations"]), "--patch-size", budget["patch"],
+            "--labelled-batch", str(budget["labelled_batch"]),
+            "--unlabelled-batch", str(budget["unlabelled_batch"]), "--val-cases", str(args.val_cases),
+            "--optimiser", args.optimiser, "--lr", str(args.lr), *([] if args.amp else ["--no-amp"]),
+            "--seed", str(seed), "--device", args.device, *extra, "--out", str(run / "train"),
+            # the bench resamples its own copies and labels CPU runs fp32: keep the
+            # product's CPU defaults (spacing "fit", bf16 on AMX) out of its tables
+            "--spacing", "data", *([] if args.device == "cuda" else ["--precision", "fp32"])]
+
+
+def run_method(key: str, method: str, seed: int, prepared: dict, args) -> dict:
+    run = runs_root(key, args) / method / f"seed{seed}"
+    result_file = run / "bench_result.json"
+    if args.resume and result_file.exists():
+        return json.loads(result_file.read_text())
+    budget = budget_of(args, key)
+    log_file = run / "bench.log"
+    if args.resume and interrupted_training(run / "train"):
+        # an hours-long run (CTCT on LA) goes on from its last checkpoint, in this or a later session
+        earlier_s = loop_seconds(run / "train")
+        train_s = earlier_s + cli("train", "--resume", str(run / "train"), log_file=log_file)
+    else:
+        if run.exists():
+            shutil.rmtree(run)
+        run.mkdir(parents=True)
+        train_s = cli(*train_arguments(method, seed, budget, prepared, run, args), log_file=log_file)
     predict_s = cli("predict", "--model", str(run / "train"), "--images", str(prepared["eval_images"]),
                     "--out", str(run / "pred"), "--device", args.device, log_file=log_file)
     cli("evaluate", "--pred", str(run / "pred"), "--labels", str(prepared["eval_labels"]),
@@ -364,16 +380,48 @@ def run_method(key: str, method: str, seed: int, prepared: dict, args) -> dict:
               "train_s": round(train_s, 1), "predict_s": round(predict_s, 1),
               "s_per_iteration": round(train_s / budget["iterations"], 3), "patch_used": config["patch_size"],
               "loop_s_per_iteration": loop_seconds_per_iteration(run / "train"),
-              "finished": utc_now(), **budget, "seed": seed}
+              "finished": utc_now(), **budget, "seed": seed,
+              **({"resumed_from": resumed} if (resumed := resumed_iterations(run / "train")) else {})}
     atomic_write_json(result_file, result)
     return result
 
 
+def loop_segments(train_folder: Path) -> list[tuple[int, float]]:
+    """``(iterations, seconds)`` of each stretch of the training loop: one for a run trained
+    straight through, one more per ``--resume`` (whose progress records start their clock at
+    the checkpoint's iteration). A killed stretch counts the iterations it ran past its last
+    checkpoint too: they were paid for, then run again."""
+    segments, start, last = [], 0, None
+    for record in read_progress(train_folder):
+        if record.get("event") == "resumed":
+            if last is not None:
+                segments.append((last[0] - start, last[1]))
+            start, last = record["iteration"], None
+        elif "iteration" in record and "elapsed_s" in record:
+            last = (record["iteration"], record["elapsed_s"])
+    if last is not None:
+        segments.append((last[0] - start, last[1]))
+    return segments
+
+
+def resumed_iterations(train_folder: Path) -> list[int]:
+    """The checkpoints' iterations a run went on from (``--resume``), in order."""
+    return [r["iteration"] for r in read_progress(train_folder) if r.get("event") == "resumed"]
+
+
+def loop_seconds(train_folder: Path) -> float:
+    """Seconds the training loop has run so far, over all its stretches."""
+    return sum(seconds for _, seconds in loop_segments(train_folder))
+
+
 def loop_seconds_per_iteration(train_folder: Path) -> float | None:
-    """Seconds per iteration of the training loop alone (its last progress record's elapsed time
-    over its iterations), without start-up, caching and saving: what a longer budget scales."""
-    records = [r for r in read_progress(train_folder) if "iteration" in r and "elapsed_s" in r]
-    return round(records[-1]["elapsed_s"] / records[-1]["iteration"], 4) if records else None
+    """Seconds per iteration of the training loop alone (its progress records' elapsed time
+    over their iterations, every stretch of a resumed run included), without start-up, caching
+    and saving: what a longer budget scales."""
+    segments = [(n, seconds) for n, seconds in loop_segments(train_folder) if n > 0]
+    if not segments:
+        return None
+    return round(sum(seconds for _, seconds in segments) / sum(n for n, _ in segments), 4)
 
 
 def utc_now() -> str:
@@ -701,7 +749,7 @@ def parse_args(argv=None):
     p.add_argument("--deadline", default=None, type=deadline_after_now,
                    help="UTC HH:MM, its next occurrence (01:25 given at 23:00 is in 2 h 25 min): start no run after it")
     p.add_argument("--time-limit", type=float, default=None, help="seconds: start no run after them")
-    p.add_argument("--resume", action="store_true", help="skip runs whose results exist")
+    p.add_argument("--resume", action="store_true", help="skip runs whose results exist; go on with a run killed mid-training from its last checkpoint")
     p.add_argument("--report-only", action="store_true", help="only rewrite the md/json/png from the runs on disk")
     add_batch_streams_option(p)
     preset, _ = p.parse_known_args(argv)
