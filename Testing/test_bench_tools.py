@@ -557,3 +557,21 @@ def test_a_bench_run_killed_mid_training_goes_on_from_its_checkpoint(phantom_dat
     assert result["loop_s_per_iteration"] == round(sum(s for _, s in stretches) / sum(n for n, _ in stretches), 4)
     assert 0 <= result["dice"] <= 1
     assert le.run_method("la", "mean_teacher", 1337, prepared, args) == result  # done: skipped
+
+
+def test_a_variant_run_without_a_tag_cannot_take_over_the_methods_table(tmp_path, monkeypatch):
+    """A run with ``--consistency 1`` and no ``--tag`` re-pointed the main table at its own
+    folder, so the report showed the variant's runs as the methods' defaults. It is refused,
+    naming both folders and ``--tag``; with a tag it gets a table of its own."""
+    import label_efficiency as le  # noqa: PLC0415
+
+    monkeypatch.setattr(le, "SCRATCH", tmp_path)
+    prepared = {"spacing": "3 x 3 mm", "split": {"labelled_by": "SSL4MIS"}}
+    main = le.start_table("acdc", ["urpc"], prepared, le.parse_args([]), "cmd")
+    (table,) = le.load_tables()
+    with pytest.raises(SystemExit, match=f"table {table} reports the runs in {main.name}.*--tag"):
+        le.start_table("acdc", ["urpc"], prepared, le.parse_args(["--consistency", "1"]), "cmd")
+    assert le.load_tables() == {table: main.name}
+    assert le.start_table("acdc", ["urpc"], prepared, le.parse_args([]), "again") == main  # the same folder: fine
+    variant = le.start_table("acdc", ["urpc"], prepared, le.parse_args(["--consistency", "1", "--tag", "weight1"]), "cmd")
+    assert le.load_tables() == {table: main.name, f"{table}/weight1": variant.name} and variant != main

@@ -794,6 +794,14 @@ def start_table(key: str, methods: list[str], prepared: dict, args, command: str
     """The budget folder's meta.json, merged with an earlier one of the same budget (e.g. a
     --resume of one method, or another seed)."""
     root = runs_root(key, args)
+    tag = table_tag(key, args)
+    table = f"{key}/{args.device}" + (f"/{tag}" if tag else "")
+    reported = load_tables().get(table)
+    if reported not in (None, root.name):
+        # without this, a variant run (--consistency, --method-option) silently took over the
+        # method table's name, and the report showed the variant as the methods' defaults
+        raise SystemExit(f"table {table} reports the runs in {reported}, but these settings train into "
+                         f"{root.name}: give --tag NAME to report them in a table of their own")
     root.mkdir(parents=True, exist_ok=True)
     meta = {"title": DATASETS[key]["title"], "budget": budget_of(args, key), "spacing": prepared["spacing"],
             "split": prepared["split"], "planned": [*BASELINES, *methods], "commands": [command],
@@ -805,8 +813,7 @@ def start_table(key: str, methods: list[str], prepared: dict, args, command: str
         meta["commands"] = [*earlier.get("commands", []), command]
         meta["note"] = earlier.get("note") or args.note
     atomic_write_json(root / "meta.json", meta)
-    tag = table_tag(key, args)
-    register_table(f"{key}/{args.device}" + (f"/{tag}" if tag else ""), root.name)
+    register_table(table, root.name)
     return root
 
 
