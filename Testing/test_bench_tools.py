@@ -120,7 +120,6 @@ def test_teacher_model_carries_the_ema_teachers_weights(tmp_path):
 def test_label_efficiency_runs_every_catalogued_method_and_refuses_an_unknown_one():
     """A method added to the catalogue (UniMatch) is run, not silently left out; a misspelt
     name stops the bench instead of running only the baselines."""
-
     import label_efficiency  # noqa: PLC0415
     from SSLSegmentLib import catalogue  # noqa: PLC0415
 
@@ -189,7 +188,6 @@ def test_acdc_split_is_ssl4mis_by_default_and_keeps_its_runs_apart():
     """SSL4MIS's seven labelled ACDC patients (the first of its shuffled train.list) by default;
     the first seven by number (all dilated hearts, the tables before stop 17) one flag away, in
     their own runs folder and table; a data set without SSL4MIS's patients is refused."""
-
     import label_efficiency as le  # noqa: PLC0415
 
     patients = [f"patient{i:03d}" for i in range(1, 101) if i not in (2, 19, 28, 30, 39, 45, 78, 82, 85, 87)]
@@ -259,7 +257,6 @@ def test_runs_of_paired_batch_streams_never_mix_with_earlier_runs(tmp_path):
     """Runs of this code (labelled and unlabelled batches from separate generators) go into
     ``_paired`` folders, so ``--resume`` cannot pair a method of this code with a baseline of
     the earlier one-generator stream; the earlier folders are reported, never trained into."""
-
     import label_efficiency as le  # noqa: PLC0415
     import time_budget as tb  # noqa: PLC0415
 
@@ -282,7 +279,6 @@ def test_a_deadline_after_midnight_is_tomorrows():
     chain before its first run (stop 19)."""
     import argparse  # noqa: PLC0415
     import datetime  # noqa: PLC0415
-
 
     import label_efficiency as le  # noqa: PLC0415
 
@@ -353,7 +349,6 @@ def test_restored_run_folders_give_back_the_same_tables(tmp_path, monkeypatch):
     """``restore_runs.py`` writes a report's folders back (a fresh machine resumes the tables):
     the folder each table names, derived from the budget where meta.json did not record it
     (reports before stop 20), and a report rewritten from the restored runs equals the first."""
-
     import label_efficiency as le  # noqa: PLC0415
     import restore_runs  # noqa: PLC0415
 
@@ -392,7 +387,6 @@ def test_restored_run_folders_give_back_the_same_tables(tmp_path, monkeypatch):
 
 
 def test_composed_report_keeps_the_written_sections_and_replaces_the_generated_tables():
-
     from compose_report import GENERATED_TITLE, compose  # noqa: PLC0415
 
     report = f"# Title\n\n## Stop 2\n\nold reading\n\n{GENERATED_TITLE}\n\nold tables\n"
@@ -405,7 +399,6 @@ def test_composed_report_keeps_the_written_sections_and_replaces_the_generated_t
 
 def test_a_data_folder_without_images_is_named_in_the_error(tmp_path):
     """A wrong ``--data`` says so, rather than that ACDC lacks SSL4MIS's patients."""
-
     import label_efficiency as le  # noqa: PLC0415
     import time_budget as tb  # noqa: PLC0415
 
@@ -477,7 +470,6 @@ def test_runs_at_a_methods_old_default_move_to_a_side_table(tmp_path, monkeypatc
     """``move_runs.py``: after a method's default weight changed, its runs leave the main table
     for the folder ``--consistency OLD`` gives (baselines copied), the main table stops planning
     it (so ``--resume`` trains it afresh), and a move never overwrites runs."""
-
     import label_efficiency as le  # noqa: PLC0415
     import move_runs  # noqa: PLC0415
 
@@ -520,20 +512,21 @@ def test_a_bench_run_killed_mid_training_goes_on_from_its_checkpoint(phantom_dat
     goes on with ``sslsegment train --resume`` from the last checkpoint, and the result counts
     the loop time of both stretches and says where it resumed."""
     import label_efficiency as le  # noqa: PLC0415
+    from SSLSegmentLib.data import case_name  # noqa: PLC0415
     from SSLSegmentLib.training.run_folder import RunFolder  # noqa: PLC0415
 
     monkeypatch.setattr(le, "SCRATCH", tmp_path / "bench")
     args = le.parse_args(["--resume", "--la-iterations", "20", "--la-patch", "16,32,32", "--size", "tiny",
                           "--num-workers", "0"])
     images, labels = phantom_data["images"], phantom_data["labels"]
-    labelled = [(images / f"{p.name.split('.')[0]}.nrrd", p) for p in sorted(labels.iterdir())]
+    labelled = [(images / f"{case_name(p)}.nrrd", p) for p in sorted(labels.iterdir())]
     unlabelled = [p for p in sorted(images.iterdir()) if p not in {i for i, _ in labelled}]
     classes = {"0": "background", "1": "organ", "2": "lesion"}
     few = le.write_dataset_json(tmp_path / "few.json", classes, labelled, unlabelled)
     prepared = {"few": few, "all": few, "eval_images": phantom_data["test_images"],
                 "eval_labels": phantom_data["test_labels"]}
     run = le.runs_root("la", args) / "mean_teacher" / "seed1337"
-    (run / "train").parent.mkdir(parents=True)
+    run.mkdir(parents=True)
     command = le.train_arguments("mean_teacher", 1337, le.budget_of(args, "la"), prepared, run, args)
     killed = subprocess.Popen([sys.executable, "-m", "SSLSegmentLib", *command], cwd=ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -749,7 +749,8 @@ def parse_args(argv=None):
     p.add_argument("--deadline", default=None, type=deadline_after_now,
                    help="UTC HH:MM, its next occurrence (01:25 given at 23:00 is in 2 h 25 min): start no run after it")
     p.add_argument("--time-limit", type=float, default=None, help="seconds: start no run after them")
-    p.add_argument("--resume", action="store_true", help="skip runs whose results exist; go on with a run killed mid-training from its last checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="skip runs whose results exist; go on with a run killed mid-training from its last checkpoint")
     p.add_argument("--report-only", action="store_true", help="only rewrite the md/json/png from the runs on disk")
     add_batch_streams_option(p)
     preset, _ = p.parse_known_args(argv)
