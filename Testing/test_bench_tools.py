@@ -4,6 +4,7 @@ the goals table (issue 14)."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -510,7 +511,8 @@ def test_a_bench_run_killed_mid_training_goes_on_from_its_checkpoint(phantom_dat
     """``--resume`` deleted a run that had not finished and trained it again from the start, so
     a run longer than a session (CTCT on LA: two hours on 2 cores) could never finish. It now
     goes on with ``sslsegment train --resume`` from the last checkpoint, and the result counts
-    the loop time of both stretches and says where it resumed."""
+    the loop time of both stretches and says where it resumed. A run killed after its training
+    (while predicting or evaluating) keeps its model and does only those again."""
     import label_efficiency as le  # noqa: PLC0415
     from SSLSegmentLib.data import case_name  # noqa: PLC0415
     from SSLSegmentLib.training.run_folder import RunFolder  # noqa: PLC0415
@@ -550,6 +552,15 @@ def test_a_bench_run_killed_mid_training_goes_on_from_its_checkpoint(phantom_dat
     assert result["loop_s_per_iteration"] == round(sum(s for _, s in stretches) / sum(n for n, _ in stretches), 4)
     assert 0 <= result["dice"] <= 1
     assert le.run_method("la", "mean_teacher", 1337, prepared, args) == result  # done: skipped
+
+    # killed after its training, while predicting or evaluating: those alone are done again
+    (run / "bench_result.json").unlink()
+    shutil.rmtree(run / "pred")
+    model_bytes = (run / "train" / "model.pt").read_bytes()
+    again = le.run_method("la", "mean_teacher", 1337, prepared, args)
+    assert (run / "train" / "model.pt").read_bytes() == model_bytes
+    assert again["dice"] == result["dice"] and again["resumed_from"] == result["resumed_from"]
+    assert again["train_s"] == round(le.loop_seconds(run / "train"), 1)
 
 
 def test_a_variant_run_without_a_tag_cannot_take_over_the_methods_table(tmp_path, monkeypatch):

@@ -324,6 +324,41 @@ def test_a_killed_run_is_locked_while_alive_then_interrupted_then_resumed_to_the
         assert torch.allclose(tensor.float(), actual[name].float(), atol=1e-5), name
 
 
+@pytest.mark.slow
+def test_a_run_killed_while_predicting_resumes_with_its_model_to_the_missing_predictions(tmp_path):
+    """After the loop the model is written and the resumable checkpoint deleted; a kill while
+    the unlabelled cases are predicted used to leave a run that ``--resume`` refused ("no
+    resumable checkpoint"), so the whole training was lost. It now predicts the unlabelled
+    cases with the model it has, which stays the same file."""
+    write_two_labelled_cases(tmp_path)
+    rng = np.random.default_rng(1)
+    unlabelled = ("u1", "u2", "u3")
+    for name in unlabelled:  # large next to the patch: each takes a while to predict
+        write_volume(tmp_path / "images" / f"{name}.nrrd", rng.normal(size=(48, 160, 160)).astype(np.float32))
+    out = tmp_path / "run"
+    process = _child("train", "--images", tmp_path / "images", "--labels", tmp_path / "labels", "--out", out,
+                     "--iterations", 4, *TINY_TRAIN, "--spacing", "data", "--threads", "1", "--predict-unlabelled")
+    run = RunFolder(out)
+    predicting = lambda: any(r.get("phase") == "predicting" for r in run.read_progress())  # noqa: E731
+    _wait_for(lambda: predicting() or process.poll() is not None, timeout=300)
+    assert process.poll() is None, "the run ended before it could be killed while predicting"
+    process.kill()
+    process.communicate(timeout=60)
+    assert run.read_status()["state"] == "interrupted"
+    assert (out / "model.pt").exists() and not (out / "checkpoint_resume.pt").exists()
+    model_bytes = (out / "model.pt").read_bytes()
+    assert len(list((out / "predictions").glob("*.seg.nrrd"))) < len(unlabelled)
+
+    assert main(["train", "--resume", str(out), "--threads", "1"]) == 0
+    assert run.read_status()["state"] == "done"
+    assert (out / "model.pt").read_bytes() == model_bytes  # not trained again
+    assert sorted(p.name for p in (out / "predictions").glob("*.seg.nrrd")) == [f"{n}.seg.nrrd" for n in unlabelled]
+    records = run.read_progress()
+    resumed = [i for i, r in enumerate(records) if r.get("event") == "resumed"]
+    assert resumed and records[resumed[-1]] == {"event": "resumed", "iteration": 4, "training": "finished"}
+    assert not [r for r in records[resumed[-1]:] if "elapsed_s" in r]  # no training step after it
+
+
 def test_a_status_left_running_by_a_dead_process_reads_interrupted(tmp_path):
     from SSLSegmentLib import jobs
     from SSLSegmentLib.fileio import atomic_write_json

@@ -78,7 +78,9 @@ def train_run(run: RunFolder, inputs: Callable[[], tuple], log: logging.Logger |
 
     ``inputs()`` returns ``(TrainConfig, Dataset)``; it is called once the status says
     ``running``, so that its errors (a bad case, a bad setting) are the run's errors.
-    ``resume``: go on from the folder's resumable checkpoint. ``predict_unlabelled``:
+    ``resume``: go on from the folder's resumable checkpoint, or, when the training had
+    already ended (its model written; the run stopped while predicting), with only what was
+    left after it. ``predict_unlabelled``:
     predict every unlabelled case into ``run.predictions`` after training (rank 0).
     """
     context = context or distributed.DistributedContext()
@@ -93,12 +95,15 @@ def train_run(run: RunFolder, inputs: Callable[[], tuple], log: logging.Logger |
         started = time.monotonic()
         trainer = Trainer(config, dataset, run, log, context)
         trainer.setup()
+        finished = None
         if resume:
             from . import resume as resuming  # noqa: PLC0415
 
-            resuming.restore(trainer, resuming.load(run.checkpoint(resuming.KIND)))
+            finished = resuming.finished_training(run, log)
+            if finished is None:
+                resuming.restore(trainer, resuming.load(run.checkpoint(resuming.KIND)))
         setup_s = time.monotonic() - started
-        result = trainer.train()
+        result = finished or trainer.train()
         if predict_unlabelled and context.is_main:
             trainer.predict_unlabelled()
         context.barrier()

@@ -16,14 +16,19 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ..errors import InputError
 from ..fileio import atomic_path
+from ..model_file import read_model_payload
 from ..sampling import BATCH_STREAMS
 from .divergence import check_weights
+
+if TYPE_CHECKING:  # the trainer imports this module
+    from .trainer import TrainResult
 
 FORMAT = "sslsegment-resume"
 KIND = "resume"
@@ -83,6 +88,26 @@ def load(path: Path) -> dict:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise InputError(f"{path}: not an SSLSegment resumable checkpoint")
     return payload
+
+
+def finished_training(run, log) -> TrainResult | None:
+    """The result of a training that had ended before its run did, else None.
+
+    The model file is written (atomically) only once the loop is over, and the resumable
+    checkpoint is deleted after it: a run killed or failed while predicting its unlabelled
+    cases has the model and no checkpoint. Training it again would cost the whole run and
+    give another model, so ``--resume`` takes this one and goes on with the prediction.
+    """
+    from .trainer import TrainResult  # noqa: PLC0415, F811
+
+    if not run.model.is_file():
+        return None
+    saved = read_model_payload(run.model).get("extra") or {}
+    iterations = int(saved.get("iterations") or 0)
+    run.add_progress({"event": "resumed", "iteration": iterations, "training": "finished"})
+    log.info("resumed after the training (%d iterations, model %s): only the steps after it are left",
+             iterations, run.model)
+    return TrainResult(iterations, saved.get("best_val_dice"), saved.get("checkpoint") or "last")
 
 
 def restore(trainer, payload: dict) -> None:
