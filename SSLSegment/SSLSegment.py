@@ -191,6 +191,7 @@ class SSLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, DataSe
             table.verticalHeader().setVisible(False)
         self.ui.detectRolesButton.clicked.connect(self.onDetectRoles)
         self.ui.trainButton.clicked.connect(self.onTrainOrCancel)
+        self.ui.resumeButton.clicked.connect(self.onResume)
         self.ui.resultsTable.itemSelectionChanged.connect(self.onResultSelected)
         self.ui.historyTable.itemSelectionChanged.connect(self.updateButtons)
         self.ui.openJobButton.clicked.connect(self.onOpenJob)
@@ -276,7 +277,7 @@ class SSLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, DataSe
             logging.warning("SSLSegment: could not reopen job %s: %s", p.jobFolder, error)
             self.ui.trainingStatusLabel.text = _("Job {folder} not found.").format(folder=p.jobFolder)
             return
-        self.ui.trainingStatusLabel.text = jobs.status_text(self.job)
+        self.showStatus()
         self.updateResults()
 
     def setParameterNode(self, parameterNode):
@@ -323,6 +324,7 @@ class SSLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, DataSe
         self.ui.exportButton.enabled = hasModel and not busy and self.ui.resultsTable.rowCount > 0
         self.ui.useRoundButton.enabled = not busy and bool(self.ui.historyTable.selectedItems())
         self.ui.openJobButton.enabled = not busy
+        self.ui.resumeButton.visible = not busy and self.job is not None and self.job.finished and self.job.resumable
         if self.segmentPanel is not None:
             self.segmentPanel.update(trainingBusy=busy)
 

@@ -48,8 +48,9 @@ from .fileio import atomic_write_json, file_sha256  # noqa: F401  (re-exported)
 from .job_progress import format_duration, tail  # noqa: F401  (re-exported)
 from .round_settings import TrainSettings  # noqa: F401  (re-exported: the round's settings)
 from .run_protocol import (  # noqa: F401  (the states and the reader: re-exported for the panel and the web UI)
-    CANCELLED, DONE, FAILED, LOG_FILE, MODEL_FILE, PREDICTIONS_DIR, PROGRESS_FILE, RUNNING, TERMINAL_STATES,
-    ProgressReader, current_warnings, read_run_status, request_cancel,
+    CANCELLED, DONE, FAILED, INTERRUPTED, LOG_FILE, MODEL_FILE, PREDICTIONS_DIR, PROGRESS_FILE,
+    RESUME_CHECKPOINT, RUNNING, TERMINAL_STATES, ProgressReader, checkpoint_name, current_warnings,
+    read_run_status, request_cancel,
 )
 
 
@@ -70,6 +71,14 @@ def train_command(python: Sequence[str], folder: JobFolder, round_number: int,
         command += ["--init-model", str(init_model)]
     command += ["--threads", str(child_threads())]
     return command + settings.to_argv()
+
+
+def resume_command(python: Sequence[str], folder: JobFolder, round_number: int) -> list[str]:
+    """``train --resume`` of a round that stopped before its end: the engine goes on with
+    the round's own settings (its ``command.json``), from its last checkpoint or, when the
+    training was over, with the prediction of the unlabelled cases."""
+    return [*python, "-m", "SSLSegmentLib", "train", "--resume", str(folder.round_dir(round_number)),
+            "--threads", str(child_threads())]
 
 
 class Job:
@@ -134,6 +143,19 @@ class Job:
     @property
     def console_path(self) -> Path:
         return self.run_dir / "console.txt"
+
+    @property
+    def resumable(self) -> bool:
+        """Whether ``train --resume`` can go on with this finished round: it was interrupted
+        (killed, Slicer closed, the machine restarted) or cancelled and left a resumable
+        checkpoint or its model, or it failed after its training (while predicting). A round
+        that failed before its model would fail the same way again."""
+        if self.poll() not in (FAILED, CANCELLED):
+            return False
+        state = (read_run_status(self.run_dir) or {}).get("state")
+        if self.model_path.is_file():
+            return state != DONE
+        return state in (INTERRUPTED, CANCELLED) and (self.run_dir / checkpoint_name(RESUME_CHECKPOINT)).is_file()
 
     # -- life cycle ----------------------------------------------------------------------
     def start(self) -> "Job":

@@ -189,6 +189,24 @@ class SSLSegmentLogic(SegmentingMixin, InputChecksMixin, ExportMixin, ResultsMix
         folder.write_job(job_info)
         return self._startRound(folder, round_number, cases, settings, job, waitForCompletion)
 
+    def resumeRound(self, job: jobs.Job, waitForCompletion: bool = False) -> jobs.Job:
+        """Go on with a round that stopped before its end (Slicer closed, the machine
+        restarted, the process killed, or cancelled): the same round, with its own settings,
+        from its last checkpoint, or, when its training was over, with only the prediction of
+        the unlabelled cases. Nothing it trained is lost."""
+        if not job.resumable:
+            raise InputError(f"round {job.round} cannot be resumed (state: {job.state}; it needs a round that "
+                             "was interrupted or cancelled after its first checkpoint, or whose training ended)")
+        folder, info = job.folder, job.folder.read_round(job.round)
+        command = jobs.resume_command(self.pythonCommand, folder, job.round)
+        folder.write_round(job.round, {**info, "resumed": [*info.get("resumed", []), jobs.now_iso()]})
+        env = jobs.child_environment(packageParent(), settings_from_round(info).get("device", "auto"))
+        resumed = jobs.Job(folder, job.round, command, env=env, runner=self.processRunner).start()
+        self.jobs.append(resumed)
+        if waitForCompletion:
+            resumed.wait()
+        return resumed
+
     def _startRound(self, folder: jobs.JobFolder, round_number: int, cases: dict, settings: TrainSettings,
                     previous: jobs.Job | None, waitForCompletion: bool) -> jobs.Job:
         init_model = previous.model_path if previous is not None else None

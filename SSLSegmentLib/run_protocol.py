@@ -47,6 +47,8 @@ COMMAND_FILE = "command.json"
 BUDGET_FILE = "budget.json"
 LOCK_FILE = "run.lock"
 _CHECKPOINT_PREFIX, _CHECKPOINT_SUFFIX = "checkpoint_", ".pt"
+RESUME_CHECKPOINT = "resume"
+"""The kind of ``checkpoint_resume.pt``, what ``train --resume`` goes on from."""
 
 RUN_FILES = (STATUS_FILE, CONFIG_FILE, CASES_FILE, COMMAND_FILE, BUDGET_FILE, PROGRESS_FILE, LOG_FILE, MODEL_FILE,
              CANCEL_FILE, PREDICTIONS_DIR)

@@ -8,6 +8,8 @@ previous model, cancel, export and read back with Slicer's storage node and slic
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 import time
 
@@ -335,6 +337,47 @@ def test_whole_loop(scene, tmp_path, monkeypatch):
     path = logic.exportSegmentation(corrected, tmp_path / "export" / "corrected.nrrd",
                                     classNames=["organ", "lesion"])
     assert np.array_equal(slicer.util.arrayFromVolume(readVolume(scene, path, labelmap=True)), truth)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="kills a process group")
+def test_a_round_killed_mid_training_is_resumed_to_its_predictions(scene, tmp_path, monkeypatch):
+    """Slicer crashed, or the machine restarted, while a round trained: the reopened round
+    said "go on with `sslsegment train --resume`", a command line that a panel user has no
+    use for, and retraining lost everything. ``resumeRound`` goes on from its checkpoint."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    logic = make_logic(scene, tmp_path)
+    labelled = [phantom_case(scene, f"L{i}", seed=10 + i) for i in range(2)]
+    unlabelled = [phantom_case(scene, "U0", seed=20, labelled=False)]
+    settings = {**TINY, "iterations": 300, "extraArgs": [*TINY["extraArgs"], "--checkpoint-interval", "10"]}
+    job = logic.startTraining(labeled=labelled, unlabeled=unlabelled, **settings)
+    deadline = time.monotonic() + 240
+    while (job.training_progress or {}).get("iteration", 0) < 20 or not (job.run_dir / "checkpoint_resume.pt").exists():
+        assert job.state == jobs.RUNNING and time.monotonic() < deadline, job.log_tail()
+        time.sleep(0.1)
+    os.killpg(job.process.pid, signal.SIGKILL)  # what a crash or a power cut leaves
+    job.process.wait()
+
+    reopened = logic.openJob(job.folder.root)  # the next session
+    assert reopened.state == jobs.FAILED and "--resume" in reopened.error and reopened.resumable
+    resumed = logic.resumeRound(reopened, waitForCompletion=True)
+    assert resumed.state == jobs.DONE, f"{resumed.error}\n{resumed.log_tail()}"
+    assert resumed.round == 1 and job.folder.rounds() == [1] and len(job.folder.read_round(1)["resumed"]) == 1
+    starts = [r["iteration"] for r in resumed.history if r.get("event") == "resumed"]
+    assert starts and starts[0] >= 10  # from its checkpoint, not from the start
+    assert resumed.training_progress["iteration"] == 300
+    assert set(logic.loadPredictions(resumed)) == {unlabelled[0].GetID()}
+    assert not resumed.resumable
+    with pytest.raises(InputError, match="cannot be resumed"):
+        logic.resumeRound(resumed)
+
+
+def test_a_round_that_failed_before_training_is_not_resumable(scene, tmp_path):
+    logic = make_logic(scene, tmp_path, fake_engine_runner)
+    job = logic.startTraining(labeled=[phantom_case(scene, "A", 1)], waitForCompletion=True, **TINY)
+    assert job.state == jobs.FAILED and not job.resumable  # it would fail the same way again
+    with pytest.raises(InputError, match="round 1 cannot be resumed"):
+        logic.resumeRound(job)
 
 
 def _case(job, volume_id):

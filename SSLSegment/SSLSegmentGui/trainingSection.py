@@ -43,6 +43,27 @@ class TrainingSectionMixin:
         self.job = job
         self.onJobStarted()
 
+    def onResume(self):
+        """Go on with the shown round where it stopped (its checkpoint, or its predictions)."""
+        job = None
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Could not resume the round."), waitCursor=True):
+                self.setState(STARTING)
+                job = self.logic.resumeRound(self.job)
+        finally:
+            if job is None:
+                self.setState(IDLE)
+        self.job = job
+        self.onJobStarted()
+
+    def showStatus(self):
+        """The round's one line; a round that stopped before its end says it can go on."""
+        text = jobs.status_text(self.job)
+        if self.job.finished and self.job.resumable:
+            text = _("Round {round} stopped before its end; Resume round goes on where it stopped.").format(
+                round=self.job.round)
+        self.ui.trainingStatusLabel.text = text
+
     def onJobStarted(self):
         self._parameterNode.jobFolder = str(self.job.folder.root)
         self._parameterNode.jobRound = self.job.round
@@ -64,7 +85,7 @@ class TrainingSectionMixin:
             return
         state = self.job.poll()
         self.ui.progressBar.value = int(100 * self.job.fraction_done())
-        self.ui.trainingStatusLabel.text = jobs.status_text(self.job)
+        self.showStatus()
         self.showLog()
         if state == jobs.RUNNING:
             return
@@ -73,7 +94,8 @@ class TrainingSectionMixin:
             self.onJobDone()
         elif state == jobs.FAILED:
             self.setState(FAILED)
-            slicer.util.errorDisplay(_("Training failed: {error}").format(error=self.job.error),
+            resumable = _("\n\nResume round goes on where it stopped.") if self.job.resumable else ""
+            slicer.util.errorDisplay(_("Training failed: {error}").format(error=self.job.error) + resumable,
                                      detailedText=self.job.log_tail(60))
         else:
             self.setState(IDLE)

@@ -24,6 +24,7 @@ import torch
 from ..errors import InputError
 from ..fileio import atomic_path
 from ..model_file import read_model_payload
+from ..run_protocol import RESUME_CHECKPOINT
 from ..sampling import BATCH_STREAMS
 from .divergence import check_weights
 
@@ -31,7 +32,7 @@ if TYPE_CHECKING:  # the trainer imports this module
     from .trainer import TrainResult
 
 FORMAT = "sslsegment-resume"
-KIND = "resume"
+KIND = RESUME_CHECKPOINT
 """``RunFolder.checkpoint(KIND)`` is ``checkpoint_resume.pt``."""
 
 
