@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import urllib.error
 import urllib.request
 import zipfile
@@ -104,6 +105,27 @@ def _choose_paint(page):
     page.wait_for_timeout(500)
 
 
+def _wait_for_file(path: Path, timeout_s: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        assert time.monotonic() < deadline, f"no {path}"
+        time.sleep(0.25)
+
+
+def _wait_for_progress(run_dir: Path, seen, timeout_s: float = 120.0) -> None:
+    """Until a record of the run's progress satisfies ``seen``, and a training step follows it."""
+    from SSLSegmentLib.run_protocol import read_progress  # noqa: PLC0415
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = read_progress(run_dir)
+        marks = [i for i, r in enumerate(records) if seen(r)]
+        if marks and any("iteration" in r and "elapsed_s" in r for r in records[marks[-1] + 1:]):
+            return
+        assert time.monotonic() < deadline, f"not seen in {run_dir}: {records[-3:]}"
+        time.sleep(0.25)
+
+
 def _wait_round_done(page, round_number: int, timeout_ms: int = 240_000) -> list[str]:
     """Watch the progress while a round runs; the texts seen (ends on the Results tab)."""
     seen = []
@@ -165,13 +187,24 @@ def test_whole_loop_in_a_real_browser(phantoms, browser, tmp_path):
         _shot(page, tmp_path, "02-method-list")
         page.keyboard.press("Escape")
 
-        # Cancel stops the training process tree; then train for real.
+        # Cancel stops the training process tree, past its first checkpoint (every 200
+        # iterations); Resume round goes on from it, and is cancelled again. Then train for real.
         page.fill("#iterations", "100000")
         page.click("#train-btn")
         expect(page.locator("#train-text")).to_contain_text("iteration", timeout=120_000)
+        expect(page.locator("#resume-btn")).to_be_hidden()
+        first_job = next((tmp_path / "jobs").iterdir())
+        _wait_for_file(first_job / "rounds" / "001" / "checkpoint_resume.pt")
         page.click("#cancel-btn")
         expect(page.locator("#train-text")).to_contain_text("Round 1: cancelled", timeout=30_000)
         assert psutil.Process(server.process.pid).children(recursive=True) == []
+        expect(page.locator("#resume-btn")).to_be_visible(timeout=10_000)
+        _shot(page, tmp_path, "02-resumable")
+        page.click("#resume-btn")
+        expect(page.locator("#resume-btn")).to_be_hidden(timeout=10_000)
+        _wait_for_progress(first_job / "rounds" / "001", lambda r: r.get("event") == "resumed")
+        page.click("#cancel-btn")
+        expect(page.locator("#train-text")).to_contain_text("Round 1: cancelled", timeout=30_000)
         page.fill("#iterations", TINY_SERVE[1])
 
         # Train: watch the progress bar and the text move.
@@ -230,6 +263,7 @@ def test_whole_loop_in_a_real_browser(phantoms, browser, tmp_path):
 
     cancelled, trained = sorted((tmp_path / "jobs").iterdir())
     assert JobFolder(cancelled).history()[-1]["state"] == "cancelled"
+    assert len(JobFolder(cancelled).read_round(1)["resumed"]) == 1  # the same round went on
     round2 = JobFolder(trained).read_round(2)
     assert round2["cases"][least]["corrected"] and round2["cases"]["case_001"]["label"]
     assert round2["unlabelled"] == [other]

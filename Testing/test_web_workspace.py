@@ -83,3 +83,31 @@ def test_who_may_connect():
 def test_serve_refuses_a_remote_address_without_the_flag(tmp_path):
     result = run_cli("serve", "--host", "0.0.0.0", "--images", str(tmp_path), timeout=120)
     assert result.returncode == 2 and "--allow-remote" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_cancelled_round_resumes_from_its_checkpoint(workspace, phantom_data, monkeypatch):
+    """Cancel, then Resume round: the same round goes on from its checkpoint to its results."""
+    import time  # noqa: PLC0415
+
+    from SSLSegmentLib import jobs  # noqa: PLC0415
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    workspace.add_folder(phantom_data["images"], phantom_data["labels"])
+    assert workspace.poll()["resumable"] is False
+    with pytest.raises(InputError, match="No round to resume"):
+        workspace.resume()
+    job = workspace.start_training("mean_teacher", "unet", "auto", 300, device="cpu", size="tiny", dim=3,
+                                   extra_args=["--patch-size", "16,32,32", "--checkpoint-interval", "10"])
+    deadline = time.monotonic() + 240
+    while (job.training_progress or {}).get("iteration", 0) < 20:
+        assert workspace.poll()["state"] == jobs.RUNNING and time.monotonic() < deadline, job.log_tail()
+        time.sleep(0.1)
+    workspace.cancel()
+    job.wait(timeout_s=60)
+    status = workspace.poll()
+    assert status["state"] == jobs.CANCELLED and status["resumable"] is True
+    resumed = workspace.resume()
+    assert resumed.round == 1 and resumed.wait(timeout_s=240) == jobs.DONE, resumed.log_tail()
+    assert workspace.poll()["resumable"] is False and resumed.training_progress["iteration"] == 300
+    assert len(workspace.load_results()) == 2  # the two unlabelled phantoms

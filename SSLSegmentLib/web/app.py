@@ -71,7 +71,7 @@ class WebApp(TrameApp):
                   "message": "", "error": "", "method": self.options.method, "network": TrainConfig.network, "preset": AUTO_PRESET,
                   "iterations": self.options.iterations, "training": False, "train_fraction": 0,
                   "train_text": "No training yet", "train_state": "idle", "train_eta": "-", "train_loss": None,
-                  "train_dice": None, "export_format": "seg.nrrd", "export_folder": "", "show_3d": False,
+                  "train_dice": None, "train_resumable": False, "export_format": "seg.nrrd", "export_folder": "", "show_3d": False,
                   "round": 0, "tab": "data", "max_upload_bytes": self.workspace.limits.max_upload_bytes})
         s.change("show_3d")(self._on_show_3d)
 
@@ -104,7 +104,8 @@ class WebApp(TrameApp):
         status = self.workspace.poll()
         self.state.update({"train_state": status["state"], "train_fraction": round(100 * status["fraction"], 1),
                            "train_text": status["text"], "train_eta": status["eta"], "train_loss": status["loss"],
-                           "train_dice": status["dice"], "round": status["round"]})
+                           "train_dice": status["dice"], "round": status["round"],
+                           "train_resumable": status["resumable"]})
         if status["state"] in jobs.TERMINAL_STATES:
             self.state.training = False
             if status["state"] == jobs.DONE:
@@ -209,9 +210,15 @@ class WebApp(TrameApp):
             self._training_started()
         self._run(start)
 
+    def on_resume(self) -> None:
+        def start():
+            self.workspace.resume()
+            self._training_started()
+        self._run(start)
+
     def _training_started(self) -> None:
         self.state.update({"training": True, "train_fraction": 0, "train_state": jobs.RUNNING,
-                           "train_text": "starting...", "tab": "train"})
+                           "train_text": "starting...", "tab": "train", "train_resumable": False})
 
     def on_cancel(self) -> None:
         self._run(self.workspace.cancel)

@@ -110,6 +110,8 @@ def _train_panel(app):
     with html.Div(classes="d-flex ga-2 mb-3"):
         v.VBtn("Train", color="primary", id="train-btn", disabled=("training",), click=app.on_train)
         v.VBtn("Cancel", color="error", id="cancel-btn", disabled=("!training",), click=app.on_cancel)
+        v.VBtn("Resume round", id="resume-btn", v_show=("train_resumable && !training",), click=app.on_resume,
+               title="Go on with the round where it stopped: from its last checkpoint, or only predicting")
     v.VProgressLinear(model_value=("train_fraction",), height=14, color="primary", id="train-progress",
                       striped=("training",))
     html.Div("{{ train_text }}", id="train-text", classes="text-body-2 mt-2")

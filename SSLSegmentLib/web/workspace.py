@@ -207,6 +207,14 @@ class Workspace:
         self.job = self.logic.retrain(self.job, corrected=corrected, iterations=iterations)
         return self.job
 
+    def resume(self) -> jobs.Job:
+        """Go on with the round where it stopped (cancelled, or its process killed)."""
+        self._require_idle()
+        if self.job is None:
+            raise InputError("No round to resume: train first")
+        self.job = self.logic.resumeRound(self.job)
+        return self.job
+
     def _require_idle(self) -> None:
         if self.job is not None and not self.job.finished:
             raise InputError("A training round is running: wait for it or cancel it")
@@ -218,7 +226,7 @@ class Workspace:
     def poll(self) -> dict:
         """The job's state for the Train panel (reads the child's progress file; never blocks)."""
         if self.job is None:
-            return {"state": "idle", "fraction": 0.0, "text": "No training yet"}
+            return {"state": "idle", "fraction": 0.0, "text": "No training yet", "resumable": False}
         self.job.poll()
         step = self.job.training_progress or {}
         losses = step.get("losses") or {}
@@ -226,7 +234,8 @@ class Workspace:
         return {"state": self.job.state, "round": self.job.round, "fraction": self.job.fraction_done(),
                 "iteration": step.get("iteration"), "total": step.get("total"),
                 "eta": jobs.format_duration(self.job.eta_s()), "loss": loss, "dice": self.job.latest_val_dice(),
-                "error": self.job.error, "text": jobs.status_text(self.job)}
+                "error": self.job.error, "text": jobs.status_text(self.job),
+                "resumable": self.job.finished and self.job.resumable}
 
     # ---------------------------------------------------------------- results
     def load_results(self) -> list[dict]:
