@@ -6,7 +6,7 @@ import slicer
 from SSLSegmentLib import jobs
 from SSLSegmentLib.logic import referenceVolume
 
-from .panelCommon import IDLE, STARTING, _
+from .panelCommon import STARTING, _
 
 
 class ResultsSectionMixin:
@@ -121,21 +121,15 @@ class ResultsSectionMixin:
     def onRetrain(self):
         if self.job is None:
             return
-        job = None
-        try:
-            with slicer.util.tryWithErrorDisplay(_("Could not start retraining."), waitCursor=True):
-                corrected = self.logic.correctedPredictions(self.job)
-                if not corrected and not slicer.util.confirmOkCancelDisplay(
-                        _("No prediction is marked corrected: retrain on the same labels?")):
-                    return
-                self.setState(STARTING)
-                job = self.logic.retrain(self.job, corrected=corrected,
-                                         iterations=self._parameterNode.retrainIterations)
-        finally:
-            if job is None:
-                self.setState(IDLE)
-        self.job = job
-        self.onJobStarted()
+
+        def start():
+            corrected = self.logic.correctedPredictions(self.job)
+            if not corrected and not slicer.util.confirmOkCancelDisplay(
+                    _("No prediction is marked corrected: retrain on the same labels?")):
+                return None
+            self.setState(STARTING)
+            return self.logic.retrain(self.job, corrected=corrected, iterations=self._parameterNode.retrainIterations)
+        self.startJob(_("Could not start retraining."), start)
 
     # -- Export ----------------------------------------------------------------------------
     def onExport(self):

@@ -20,41 +20,43 @@ class TrainingSectionMixin:
         else:
             self.onTrain()
 
-    def onTrain(self):
+    def startJob(self, failureMessage, start):
+        """``start()`` returns the started round, or None when the user declined; an error is
+        shown with ``failureMessage``. The panel goes back to idle unless a round started."""
         job = None
         try:
-            with slicer.util.tryWithErrorDisplay(_("Could not start training."), waitCursor=True):
-                if not self.ensureDependencies():
-                    return
-                labeled, unlabeled = self.selectedCases()
-                p = self._parameterNode
-                settings.save(p)  # the last method, network, preset, device and jobs folder
-                self.setState(STARTING)
-                slicer.app.processEvents()
-                self.logic.jobsRoot = pathlib.Path(p.jobsDirectory)
-                job = self.logic.startTraining(
-                    labeled=labeled, unlabeled=unlabeled, method=p.method, network=p.network, dim=p.dim,
-                    iterations=p.iterations, device=p.device, seed=p.seed, preset=p.preset,
-                    size=None if p.size == "preset" else p.size, timeBudget=p.trainMinutes or None,
-                    spacing=None if p.spacing == "preset" else p.spacing)
+            with slicer.util.tryWithErrorDisplay(failureMessage, waitCursor=True):
+                job = start()
         finally:
             if job is None:  # refused (message shown) or not confirmed: back to idle
                 self.setState(IDLE)
-        self.job = job
-        self.onJobStarted()
+        if job is not None:
+            self.job = job
+            self.onJobStarted()
+
+    def onTrain(self):
+        def start():
+            if not self.ensureDependencies():
+                return None
+            labeled, unlabeled = self.selectedCases()
+            p = self._parameterNode
+            settings.save(p)  # the last method, network, preset, device and jobs folder
+            self.setState(STARTING)
+            slicer.app.processEvents()
+            self.logic.jobsRoot = pathlib.Path(p.jobsDirectory)
+            return self.logic.startTraining(
+                labeled=labeled, unlabeled=unlabeled, method=p.method, network=p.network, dim=p.dim,
+                iterations=p.iterations, device=p.device, seed=p.seed, preset=p.preset,
+                size=None if p.size == "preset" else p.size, timeBudget=p.trainMinutes or None,
+                spacing=None if p.spacing == "preset" else p.spacing)
+        self.startJob(_("Could not start training."), start)
 
     def onResume(self):
         """Go on with the shown round where it stopped (its checkpoint, or its predictions)."""
-        job = None
-        try:
-            with slicer.util.tryWithErrorDisplay(_("Could not resume the round."), waitCursor=True):
-                self.setState(STARTING)
-                job = self.logic.resumeRound(self.job)
-        finally:
-            if job is None:
-                self.setState(IDLE)
-        self.job = job
-        self.onJobStarted()
+        def start():
+            self.setState(STARTING)
+            return self.logic.resumeRound(self.job)
+        self.startJob(_("Could not resume the round."), start)
 
     def showStatus(self):
         """The round's one line; a round that stopped before its end says it can go on."""
