@@ -325,6 +325,35 @@ def test_a_killed_run_is_locked_while_alive_then_interrupted_then_resumed_to_the
 
 
 @pytest.mark.slow
+def test_a_run_is_not_resumed_on_changed_data(data, capsys):
+    """A label edited (or a case added) between the stop and ``--resume`` gave a run trained
+    on two data sets under one name, its ``cases.json`` rewritten to the second: refused,
+    naming the change, with the record kept; with the data put back it resumes."""
+    run = RunFolder(data / "run")
+    _signal_when(run, 6, lambda: os.kill(os.getpid(), signal.SIGINT))
+    code, err, out = _train(data, capsys, "--iterations", "100000", "--checkpoint-interval", "2")
+    assert code == 3 and (out / "checkpoint_resume.pt").exists(), err
+    record = (out / "cases.json").read_bytes()
+    label = data / "labels" / "beta.nrrd"
+    original = label.read_bytes()
+    edited = np.zeros((8, 16, 16), np.uint8)
+    edited[1:7, 2:14, 2:14] = 1
+    write_volume(label, edited)
+    write_volume(data / "images" / "delta.nrrd", np.zeros((8, 16, 16), np.float32))
+
+    # stops the resume below that goes on (and, without the check, this refused one)
+    _signal_when(run, _iteration(run) + 4, lambda: os.kill(os.getpid(), signal.SIGINT))
+    assert main(["train", "--resume", str(out), "--iterations", "100000", "--checkpoint-interval", "2"]) == 2
+    _refused(2, capsys.readouterr().err, "the data changed since the run began", "the label of case beta changed",
+             "unlabelled case delta is new", "--overwrite")
+    assert (out / "cases.json").read_bytes() == record
+    label.write_bytes(original)
+    (data / "images" / "delta.nrrd").unlink()
+    assert main(["train", "--resume", str(out), "--iterations", "100000", "--checkpoint-interval", "2"]) == 3
+    assert any(r.get("event") == "resumed" for r in run.read_progress())
+
+
+@pytest.mark.slow
 def test_a_run_killed_while_predicting_resumes_with_its_model_to_the_missing_predictions(tmp_path):
     """After the loop the model is written and the resumable checkpoint deleted; a kill while
     the unlabelled cases are predicted used to leave a run that ``--resume`` refused ("no

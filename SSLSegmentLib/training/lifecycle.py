@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..errors import InputError
+from ..job_folder import read_json
 from ..run_protocol import (
     CANCELLED, DONE, EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, FAILED, RUNNING,
 )
@@ -94,6 +95,8 @@ def train_run(run: RunFolder, inputs: Callable[[], tuple], log: logging.Logger |
         config, dataset = inputs()
         started = time.monotonic()
         trainer = Trainer(config, dataset, run, log, context)
+        if resume:
+            trainer.resumed_cases = read_json(run.cases)  # before set-up writes this run's
         trainer.setup()
         finished = None
         if resume:

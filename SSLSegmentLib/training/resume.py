@@ -91,6 +91,27 @@ def load(path: Path) -> dict:
     return payload
 
 
+def check_same_cases(began_with: dict, now: dict, folder: Path) -> None:
+    """Refuse to resume on other data than the run began with (``cases.json``: names and
+    checksums): going on would give another run under this one's name, its record rewritten.
+    Paths may change (a moved folder); contents, cases and classes may not."""
+    changes = []
+    if began_with.get("classes") != now.get("classes"):
+        changes.append(f"classes {began_with.get('classes')} are now {now.get('classes')}")
+    for role in ("labelled", "unlabelled"):
+        before = {c["name"]: c for c in began_with.get(role, [])}
+        after = {c["name"]: c for c in now.get(role, [])}
+        changes += [f"{role} case {name} is gone" for name in sorted(before.keys() - after.keys())]
+        changes += [f"{role} case {name} is new" for name in sorted(after.keys() - before.keys())]
+        for name in sorted(before.keys() & after.keys()):
+            changes += [f"the {part} of case {name} changed" for part in ("image", "label")
+                        if before[name].get(f"{part}_sha256") != after[name].get(f"{part}_sha256")]
+    if changes:
+        shown = "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more" if len(changes) > 6 else "")
+        raise InputError(f"--resume {folder}: the data changed since the run began ({shown}). Put it back to "
+                         "resume, or train a new run (another --out, or --overwrite)")
+
+
 def finished_training(run, log) -> TrainResult | None:
     """The result of a training that had ended before its run did, else None.
 

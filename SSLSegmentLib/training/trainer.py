@@ -88,6 +88,8 @@ class Trainer(TrainerOutputs):
         """Called with (batch sizes, patch) before each step: a simulated device for tests."""
         self.start_iteration, self.resumed_best_dice = 0, None
         """Where the loop starts, and the best Dice so far: set by ``resume.restore``."""
+        self.resumed_cases: dict | None = None
+        """A resumed run's ``cases.json`` as it began: :meth:`setup` refuses other data."""
 
     # --- set-up ---------------------------------------------------------------------------
     def setup(self) -> None:
@@ -101,6 +103,8 @@ class Trainer(TrainerOutputs):
         plan = Plan.from_dict(initial["plan"]) if initial else None
         cache_dir = config.cache_dir or default_cache_dir(self.run.path)
         self.data, cases = prepare_training_data(self.dataset, config, self.log, plan, cache_dir, context)
+        if self.resumed_cases is not None:  # every rank: all of them stop on the same error
+            resume.check_same_cases(self.resumed_cases, cases, self.run.path)
         if initial:
             self._check_compatible(initial)
         method = build_method(config, self.data)
