@@ -153,8 +153,10 @@ class Job:
         if self.poll() not in (FAILED, CANCELLED):
             return False
         state = (read_run_status(self.run_dir) or {}).get("state")
+        if state in (RUNNING, DONE):  # RUNNING: a live process holds the folder (another session)
+            return False
         if self.model_path.is_file():
-            return state != DONE
+            return True
         return state in (INTERRUPTED, CANCELLED) and (self.run_dir / checkpoint_name(RESUME_CHECKPOINT)).is_file()
 
     # -- life cycle ----------------------------------------------------------------------

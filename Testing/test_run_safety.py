@@ -404,11 +404,13 @@ def test_a_status_left_running_by_a_dead_process_reads_interrupted(tmp_path):
     lock.acquire()  # a live process holds the run: running, whatever the pid says
     assert RunFolder(run_dir).read_status()["state"] == "running"
     assert folder.history()[0]["state"] == "running"
+    (run_dir / "model.pt").write_bytes(b"trained")  # predicting, in another session
+    assert not jobs.Job.from_past_round(folder, 1).resumable
     lock.release()
     assert RunFolder(run_dir).read_status()["state"] == "interrupted"
     assert folder.history()[0]["state"] == "interrupted"
     job = jobs.Job.from_past_round(folder, 1)
-    assert job.state == jobs.FAILED and "--resume" in job.error
+    assert job.state == jobs.FAILED and "--resume" in job.error and job.resumable
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
