@@ -86,6 +86,7 @@ class ResultsSectionMixin:
             self._parameterNode.jobRound = self.job.round
             if not self.logic.predictionNodes(self.job) and self.job.state == jobs.DONE:
                 self.logic.loadPredictions(self.job)
+            self.showStatus()  # a round that stopped before its end says it can be resumed
         self.updateResults()
 
     def onUseRound(self):
@@ -98,6 +99,7 @@ class ResultsSectionMixin:
             self._parameterNode.jobRound = roundNumber
             if self.job.state == jobs.DONE:
                 self.logic.loadPredictions(self.job)
+            self.showStatus()
         self.updateResults()
 
     # -- Correct and retrain ------------------------------------------------------------------
