@@ -237,6 +237,7 @@ class SSLSegmentLogic(SegmentingMixin, InputChecksMixin, ExportMixin, ResultsMix
         number = roundNumber or rounds[-1]
         if number not in rounds:
             raise InputError(f"{folder.root} has no round {number}; it has {rounds}")
+        self.relinkVolumes(folder)  # the scans loaded again in another session: new node IDs
         return jobs.Job.from_past_round(folder, number)
 
     def _newJobFolder(self, method: str) -> Path:
@@ -337,7 +338,7 @@ def _segmentNamesPerVolume(labeled: Sequence[tuple]) -> dict[str, list[str]]:
 
 def _jobCaseEntry(case: dict) -> dict:
     """What job.json keeps of a case (the label set belongs to each round)."""
-    return {k: case[k] for k in ("image", "volumeNodeID", "volumeName") if k in case}
+    return {k: case[k] for k in ("image", "volumeNodeID", "volumeName", "volumeFingerprint") if k in case}
 
 
 def _roundSettings(base: dict, changes: dict) -> TrainSettings:

@@ -6,6 +6,7 @@ exactly what the Slicer application reads and writes. Imports ``slicer`` (MRML),
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -39,6 +40,32 @@ def readVolume(scene, path: str | os.PathLike, labelmap: bool = False):
         scene.RemoveNode(node)
         raise InputError(f"could not read {path}")
     return node
+
+
+def volumeFingerprint(volumeNode) -> str | None:
+    """SHA-256 of a volume's voxels (type, shape, values) and of its geometry (IJK to RAS,
+    rounded to 1e-4 mm): what identifies a scan when its node ID no longer does (another
+    session). None for a volume without image data."""
+    voxels = slicer.util.arrayFromVolume(volumeNode)
+    if voxels is None:
+        return None
+    matrix = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(matrix)
+    geometry = np.round([[matrix.GetElement(i, j) for j in range(4)] for i in range(4)], 4) + 0.0  # no -0.0
+    digest = hashlib.sha256(f"{voxels.dtype.str} {voxels.shape} {geometry.tolist()}".encode())
+    digest.update(np.ascontiguousarray(voxels).tobytes())
+    return digest.hexdigest()
+
+
+def fileFingerprint(path: str | os.PathLike) -> str | None:
+    """:func:`volumeFingerprint` of the volume file at ``path``, read into a node outside any
+    scene (nothing is added to the user's scene); None when it cannot be read."""
+    node = slicer.vtkMRMLScalarVolumeNode()
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetFileName(str(path))
+    if not Path(path).is_file() or not storage.ReadData(node):
+        return None
+    return volumeFingerprint(node)
 
 
 def readSegmentation(scene, path: str | os.PathLike, referenceVolumeNode=None):

@@ -25,7 +25,7 @@ from SSLSegmentLib.headless import slicer_scene  # noqa: E402
 from SSLSegmentLib.logic import (  # noqa: E402
     ATTR_CORRECTED, LABELLED, UNLABELLED, SSLSegmentLogic, readSegmentation, readVolume, referenceVolume,
 )
-from SSLSegmentLib.mrml import segmentationFromLabelArray  # noqa: E402
+from SSLSegmentLib.mrml import segmentationFromLabelArray, volumeFingerprint  # noqa: E402
 from SSLSegmentLib.phantoms import PHANTOM_CLASSES, make_phantom  # noqa: E402
 
 SHAPE = (16, 32, 32)  # z, y, x
@@ -370,6 +370,39 @@ def test_a_round_killed_mid_training_is_resumed_to_its_predictions(scene, tmp_pa
     assert not resumed.resumable
     with pytest.raises(InputError, match="cannot be resumed"):
         logic.resumeRound(resumed)
+
+
+@pytest.mark.slow
+def test_a_job_reopened_after_the_scans_were_loaded_again_finds_its_volumes(scene, tmp_path, monkeypatch):
+    """Slicer restarted without saving the scene: the scans are loaded again, in another order,
+    so ``job.json``'s node IDs name other volumes or none, and no prediction could be loaded.
+    Opening the job links each case to the volume of its name with the job's voxels (a
+    same-named volume with other voxels is left alone), and remembers the new IDs."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    logic = make_logic(scene, tmp_path)
+    labelled = [phantom_case(scene, f"L{i}", seed=10 + i) for i in range(2)]
+    unlabelled = [phantom_case(scene, f"U{i}", seed=20 + i, labelled=False) for i in range(2)]
+    job = logic.startTraining(labeled=labelled, unlabeled=unlabelled, waitForCompletion=True,
+                              **{**TINY, "iterations": 4})
+    assert job.state == jobs.DONE, job.log_tail()
+
+    scene.Clear(0)  # the next session: the same scans, loaded in another order, and a decoy
+    decoy = add_volume(scene, "U1", make_phantom(SHAPE, SPACING, seed=99)[0])
+    again = {name: phantom_case(scene, name, seed, labelled=False) for name, seed in (("U1", 21), ("U0", 20))}
+    info = job.folder.read_job()
+    info["cases"]["U1"]["volumeNodeID"] = decoy.GetID()  # another scan got U1's old ID and name
+    info["cases"]["U0"]["volumeNodeID"] = "vtkMRMLScalarVolumeNode999"  # U0's old ID is nobody's
+    del info["cases"]["U0"]["volumeFingerprint"]  # as a job written before fingerprints
+    job.folder.write_job(info)
+    relinked = make_logic(scene, tmp_path).openJob(job.folder.root)
+    reopened = make_logic(scene, tmp_path)
+    predictions = reopened.loadPredictions(relinked)
+    assert set(predictions) == {again["U0"].GetID(), again["U1"].GetID()} and decoy.GetID() not in predictions
+    cases = relinked.folder.read_job()["cases"]
+    assert (cases["U0"]["volumeNodeID"], cases["U1"]["volumeNodeID"]) == (again["U0"].GetID(), again["U1"].GetID())
+    assert cases["U0"]["volumeFingerprint"] == volumeFingerprint(again["U0"])  # read from the job's copy
+    assert cases["L0"]["volumeNodeID"] is None  # its scan was not loaded again: linked to none
+    assert reopened.suggestVolumeToCorrect(relinked) in predictions
 
 
 def test_a_round_that_failed_before_training_is_not_resumable(scene, tmp_path):

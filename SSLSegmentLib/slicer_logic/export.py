@@ -15,7 +15,9 @@ import vtk
 from .. import jobs
 from ..errors import InputError
 from ..fileio import atomic_path, atomic_write_json
-from ..mrml import referenceVolume, requireLabelledVoxels, resampleToVolume, segmentNames, writeVolume
+from ..mrml import (
+    referenceVolume, requireLabelledVoxels, resampleToVolume, segmentNames, volumeFingerprint, writeVolume,
+)
 from .markings import ATTR_CONFIDENCE, ATTR_ROUND, _floatOrNone
 
 LABELMAP_SUFFIXES = (".nrrd", ".nii.gz", ".nii", ".mha", ".nhdr")
@@ -29,7 +31,8 @@ class ExportMixin:
         """Write a case's image (and label) into the job folder; the case entry (relative paths)."""
         image = folder.images_dir / f"{name}.nrrd"
         case = {"image": image.relative_to(folder.root).as_posix(), "label": None, "corrected": False,
-                "volumeNodeID": volume.GetID(), "volumeName": volume.GetName()}
+                "volumeNodeID": volume.GetID(), "volumeName": volume.GetName(),
+                "volumeFingerprint": volumeFingerprint(volume)}
         if segmentation is not None:  # first: it checks the label has content
             label = folder.labels_dir(round_number) / f"{name}.seg.nrrd"
             self.exportSegmentation(segmentation, label, referenceVolumeNode=volume, requireContent=True)

@@ -11,7 +11,7 @@ import slicer
 from .. import jobs
 from ..data.class_names import class_key
 from ..errors import InputError
-from ..mrml import nodesByClass, placeUnder, segments
+from ..mrml import fileFingerprint, nodesByClass, placeUnder, segments, volumeFingerprint
 from .markings import (
     ATTR_CASE, ATTR_CONFIDENCE, ATTR_CORRECTED, ATTR_JOB, ATTR_OUT_OF_DOMAIN, ATTR_ROLE, ATTR_ROUND, _floatOrNone,
 )
@@ -83,6 +83,45 @@ class ResultsMixin:
                 if known.get("terminology"):
                     segment.SetTerminology(known["terminology"])
         return segmentation
+
+    def relinkVolumes(self, folder: jobs.JobFolder) -> dict[str, str | None]:
+        """Link the job's cases to this scene's volumes by content, not by node ID.
+
+        After Slicer restarted and the scans were loaded again (the scene not saved), the node
+        IDs that ``job.json`` names belong to other volumes or to none: predictions went
+        nowhere, or onto another scan that happened to get the same ID and name. Each case is
+        linked to the volume of its name whose voxels and geometry are the case's (its
+        fingerprint, or the job's copy of the image for older jobs); ``job.json`` remembers
+        the new IDs, and a case whose scan is not in the scene is linked to none.
+        ``{case: new node ID or None}`` for the cases whose link changed."""
+        job_info = folder.read_job()
+        unknown = [name for name, case in job_info["cases"].items() if "volumeFingerprint" not in case]
+        taken, changed = set(), {}
+        for name, case in job_info["cases"].items():
+            volume = self._volumeOfCase(job_info, name)
+            candidates = [volume] if volume is not None else []
+            candidates += [v for v in nodesByClass(self.scene, "vtkMRMLScalarVolumeNode")
+                           if v.GetName() == case.get("volumeName") and v is not volume
+                           and not v.IsA("vtkMRMLLabelMapVolumeNode")]
+            match = next((v for v in candidates if v.GetID() not in taken and self._isCaseVolume(folder, case, v)),
+                         None)
+            linked = match.GetID() if match is not None else None
+            if linked is not None:
+                taken.add(linked)
+            if linked != case.get("volumeNodeID"):
+                case["volumeNodeID"] = changed[name] = linked
+        if changed or any(job_info["cases"][name].get("volumeFingerprint") for name in unknown):
+            folder.write_job(job_info)  # the new links, and the fingerprints read from older jobs' copies
+            log.info("SSLSegment: job %s relinked to this scene's volumes: %s", folder.root, changed)
+        return changed
+
+    @staticmethod
+    def _isCaseVolume(folder: jobs.JobFolder, case: dict, volume) -> bool:
+        expected = case.get("volumeFingerprint")
+        if expected is None:  # a job written before fingerprints: its copy of the image
+            expected = fileFingerprint(folder.root / case["image"]) if case.get("image") else None
+            case["volumeFingerprint"] = expected
+        return expected is not None and volumeFingerprint(volume) == expected
 
     def _volumeOfCase(self, job_info: dict, name: str):
         case = job_info["cases"].get(name, {})
