@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..errors import InputError
-from ..job_folder import read_json
 from ..run_protocol import (
     CANCELLED, DONE, EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, FAILED, RUNNING,
 )
@@ -96,7 +95,7 @@ def train_run(run: RunFolder, inputs: Callable[[], tuple], log: logging.Logger |
         started = time.monotonic()
         trainer = Trainer(config, dataset, run, log, context)
         if resume:
-            trainer.resumed_cases = read_json(run.cases)  # before set-up writes this run's
+            trainer.resumed_cases = run.read_cases()  # before set-up writes this run's
         trainer.setup()
         finished = None
         if resume:

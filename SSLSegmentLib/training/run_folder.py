@@ -4,6 +4,7 @@ and readers, is :mod:`SSLSegmentLib.run_protocol`; this class only puts it to us
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -33,6 +34,14 @@ class RunFolder:
 
     def checkpoint(self, kind: str) -> Path:
         return self.path / protocol.checkpoint_name(kind)
+
+    def read_cases(self) -> dict | None:
+        """``cases.json``: what the run trained on; None when missing or unreadable."""
+        try:
+            cases = json.loads(self.cases.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return cases if isinstance(cases, dict) else None
 
     # --- writer side ----------------------------------------------------------------------
     def prepare(self) -> None:
