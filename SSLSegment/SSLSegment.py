@@ -324,7 +324,7 @@ class SSLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, DataSe
         self.ui.exportButton.enabled = hasModel and not busy and self.ui.resultsTable.rowCount > 0
         self.ui.useRoundButton.enabled = not busy and bool(self.ui.historyTable.selectedItems())
         self.ui.openJobButton.enabled = not busy
-        self.ui.resumeButton.visible = not busy and self.job is not None and self.job.finished and self.job.resumable
+        self.ui.resumeButton.visible = not busy and self.job is not None and self.job.resumable
         if self.segmentPanel is not None:
             self.segmentPanel.update(trainingBusy=busy)
 

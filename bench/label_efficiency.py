@@ -109,7 +109,9 @@ from SSLSegmentLib.data.io import read_image, write_image  # noqa: E402
 from SSLSegmentLib.data.labels import read_label, write_labelmap  # noqa: E402
 from SSLSegmentLib.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 from SSLSegmentLib.preprocessing import resample_image  # noqa: E402
-from SSLSegmentLib.run_protocol import DONE, read_progress, read_run_status  # noqa: E402
+from SSLSegmentLib.run_protocol import (  # noqa: E402
+    DONE, MODEL_FILE, RESUME_CHECKPOINT, checkpoint_name, read_progress, read_run_status,
+)
 from SSLSegmentLib.sampling import BATCH_STREAMS  # noqa: E402
 
 DATA = (ROOT / ".." / "shared" / "data").resolve()
@@ -325,7 +327,7 @@ def table_tag(key: str, args) -> str:
     return "/".join(t for t in (split_suffix(key, args.acdc_labelled).lstrip("_"), streams, args.tag) if t)
 
 
-def finished_training(train_folder: Path) -> bool:
+def training_done(train_folder: Path) -> bool:
     """A training that ended as ``done``: a bench run killed while predicting or evaluating
     its cases only does those again."""
     return (read_run_status(train_folder) or {}).get("state") == DONE
@@ -334,8 +336,8 @@ def finished_training(train_folder: Path) -> bool:
 def interrupted_training(train_folder: Path) -> bool:
     """A training that stopped before its status said done, leaving a resumable checkpoint or
     its model (``sslsegment train --resume`` goes on with it, with its own settings)."""
-    left = (train_folder / "checkpoint_resume.pt").is_file() or (train_folder / "model.pt").is_file()
-    return left and not finished_training(train_folder)
+    left = any((train_folder / name).is_file() for name in (checkpoint_name(RESUME_CHECKPOINT), MODEL_FILE))
+    return left and not training_done(train_folder)
 
 
 def train_arguments(method: str, seed: int, budget: dict, prepared: dict, run: Path, args) -> list[str]:
@@ -366,7 +368,7 @@ def run_method(key: str, method: str, seed: int, prepared: dict, args) -> dict:
         return json.loads(result_file.read_text())
     budget = budget_of(args, key)
     log_file = run / "bench.log"
-    if args.resume and finished_training(run / "train"):
+    if args.resume and training_done(run / "train"):
         train_s = loop_seconds(run / "train")  # its loop alone: the start-up went unrecorded
     elif args.resume and interrupted_training(run / "train"):
         # an hours-long run (CTCT on LA) goes on from its last checkpoint, in this or a later session

@@ -61,7 +61,7 @@ class TrainingSectionMixin:
     def showStatus(self):
         """The round's one line; a round that stopped before its end says it can go on."""
         text = jobs.status_text(self.job)
-        if self.job.finished and self.job.resumable:
+        if self.job.resumable:  # finished, and stopped before its end
             text = _("Round {round} stopped before its end; Resume round goes on where it stopped.").format(
                 round=self.job.round)
         self.ui.trainingStatusLabel.text = text

@@ -1,4 +1,5 @@
-"""What the trainer writes: progress records, the terminal's progress bar, checkpoints and the model file."""
+"""What the trainer writes: progress records, the terminal's progress bar, checkpoints, the model file
+and the unlabelled cases' predictions."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 from ..domain import describe_training_domain
 from ..fileio import atomic_path
 from ..methods.base import short_run_warning
-from ..model_file import save_model
+from ..model_file import load_model, save_model
 from ..run_protocol import SHORT_RUN
 from .divergence import check_weights
 
@@ -87,3 +88,20 @@ class TrainerOutputs:
                    method=self.method.name, extra={"checkpoint": source, "best_val_dice": best_dice,
                                                    "iterations": self.config.iterations},
                    domain=describe_training_domain([c.image for c in self.dataset.labelled + self.dataset.unlabelled]))
+
+    def predict_unlabelled(self) -> dict[str, float]:
+        """Predict every unlabelled case with the saved model into ``run.predictions`` (``--predict-unlabelled``)."""
+        from ..inference import predict_cases  # noqa: PLC0415
+
+        cases = self.dataset.unlabelled
+        if not cases:  # every case is labelled: the run is still done, with nothing to predict
+            self.log.info("--predict-unlabelled: no unlabelled case to predict")
+            return {}
+        model = load_model(self.run.model, self.device)
+
+        def report(done: int, total: int, name: str) -> None:
+            self.run.add_progress({"phase": "predicting", "case": name, "done": done, "total": total})
+            self.log.info("predicted %s (%d/%d)", name, done, total)
+
+        return predict_cases(model, cases, self.run.predictions, self.device, on_case=report,
+                             largest_component=self.config.largest_component, overwrite=True)  # the run's own folder

@@ -33,7 +33,7 @@ from ..inference import autocast, predict_probabilities
 from ..methods import StepInfo
 from ..methods.base import consistency_weight
 from ..metrics import dice_per_class
-from ..model_file import load_model, read_model_payload, refuse_non_finite_weights
+from ..model_file import read_model_payload, refuse_non_finite_weights
 from ..preprocessing import Plan
 from ..sampling import BATCH_STREAMS, BatchStream, PatchSampler, to_tensors
 from . import memory, resume
@@ -385,19 +385,3 @@ class Trainer(TrainerOutputs):
             scores.append(float(np.mean(list(dice.values()))))
         self.method.train()
         return float(np.mean(scores))
-
-    def predict_unlabelled(self) -> dict[str, float]:
-        from ..inference import predict_cases  # noqa: PLC0415
-
-        cases = self.dataset.unlabelled
-        if not cases:  # every case is labelled: the run is still done, with nothing to predict
-            self.log.info("--predict-unlabelled: no unlabelled case to predict")
-            return {}
-        model = load_model(self.run.model, self.device)
-
-        def report(done: int, total: int, name: str) -> None:
-            self.run.add_progress({"phase": "predicting", "case": name, "done": done, "total": total})
-            self.log.info("predicted %s (%d/%d)", name, done, total)
-
-        return predict_cases(model, cases, self.run.predictions, self.device, on_case=report,
-                             largest_component=self.config.largest_component, overwrite=True)  # the run's own folder

@@ -235,7 +235,7 @@ class Workspace:
                 "iteration": step.get("iteration"), "total": step.get("total"),
                 "eta": jobs.format_duration(self.job.eta_s()), "loss": loss, "dice": self.job.latest_val_dice(),
                 "error": self.job.error, "text": jobs.status_text(self.job),
-                "resumable": self.job.finished and self.job.resumable}
+                "resumable": self.job.resumable}
 
     # ---------------------------------------------------------------- results
     def load_results(self) -> list[dict]:
