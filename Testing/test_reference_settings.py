@@ -496,3 +496,33 @@ def test_urpc_can_leave_out_its_coarsest_heads():
     assert len(three.network.heads) == 2 and len(four.network.heads) == 3
     with pytest.raises(ValueError, match="urpc_scales must be 4, 3, 2, not 5"):
         make_method("urpc", urpc_scales=5)
+
+
+def test_urpc_can_keep_its_heads_gradient_off_the_backbone():
+    """``urpc_head_gradient=detached``: the heads' losses train the heads alone; the backbone
+    learns through its main output, whose supervised loss weighs 1 as in supervised-only."""
+    labelled, unlabelled = batches()
+    images = torch.cat([labelled["image"], unlabelled["image"]])
+    for gradient, reaches_backbone in (("backbone", True), ("detached", False)):
+        torch.manual_seed(0)
+        method = make_method("urpc", urpc_head_gradient=gradient).train()
+        heads_only = sum(output.square().mean() for output in method.network(images)[1:])
+        heads_only.backward()
+        backbone_gradients = [p.grad for p in method.network.backbone.parameters()]
+        touched = any(g is not None and bool(g.abs().sum() > 0) for g in backbone_gradients)
+        assert touched is reaches_backbone, gradient
+        assert all(p.grad is not None for p in method.network.heads.parameters())
+    torch.manual_seed(0)
+    method = make_method("urpc", urpc_head_gradient="detached").train()
+    state = {k: v.clone() for k, v in method.state_dict().items()}
+    torch.manual_seed(1)
+    losses = method.training_step(labelled, unlabelled, STEP)
+    method.load_state_dict(state)
+    torch.manual_seed(1)
+    scales = method.network(images)
+    per_scale = [float(supervised_loss(s[:2], labelled["label"], NUM_CLASSES).detach()) for s in scales]
+    assert float(losses["supervised"]) == pytest.approx(sum(per_scale))
+    with pytest.raises(ValueError, match="cannot take urpc_scale_weights=halving"):
+        make_method("urpc", urpc_head_gradient="detached", urpc_scale_weights="halving")
+    with pytest.raises(ValueError, match="urpc_head_gradient must be backbone or detached"):
+        make_method("urpc", urpc_head_gradient="frozen")

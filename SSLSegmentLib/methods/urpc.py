@@ -99,11 +99,20 @@ class URPC(Method):
     keeps URPC's pyramid and reaches supervised-only here. The reference's settings stay the
     default, and the method pickers say URPC is below supervised-only
     (``SSLSegmentLib/measured_gain.py``).
+
+    ``"urpc_head_gradient"``: ``"backbone"`` (default, the reference: the heads' supervised
+    losses and the consistency train the shared features) or ``"detached"`` (a departure: the
+    heads read the features without their gradient, so the backbone learns from its main
+    output's supervised loss at full weight, as supervised-only, plus the main output's part of
+    the consistency; each head learns from its own supervised loss and the consistency). The
+    supervised loss is then the sum over the outputs, so each parameter sees its own output's
+    loss at weight 1; ``urpc_scale_weights`` must stay ``"equal"`` with it.
     """
 
     name = "urpc"
-    options = ("urpc_heads", "urpc_scale_weights", "urpc_scales")
+    options = ("urpc_heads", "urpc_scale_weights", "urpc_scales", "urpc_head_gradient")
     SCALES = (4, 3, 2)
+    HEAD_GRADIENTS = ("backbone", "detached")
 
     def __init__(self, settings, network_factory, num_classes, dim):
         super().__init__(settings, network_factory, num_classes, dim)
@@ -111,16 +120,22 @@ class URPC(Method):
         scales = extra(settings, "urpc_scales", self.SCALES[0])
         if scales not in self.SCALES:
             raise ValueError(f"urpc_scales must be {', '.join(map(str, self.SCALES))}, not {scales!r}")
+        self.detached = extra_choice(settings, "urpc_head_gradient", self.HEAD_GRADIENTS) == "detached"
         self.network = PyramidOutputs(network_factory(), dim, INPUT_CHANNELS, num_classes,
-                                      levels=tuple(range(1, scales)), heads=heads)
+                                      levels=tuple(range(1, scales)), heads=heads, detach_heads=self.detached)
         self.weighting = extra_choice(settings, "urpc_scale_weights", SCALE_WEIGHTS)
+        if self.detached and self.weighting != "equal":
+            raise ValueError("urpc_head_gradient=detached sums the outputs' supervised losses; "
+                             f"it cannot take urpc_scale_weights={self.weighting}")
         self.scale_weights = scale_weights(len(self.network.heads) + 1, self.weighting)
 
     def training_step(self, labelled, unlabelled, step):
         images, n_labelled = joined_images(labelled, unlabelled)
         scales = self.network(images)
         per_scale = torch.stack([self.supervised_loss(s[:n_labelled], labelled["label"]) for s in scales])
-        if self.weighting == "equal":
+        if self.detached:
+            supervised = per_scale.sum()  # each output's loss reaches only its own parameters
+        elif self.weighting == "equal":
             supervised = per_scale.mean()  # as before the option, bit for bit
         else:
             supervised = (self.scale_weights.to(per_scale) * per_scale).sum()

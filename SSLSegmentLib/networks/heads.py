@@ -211,18 +211,23 @@ class PyramidOutputs(TappedBackbone):
     nearest neighbour (``F.interpolate``'s default there). A deliberate departure, measured: on
     ACDC at the CPU preset (3 mm, 128 x 128, 3000 iterations; seed 1337, the same labelled
     batches) URPC gave 0.649 Dice with the default heads and 0.517 with the reference's.
+
+    ``detach_heads=True`` (a departure; URPC's heads train the shared features) feeds the heads
+    the decoder features without their gradient: the heads' losses then train the heads alone,
+    and the backbone learns only through its main output.
     """
 
     HEADS = ("skip", "reference")
 
     def __init__(self, backbone, dim, in_channels, out_channels, levels=(1, 2, 3), probe_spatial=None,
-                 heads: str = "skip"):
+                 heads: str = "skip", detach_heads: bool = False):
         if heads not in self.HEADS:
             raise ValueError(f"heads must be {' or '.join(self.HEADS)}, not {heads!r}")
         reference = heads == "reference"
         super().__init__(backbone, dim, in_channels, levels, probe_spatial, decoder_blocks=reference)
         kernel = 3 if reference else 1
         self.upsampling = "nearest" if reference else "linear"
+        self.detach_heads = detach_heads
         self.heads = nn.ModuleList(_head_conv(dim, self.feature_channels[level], out_channels, kernel)
                                    for level in self.levels)
         kinds = {1: FeatureNoise, 2: FeatureDropout, 3: partial(nn.Dropout, 0.5)}
@@ -239,7 +244,8 @@ class PyramidOutputs(TappedBackbone):
         logits, features = self.forward_with_features(x)
         outputs = [logits]
         for level, head, perturb in zip(self.levels, self.heads, self.perturbations):
-            feature = perturb(features[level]) if perturbed else features[level]
+            feature = features[level].detach() if self.detach_heads else features[level]
+            feature = perturb(feature) if perturbed else feature
             outputs.append(_upsample(head(feature), x.shape[2:], self.upsampling))
         return outputs
 
