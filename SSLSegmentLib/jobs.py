@@ -333,3 +333,27 @@ def status_text(job: Job) -> str:
     if dice is not None:
         parts.append(f"val Dice {dice:.3f}")
     return ", ".join(parts)
+
+
+def past_rounds(root: str | os.PathLike, limit: int = 20) -> list[dict]:
+    """The latest round of each job folder under ``root``, newest job first: what a session
+    started after a restart (of Slicer, of the browser UI's server) can open again.
+
+    Each: ``folder``, ``name``, ``round``, ``method``, ``state`` (``interrupted`` when its
+    process is gone without a final status), ``started``, ``cases`` and ``resumable``.
+    Folders without a round (or not jobs at all) are left out."""
+    root = Path(root)
+    folders = [JobFolder(p) for p in root.iterdir() if (p / "job.json").is_file()] if root.is_dir() else []
+    listed = []
+    for folder in folders:
+        rounds = folder.rounds()
+        if not rounds:
+            continue
+        info = folder.read_round(rounds[-1])
+        summary = round_summary(folder.round_dir(rounds[-1]), info)
+        listed.append({"folder": str(folder.root), "name": folder.root.name, "round": rounds[-1],
+                       "method": summary["settings"].get("method"), "state": summary["state"],
+                       "started": summary["started"] or "", "cases": len(folder.read_job().get("cases", {})),
+                       "resumable": Job.from_past_round(folder, rounds[-1]).resumable})
+    listed.sort(key=lambda r: (r["started"], r["name"]), reverse=True)
+    return listed[:limit]

@@ -242,3 +242,30 @@ def test_status_text_says_when_the_budget_is_still_measuring(tmp_path):
         assert "iteration 10/400" in jobs.status_text(job)
     finally:
         job.kill()
+
+
+def test_past_rounds_lists_each_jobs_latest_round_newest_first(tmp_path):
+    """What a restarted session can open: the latest round of each job folder, newest job
+    first; a folder without rounds, or without job.json, is not a job."""
+    from SSLSegmentLib.run_protocol import write_status  # noqa: PLC0415
+
+    def job(name, rounds, started, state, model=False):
+        folder = jobs.JobFolder(tmp_path / name)
+        folder.root.mkdir()
+        folder.write_job({"classes": [], "cases": {"a": {}, "b": {}}})
+        for number in rounds:
+            folder.write_round(number, {"round": number, "started": started, "settings": {"method": "bcp"}})
+            write_status(folder.round_dir(number), state)
+        if model:
+            (folder.round_dir(rounds[-1]) / jobs.MODEL_FILE).write_bytes(b"model")
+        return folder
+
+    job("older", [1, 2], "2026-12-01T10:00:00", jobs.DONE, model=True)
+    job("newer", [1], "2026-12-02T10:00:00", jobs.FAILED, model=True)
+    job("empty", [], "", jobs.DONE)
+    (tmp_path / "notes").mkdir()
+    listed = jobs.past_rounds(tmp_path)
+    assert [(r["name"], r["round"], r["method"], r["state"], r["cases"], r["resumable"]) for r in listed] == [
+        ("newer", 1, "bcp", jobs.FAILED, 2, True), ("older", 2, "bcp", jobs.DONE, 2, False)]
+    assert jobs.past_rounds(tmp_path, limit=1)[0]["name"] == "newer"
+    assert jobs.past_rounds(tmp_path / "missing") == []

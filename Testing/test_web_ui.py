@@ -268,6 +268,24 @@ def test_whole_loop_in_a_real_browser(phantoms, browser, tmp_path):
     assert round2["cases"][least]["corrected"] and round2["cases"]["case_001"]["label"]
     assert round2["unlabelled"] == [other]
 
+    # The server restarts on the same scans and jobs folder: the past rounds are listed, and
+    # opening the trained job brings its last round's results back onto the scans loaded again.
+    server = Server("--images", str(phantoms["images"]), "--labels", str(phantoms["labels"]),
+                    "--jobs-dir", str(tmp_path / "jobs"), *TINY_SERVE, cwd=tmp_path)
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.goto(server.url)
+        page.click("#tab-train")
+        expect(page.locator(f"#past-{cancelled.name}")).to_contain_text("cancelled (can resume)", timeout=30_000)
+        expect(page.locator(f"#past-{trained.name}")).to_contain_text("done", timeout=10_000)
+        _shot(page, tmp_path, "05-past-rounds")
+        page.click(f"#open-round-{trained.name}")
+        expect(page.locator("#message-text")).to_contain_text(f"Opened {trained.name}, round 2", timeout=30_000)
+        expect(page.locator(f"#result-{other}")).to_be_visible(timeout=30_000)
+        _shot(page, tmp_path, "05-reopened")
+    finally:
+        server.stop()
+
 
 def test_listening_beyond_loopback_needs_the_secret(phantoms, browser, tmp_path):
     server = Server("--host", "0.0.0.0", "--allow-remote", "--secret", "a-test-secret-of-24-chars",

@@ -86,8 +86,9 @@ def test_serve_refuses_a_remote_address_without_the_flag(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_cancelled_round_resumes_from_its_checkpoint(workspace, phantom_data, monkeypatch):
-    """Cancel, then Resume round: the same round goes on from its checkpoint to its results."""
+def test_a_cancelled_round_resumes_from_its_checkpoint_after_a_server_restart(workspace, phantom_data, monkeypatch):
+    """Cancel; the server restarts; the round, opened from the past rounds, resumes from its
+    checkpoint to its results on the volumes loaded again."""
     import time  # noqa: PLC0415
 
     from SSLSegmentLib import jobs  # noqa: PLC0415
@@ -107,7 +108,18 @@ def test_a_cancelled_round_resumes_from_its_checkpoint(workspace, phantom_data, 
     job.wait(timeout_s=60)
     status = workspace.poll()
     assert status["state"] == jobs.CANCELLED and status["resumable"] is True
-    resumed = workspace.resume()
+    # The server restarts: a new scene, the same scans loaded again, the round opened from the list.
+    scene = slicer_scene()
+    restarted = Workspace(scene, SSLSegmentLogic(scene=scene, jobsRoot=workspace.logic.jobsRoot))
+    ids = restarted.add_folder(phantom_data["images"], phantom_data["labels"])
+    listed = restarted.past_rounds()
+    assert [(r["round"], r["method"], r["state"], r["resumable"], r["cases"]) for r in listed] == [
+        (1, "mean_teacher", jobs.CANCELLED, True, 5)]
+    assert restarted.open_round(listed[0]["folder"]).round == 1
+    assert restarted.poll()["resumable"] is True and restarted.linked_cases() == (5, 5)
+    resumed = restarted.resume()
     assert resumed.round == 1 and resumed.wait(timeout_s=240) == jobs.DONE, resumed.log_tail()
-    assert workspace.poll()["resumable"] is False and resumed.training_progress["iteration"] == 300
-    assert len(workspace.load_results()) == 2  # the two unlabelled phantoms
+    assert restarted.poll()["resumable"] is False and resumed.training_progress["iteration"] == 300
+    rows = restarted.load_results()
+    assert sorted(r["id"] for r in rows) == sorted(ids[3:])  # the two unlabelled phantoms, in this scene
+    assert restarted.past_rounds()[0]["state"] == jobs.DONE

@@ -72,7 +72,7 @@ class WebApp(TrameApp):
                   "iterations": self.options.iterations, "training": False, "train_fraction": 0,
                   "train_text": "No training yet", "train_state": "idle", "train_eta": "-", "train_loss": None,
                   "train_dice": None, "train_resumable": False, "export_format": "seg.nrrd", "export_folder": "", "show_3d": False,
-                  "round": 0, "tab": "data", "max_upload_bytes": self.workspace.limits.max_upload_bytes})
+                  "round": 0, "past_rounds": [], "tab": "data", "max_upload_bytes": self.workspace.limits.max_upload_bytes})
         s.change("show_3d")(self._on_show_3d)
 
     # ------------------------------------------------------------------ lifecycle
@@ -80,6 +80,7 @@ class WebApp(TrameApp):
         if self.options.images:
             self.workspace.add_folder(self.options.images, self.options.labels)
         self._refresh_rows()
+        self._refresh_past_rounds()
         if self.workspace.entries:
             self.select(next(iter(self.workspace.entries)))
 
@@ -108,6 +109,7 @@ class WebApp(TrameApp):
                            "train_resumable": status["resumable"]})
         if status["state"] in jobs.TERMINAL_STATES:
             self.state.training = False
+            self._refresh_past_rounds()
             if status["state"] == jobs.DONE:
                 self._run(self.load_results)
             elif status["error"]:
@@ -219,6 +221,27 @@ class WebApp(TrameApp):
     def _training_started(self) -> None:
         self.state.update({"training": True, "train_fraction": 0, "train_state": jobs.RUNNING,
                            "train_text": "starting...", "tab": "train", "train_resumable": False})
+
+    def _refresh_past_rounds(self) -> None:
+        self.state.past_rounds = self.workspace.past_rounds()
+
+    def open_round(self, folder: str) -> None:
+        """A past round taken up again: its results loaded when it finished, else its state
+        (and Resume round when it can go on)."""
+        job = self.workspace.open_round(folder)
+        status = self.workspace.poll()
+        self.state.update({"training": False, "train_state": status["state"], "train_text": status["text"],
+                           "train_fraction": round(100 * status["fraction"], 1), "round": job.round,
+                           "train_resumable": status["resumable"], "results": [], "tab": "train"})
+        linked, cases = self.workspace.linked_cases()
+        if job.state == jobs.DONE:
+            self.load_results()
+        missing = f"; {cases - linked} of its {cases} scans are not in this session" if linked < cases else ""
+        self.state.message = f"Opened {job.folder.root.name}, round {job.round}: {status['state']}{missing}"
+
+    def on_open_round(self, folder: str) -> None:
+        self._run(self.open_round, folder)
+        self._refresh_rows()
 
     def on_cancel(self) -> None:
         self._run(self.workspace.cancel)

@@ -118,6 +118,27 @@ def _train_panel(app):
     html.Div("ETA {{ train_eta }} · loss {{ train_loss === null ? '-' : train_loss.toFixed(4) }}"
              " · val Dice {{ train_dice === null ? '-' : train_dice.toFixed(3) }}",
              id="train-figures", classes="text-caption")
+    _past_rounds_table(app)
+
+
+def _past_rounds_table(app):
+    """Jobs of earlier sessions (the server restarted): open one for its results or to resume it."""
+    html.Div("Past rounds", classes="text-subtitle-2 mt-4")
+    html.Div("No earlier round in the jobs folder", v_if=("!past_rounds.length",), classes="text-caption")
+    with v.VTable(density="compact", id="past-rounds-table", v_if=("past_rounds.length",)):
+        with html.Thead(), html.Tr():
+            for title in ("Job", "Round", "Method", "State", ""):
+                html.Th(title)
+        with html.Tbody():
+            with html.Tr(v_for="row in past_rounds", key="row.folder", id=("'past-' + row.name",)):
+                html.Td("{{ row.name }}", classes="text-caption")
+                html.Td("{{ row.round }}")
+                html.Td("{{ row.method }}")
+                html.Td("{{ row.state }}{{ row.resumable ? ' (can resume)' : '' }}")
+                with html.Td():
+                    v.VBtn(icon="mdi-folder-open", size="small", variant="tonal", disabled=("training",),
+                           title="Open this round: its results, or Resume round", id=("'open-round-' + row.name",),
+                           click=(app.on_open_round, "[row.folder]"))
 
 
 def _results_panel(app):

@@ -215,6 +215,26 @@ class Workspace:
         self.job = self.logic.resumeRound(self.job)
         return self.job
 
+    def past_rounds(self) -> list[dict]:
+        """The latest round of each job under the jobs folder, newest first (what Open lists)."""
+        return jobs.past_rounds(self.logic.jobsRoot)
+
+    def open_round(self, folder: str | os.PathLike) -> jobs.Job:
+        """Take up a job's latest round again, after the server restarted: its state, its
+        results, or Resume round. Its cases are linked to this session's volumes by content,
+        so the scans must be loaded (the same files, or copies) for its predictions to land."""
+        self._require_idle()
+        self.job = self.logic.openJob(folder)
+        for entry in self.entries.values():
+            entry.prediction = None  # another round's
+        return self.job
+
+    def linked_cases(self) -> tuple[int, int]:
+        """``(cases whose scan is in this session, cases)`` of the open job."""
+        cases = self.job.folder.read_job().get("cases", {}) if self.job else {}
+        linked = sum(1 for case in cases.values() if case.get("volumeNodeID") in self.entries)
+        return linked, len(cases)
+
     def _require_idle(self) -> None:
         if self.job is not None and not self.job.finished:
             raise InputError("A training round is running: wait for it or cancel it")
