@@ -10,6 +10,7 @@ over a file this tool did not write for the same model, unless ``overwrite``.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,17 +58,30 @@ class PredictionReport:
 
 def predict_to_folder(model: Model, cases: list[Case], out_dir: str | os.PathLike, device: torch.device,
                       on_case: Callable[[int, int, str, float | None, list[str]], None] | None = None,
-                      largest_component: bool = False, overwrite: bool = False) -> PredictionReport:
+                      largest_component: bool = False, overwrite: bool = False,
+                      keep_done: bool = False) -> PredictionReport:
     """Write ``<case>.seg.nrrd``, ``labelmaps/<case>.nrrd``, ``confidence.json`` and
     ``out_of_domain.json``; OutputError before anything is written when the folder is not
-    writable or holds files this tool did not write for this model (unless ``overwrite``)."""
+    writable or holds files this tool did not write for this model (unless ``overwrite``).
+
+    The two JSON files are rewritten after each case, so a run stopped half-way keeps the
+    scores of the cases it wrote. ``keep_done`` (a resumed run, the same model): a case whose
+    files this model wrote, unchanged since, and whose score is recorded, is not predicted again."""
     from .inference import predict_image_with_statistics  # noqa: PLC0415 (inference imports this module)
 
     fingerprint = model_fingerprint(model.network, model.classes)
     manifest = require_outputs_writable(Path(out_dir), [c.name for c in cases], fingerprint, overwrite)
     report = PredictionReport(manifest.folder)
+    done = _done_cases(manifest, fingerprint) if keep_done else {}
     marker = {MARKER_FIELD: fingerprint}
     for index, case in enumerate(cases):
+        if case.name in done:
+            report.scores[case.name], problems = done[case.name]
+            if problems:
+                report.out_of_domain[case.name] = problems
+            if on_case:
+                on_case(index + 1, len(cases), case.name, report.scores[case.name], (problems or {}).get("problems", []))
+            continue
         try:
             label, raw, geometry, statistics = predict_image_with_statistics(model, case.image, device,
                                                                              largest_component)
@@ -91,11 +105,33 @@ def predict_to_folder(model: Model, cases: list[Case], out_dir: str | os.PathLik
         report.scores[case.name] = OUT_OF_DOMAIN_CONFIDENCE if problems else raw
         if problems:
             report.out_of_domain[case.name] = {"confidence_before": raw, "problems": problems}
+        _write_scores(report)
         if on_case:
             on_case(index + 1, len(cases), case.name, report.scores[case.name], problems)
-    atomic_write_json(manifest.folder / "confidence.json", report.scores)
-    atomic_write_json(manifest.folder / "out_of_domain.json", report.out_of_domain)
+    _write_scores(report)
     return report
+
+
+def _write_scores(report: PredictionReport) -> None:
+    atomic_write_json(report.folder / "confidence.json", report.scores)
+    atomic_write_json(report.folder / "out_of_domain.json", report.out_of_domain)
+
+
+def _read_dict(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # none yet, or damaged: nothing counts as done (the safe side)
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _done_cases(manifest, fingerprint: str) -> dict[str, tuple[float, dict | None]]:
+    """``{case: (score, out-of-domain entry or None)}`` of the cases a run of this model
+    finished in the folder: both files its own and unchanged, and the score recorded."""
+    scores, out_of_domain = (_read_dict(manifest.folder / name) for name in ("confidence.json", "out_of_domain.json"))
+    return {name: (float(score), out_of_domain.get(name)) for name, score in scores.items()
+            if isinstance(score, (int, float))
+            and all(manifest.written_by_us(relative, fingerprint) for relative in output_files(name))}
 
 
 def describe_case(done: int, total: int, name: str, score: float | None, problems: list[str]) -> str:

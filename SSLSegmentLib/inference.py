@@ -98,14 +98,15 @@ def predict_image_with_statistics(model: Model, image_path: str | os.PathLike, d
 
 def predict_cases(model: Model, cases: list[Case], out_dir: str | os.PathLike, device: torch.device,
                   on_case: Callable[[int, int, str], None] | None = None,
-                  largest_component: bool = False, overwrite: bool = False) -> dict[str, float]:
+                  largest_component: bool = False, overwrite: bool = False,
+                  keep_done: bool = False) -> dict[str, float]:
     """Write ``<case>.seg.nrrd``, ``labelmaps/<case>.nrrd`` and ``confidence.json`` (see
     ``batch_prediction.predict_to_folder``); every case is tried, then InputError names each
     case that failed."""
     from .batch_prediction import predict_to_folder  # noqa: PLC0415
 
     report = predict_to_folder(model, cases, out_dir, device, largest_component=largest_component,
-                               overwrite=overwrite,
+                               overwrite=overwrite, keep_done=keep_done,
                                on_case=(lambda done, total, name, *_: on_case(done, total, name)) if on_case else None)
     if report.failures:
         raise InputError(report.failure_message())

@@ -376,12 +376,17 @@ def test_a_run_killed_while_predicting_resumes_with_its_model_to_the_missing_pre
     assert run.read_status()["state"] == "interrupted"
     assert (out / "model.pt").exists() and not (out / "checkpoint_resume.pt").exists()
     model_bytes = (out / "model.pt").read_bytes()
-    assert len(list((out / "predictions").glob("*.seg.nrrd"))) < len(unlabelled)
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "predictions").glob("*.seg.nrrd")}
+    assert 0 < len(before) < len(unlabelled)
+    assert set(json.loads((out / "predictions" / "confidence.json").read_text())) == {n[:-9] for n in before}
 
     assert main(["train", "--resume", str(out), "--threads", "1"]) == 0
     assert run.read_status()["state"] == "done"
     assert (out / "model.pt").read_bytes() == model_bytes  # not trained again
     assert sorted(p.name for p in (out / "predictions").glob("*.seg.nrrd")) == [f"{n}.seg.nrrd" for n in unlabelled]
+    # The cases predicted before the kill are kept, not predicted again; every score is there.
+    assert {name: (out / "predictions" / name).stat().st_mtime_ns for name in before} == before
+    assert set(json.loads((out / "predictions" / "confidence.json").read_text())) == set(unlabelled)
     records = run.read_progress()
     resumed = [i for i, r in enumerate(records) if r.get("event") == "resumed"]
     assert resumed and records[resumed[-1]] == {"event": "resumed", "iteration": 4, "training": "finished"}

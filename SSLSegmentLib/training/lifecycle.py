@@ -107,7 +107,7 @@ def train_run(run: RunFolder, inputs: Callable[[], tuple], log: logging.Logger |
         setup_s = time.monotonic() - started
         result = finished or trainer.train()
         if predict_unlabelled and context.is_main:
-            trainer.predict_unlabelled()
+            trainer.predict_unlabelled(keep_done=finished is not None)  # the same model: its cases stay
         context.barrier()
         trained = Trained(result, trainer.device, trainer.config, trainer.data, tuple(trainer.batch_sizes), setup_s)
         warnings = list(trainer.warnings)

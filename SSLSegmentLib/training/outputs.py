@@ -89,8 +89,10 @@ class TrainerOutputs:
                                                    "iterations": self.config.iterations},
                    domain=describe_training_domain([c.image for c in self.dataset.labelled + self.dataset.unlabelled]))
 
-    def predict_unlabelled(self) -> dict[str, float]:
-        """Predict every unlabelled case with the saved model into ``run.predictions`` (``--predict-unlabelled``)."""
+    def predict_unlabelled(self, keep_done: bool = False) -> dict[str, float]:
+        """Predict every unlabelled case with the saved model into ``run.predictions``
+        (``--predict-unlabelled``); ``keep_done``: not those this model already predicted there
+        (a run resumed after its training, killed while predicting)."""
         from ..inference import predict_cases  # noqa: PLC0415
 
         cases = self.dataset.unlabelled
@@ -104,4 +106,5 @@ class TrainerOutputs:
             self.log.info("predicted %s (%d/%d)", name, done, total)
 
         return predict_cases(model, cases, self.run.predictions, self.device, on_case=report,
-                             largest_component=self.config.largest_component, overwrite=True)  # the run's own folder
+                             largest_component=self.config.largest_component, overwrite=True,  # the run's own folder
+                             keep_done=keep_done)
