@@ -277,6 +277,9 @@ class SSLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, DataSe
             logging.warning("SSLSegment: could not reopen job %s: %s", p.jobFolder, error)
             self.ui.trainingStatusLabel.text = _("Job {folder} not found.").format(folder=p.jobFolder)
             return
+        if self.job.state == jobs.RUNNING:  # still training in the process of an earlier session
+            self.onJobStarted()
+            return
         self.showStatus()
         self.updateResults()
 

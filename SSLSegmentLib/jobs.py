@@ -81,6 +81,22 @@ def resume_command(python: Sequence[str], folder: JobFolder, round_number: int) 
             "--threads", str(child_threads())]
 
 
+class RunningElsewhere:
+    """The handle of a round's training process that this session did not start: running
+    while it holds its run folder (``read_run_status``); then exit code 0 when it ended done,
+    1 otherwise (the status says how). ``pid`` lets Cancel stop its process tree."""
+
+    def __init__(self, run_dir: Path, pid: int | None):
+        self.run_dir = run_dir
+        self.pid = pid if isinstance(pid, int) else -1
+
+    def poll(self) -> int | None:
+        state = (read_run_status(self.run_dir) or {}).get("state")
+        if state == RUNNING:
+            return None
+        return 0 if state == DONE else 1
+
+
 class Job:
     """One training round running (or run) as a child process.
 
@@ -112,15 +128,19 @@ class Job:
 
     @classmethod
     def from_past_round(cls, folder: JobFolder, round_number: int) -> "Job":
-        """A job for a round that ran earlier (no process): its state from status.json.
+        """A job for a round that ran earlier: its state from status.json.
 
-        A round whose process is gone without a final status counts as failed.
+        A round whose process is gone without a final status counts as failed. A round whose
+        process is still training (it outlived the Slicer session or the server that started
+        it) is running: the job watches it to its end, and Cancel stops it.
         """
         job = cls(folder, round_number, folder.read_round(round_number).get("command", []))
         job._read_progress()
         status = read_run_status(job.run_dir) or {}
         state = status.get("state")
-        if state in TERMINAL_STATES:
+        if state == RUNNING:
+            job.process, job.started_at = RunningElsewhere(job.run_dir, status.get("pid")), time.monotonic()
+        elif state in TERMINAL_STATES:
             job._finish(state, status.get("error") if state == FAILED else None)
         else:  # interrupted (killed), or never started
             job._finish(FAILED, status.get("error") or "the training process of this round ended without a final "
@@ -253,6 +273,8 @@ class Job:
         """Kill the child's whole process tree now (scene closed, application exit)."""
         if self._cancel_deadline is None:
             self._cancel_deadline = time.monotonic()
+        if isinstance(self.process, RunningElsewhere) and self.process.poll() is not None:
+            return  # it ended: its pid may be another process's by now
         if self.process is not None:
             kill_process_tree(self.process.pid)
             if isinstance(self.process, subprocess.Popen):

@@ -229,7 +229,8 @@ class SSLSegmentLogic(SegmentingMixin, InputChecksMixin, ExportMixin, ResultsMix
         return job
 
     def openJob(self, jobFolder: str | os.PathLike, roundNumber: int | None = None) -> jobs.Job:
-        """A finished round of an existing job folder (the history: go back to any round)."""
+        """A round of an existing job folder (the history: go back to any round). A round
+        still training in a process another session started is followed, as if started here."""
         folder = jobs.JobFolder(jobFolder)
         rounds = folder.rounds()
         if not rounds:
@@ -238,7 +239,10 @@ class SSLSegmentLogic(SegmentingMixin, InputChecksMixin, ExportMixin, ResultsMix
         if number not in rounds:
             raise InputError(f"{folder.root} has no round {number}; it has {rounds}")
         self.relinkVolumes(folder)  # the scans loaded again in another session: new node IDs
-        return jobs.Job.from_past_round(folder, number)
+        job = jobs.Job.from_past_round(folder, number)
+        if not job.finished:
+            self.jobs.append(job)  # stopped with the others when the scene closes
+        return job
 
     def _newJobFolder(self, method: str) -> Path:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")

@@ -269,3 +269,29 @@ def test_past_rounds_lists_each_jobs_latest_round_newest_first(tmp_path):
         ("newer", 1, "bcp", jobs.FAILED, 2, True), ("older", 2, "bcp", jobs.DONE, 2, False)]
     assert jobs.past_rounds(tmp_path, limit=1)[0]["name"] == "newer"
     assert jobs.past_rounds(tmp_path / "missing") == []
+
+
+def _when(condition, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_a_round_still_training_from_another_session_is_watched_to_its_end_or_cancelled(tmp_path):
+    """The process outlived the session (Slicer, the web server) that started it: opened again,
+    the round is running, not failed; the job follows it to done, and Cancel stops it."""
+    started = make_job(tmp_path, "slow", iterations=25)
+    _when(lambda: (started.poll(), started.training_progress)[1] is not None)
+    watched = jobs.Job.from_past_round(started.folder, started.round)
+    assert watched.state == jobs.RUNNING and not watched.resumable and watched.error is None
+    assert watched.wait(timeout_s=30) == jobs.DONE and watched.training_progress["iteration"] == 25
+    assert started.wait(timeout_s=30) == jobs.DONE
+
+    stubborn = make_job(tmp_path, "stubborn", iterations=500)
+    _when(lambda: (stubborn.poll(), stubborn.training_progress)[1] is not None)
+    watched = jobs.Job.from_past_round(stubborn.folder, stubborn.round)
+    watched.cancel_grace_s = 0.5
+    watched.cancel()  # the child ignores the cancel file: its tree is killed after the grace
+    assert watched.wait(timeout_s=30) == jobs.CANCELLED
+    assert stubborn.wait(timeout_s=30) != jobs.RUNNING and not _alive(stubborn.process.pid)

@@ -344,7 +344,8 @@ def test_whole_loop(scene, tmp_path, monkeypatch):
 def test_a_round_killed_mid_training_is_resumed_to_its_predictions(scene, tmp_path, monkeypatch):
     """Slicer crashed, or the machine restarted, while a round trained: the reopened round
     said "go on with `sslsegment train --resume`", a command line that a panel user has no
-    use for, and retraining lost everything. ``resumeRound`` goes on from its checkpoint."""
+    use for, and retraining lost everything. ``resumeRound`` goes on from its checkpoint.
+    Opened by another session while it still trains, the round is followed as running."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     logic = make_logic(scene, tmp_path)
     labelled = [phantom_case(scene, f"L{i}", seed=10 + i) for i in range(2)]
@@ -355,8 +356,13 @@ def test_a_round_killed_mid_training_is_resumed_to_its_predictions(scene, tmp_pa
     while (job.training_progress or {}).get("iteration", 0) < 20 or not (job.run_dir / "checkpoint_resume.pt").exists():
         assert job.state == jobs.RUNNING and time.monotonic() < deadline, job.log_tail()
         time.sleep(0.1)
+    # Opened from another session while its process trains: running (followed), not failed.
+    watching = make_logic(scene, tmp_path)
+    followed = watching.openJob(job.folder.root)
+    assert followed.state == jobs.RUNNING and not followed.resumable and followed in watching.jobs
     os.killpg(job.process.pid, signal.SIGKILL)  # what a crash or a power cut leaves
     job.process.wait()
+    assert followed.wait(timeout_s=30) == jobs.FAILED and followed.resumable  # the kill is seen
 
     reopened = logic.openJob(job.folder.root)  # the next session
     assert reopened.state == jobs.FAILED and "--resume" in reopened.error and reopened.resumable

@@ -84,7 +84,9 @@ class ResultsSectionMixin:
             self.job = self.logic.openJob(folder)
             self._parameterNode.jobFolder = str(self.job.folder.root)
             self._parameterNode.jobRound = self.job.round
-            if not self.logic.predictionNodes(self.job) and self.job.state == jobs.DONE:
+            if self.job.state == jobs.RUNNING:  # its process outlived the session that started it
+                self.onJobStarted()  # follow it as if started here: progress, Cancel, results
+            elif not self.logic.predictionNodes(self.job) and self.job.state == jobs.DONE:
                 self.logic.loadPredictions(self.job)
             self.showStatus()  # a round that stopped before its end says it can be resumed
         self.updateResults()

@@ -229,8 +229,9 @@ class WebApp(TrameApp):
         """A past round taken up again: its results loaded when it finished, else its state
         (and Resume round when it can go on)."""
         job = self.workspace.open_round(folder)
-        status = self.workspace.poll()
-        self.state.update({"training": False, "train_state": status["state"], "train_text": status["text"],
+        status = self.workspace.poll()  # running: its process outlived the server that started it
+        self.state.update({"training": status["state"] == jobs.RUNNING, "train_state": status["state"],
+                           "train_text": status["text"],
                            "train_fraction": round(100 * status["fraction"], 1), "round": job.round,
                            "train_resumable": status["resumable"], "results": [], "tab": "train"})
         linked, cases = self.workspace.linked_cases()

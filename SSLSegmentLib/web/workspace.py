@@ -221,7 +221,7 @@ class Workspace:
 
     def open_round(self, folder: str | os.PathLike) -> jobs.Job:
         """Take up a job's latest round again, after the server restarted: its state, its
-        results, or Resume round. Its cases are linked to this session's volumes by content,
+        results, Resume round, or its progress while its process still trains. Its cases are linked to this session's volumes by content,
         so the scans must be loaded (the same files, or copies) for its predictions to land."""
         self._require_idle()
         self.job = self.logic.openJob(folder)
