@@ -42,18 +42,32 @@ def readVolume(scene, path: str | os.PathLike, labelmap: bool = False):
     return node
 
 
+FINGERPRINT_ATTRIBUTE = "SSLSegment.Fingerprint"
+
+
 def volumeFingerprint(volumeNode) -> str | None:
     """SHA-256 of a volume's voxels (type, shape, values) and of its geometry (IJK to RAS,
     rounded to 1e-4 mm): what identifies a scan when its node ID no longer does (another
-    session). None for a volume without image data."""
-    voxels = slicer.util.arrayFromVolume(volumeNode)
+    session). None for a volume without image data.
+
+    Kept on the node with the voxels' modification time and the geometry it was computed for,
+    so opening a job again (or going back to another round) hashes only the volumes changed
+    since; a voxel edit (``Modified()`` on the image data) or a new geometry computes it again."""
+    imageData = volumeNode.GetImageData()
+    voxels = slicer.util.arrayFromVolume(volumeNode) if imageData is not None else None
     if voxels is None:
         return None
     matrix = vtk.vtkMatrix4x4()
     volumeNode.GetIJKToRASMatrix(matrix)
     geometry = np.round([[matrix.GetElement(i, j) for j in range(4)] for i in range(4)], 4) + 0.0  # no -0.0
-    digest = hashlib.sha256(f"{voxels.dtype.str} {voxels.shape} {geometry.tolist()}".encode())
-    digest.update(np.ascontiguousarray(voxels).tobytes())
+    header = f"{voxels.dtype.str} {voxels.shape} {geometry.tolist()}"
+    computedFor = f"{imageData.GetMTime()} {header}"
+    kept = (volumeNode.GetAttribute(FINGERPRINT_ATTRIBUTE) or "").rsplit(" ", 1)
+    if len(kept) == 2 and kept[0] == computedFor:
+        return kept[1]
+    digest = hashlib.sha256(header.encode())
+    digest.update(memoryview(np.ascontiguousarray(voxels)).cast("B"))  # no copy of a contiguous array
+    volumeNode.SetAttribute(FINGERPRINT_ATTRIBUTE, f"{computedFor} {digest.hexdigest()}")
     return digest.hexdigest()
 
 

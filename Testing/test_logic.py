@@ -474,3 +474,32 @@ def test_time_budget_and_spacing_reach_the_command(scene, tmp_path):
     assert command[command.index("--spacing") + 1] == "fit"
     with pytest.raises(InputError, match="spacing"):
         logic.startTraining(labeled=labelled, spacing="fine", **TINY)
+
+
+def test_a_volume_fingerprint_is_kept_until_its_voxels_or_geometry_change(scene):
+    """Opening a job (or going back to a round) hashes each case's scan; the hash is kept on
+    the node and computed again only after a voxel edit or a geometry change."""
+    import hashlib  # noqa: PLC0415
+
+    import vtk  # noqa: PLC0415
+
+    from SSLSegmentLib.mrml import FINGERPRINT_ATTRIBUTE  # noqa: PLC0415
+
+    volume = phantom_case(scene, "F0", seed=3, labelled=False)
+    voxels = slicer.util.arrayFromVolume(volume)
+    matrix = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(matrix)
+    geometry = np.round([[matrix.GetElement(i, j) for j in range(4)] for i in range(4)], 4) + 0.0
+    digest = hashlib.sha256(f"{voxels.dtype.str} {voxels.shape} {geometry.tolist()}".encode())
+    digest.update(voxels.tobytes())
+    first = volumeFingerprint(volume)
+    assert first == digest.hexdigest()  # the definition jobs already store
+    kept = volume.GetAttribute(FINGERPRINT_ATTRIBUTE)
+    volume.SetAttribute(FINGERPRINT_ATTRIBUTE, kept.rsplit(" ", 1)[0] + " kept")
+    assert volumeFingerprint(volume) == "kept"  # not hashed again while nothing changed
+    voxels[0, 0, 0] += 1
+    slicer.util.arrayFromVolumeModified(volume)
+    edited = volumeFingerprint(volume)
+    assert edited not in ("kept", first)
+    volume.SetSpacing(2.0, 2.0, 2.0)
+    assert volumeFingerprint(volume) not in ("kept", first, edited)
