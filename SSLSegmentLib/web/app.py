@@ -221,6 +221,7 @@ class WebApp(TrameApp):
     def _training_started(self) -> None:
         self.state.update({"training": True, "train_fraction": 0, "train_state": jobs.RUNNING,
                            "train_text": "starting...", "tab": "train", "train_resumable": False})
+        self._refresh_past_rounds()
 
     def _refresh_past_rounds(self) -> None:
         self.state.past_rounds = self.workspace.past_rounds()
