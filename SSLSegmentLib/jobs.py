@@ -273,8 +273,8 @@ class Job:
         """Kill the child's whole process tree now (scene closed, application exit)."""
         if self._cancel_deadline is None:
             self._cancel_deadline = time.monotonic()
-        if isinstance(self.process, RunningElsewhere) and self.process.poll() is not None:
-            return  # it ended: its pid may be another process's by now
+        if isinstance(self.process, RunningElsewhere) and (self.process.pid <= 0 or self.process.poll() is not None):
+            return  # it ended (its pid may be another process's by now), or its status named none
         if self.process is not None:
             kill_process_tree(self.process.pid)
             if isinstance(self.process, subprocess.Popen):
