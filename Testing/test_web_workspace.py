@@ -86,7 +86,8 @@ def test_serve_refuses_a_remote_address_without_the_flag(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_cancelled_round_resumes_from_its_checkpoint_after_a_server_restart(workspace, phantom_data, monkeypatch):
+def test_a_cancelled_round_resumes_from_its_checkpoint_after_a_server_restart(workspace, phantom_data, monkeypatch,
+                                                                            tmp_path):
     """Cancel; the server restarts; the round, opened from the past rounds, resumes from its
     checkpoint to its results on the volumes loaded again."""
     import time  # noqa: PLC0415
@@ -115,6 +116,9 @@ def test_a_cancelled_round_resumes_from_its_checkpoint_after_a_server_restart(wo
     listed = restarted.past_rounds()
     assert [(r["round"], r["method"], r["state"], r["resumable"], r["cases"]) for r in listed] == [
         (1, "mean_teacher", jobs.CANCELLED, True, 5)]
+    for elsewhere in (tmp_path, tmp_path / "jobs" / ".." / "jobs"):  # not a job of the jobs folder
+        with pytest.raises(InputError, match="not a job of the jobs folder"):
+            restarted.open_round(elsewhere)
     assert restarted.open_round(listed[0]["folder"]).round == 1
     assert restarted.poll()["resumable"] is True and restarted.linked_cases() == (5, 5)
     resumed = restarted.resume()

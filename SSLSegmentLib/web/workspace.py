@@ -221,9 +221,15 @@ class Workspace:
 
     def open_round(self, folder: str | os.PathLike) -> jobs.Job:
         """Take up a job's latest round again, after the server restarted: its state, its
-        results, Resume round, or its progress while its process still trains. Its cases are linked to this session's volumes by content,
-        so the scans must be loaded (the same files, or copies) for its predictions to land."""
+        results, Resume round, or its progress while its process still trains. Its cases are
+        linked to this session's volumes by content, so the scans must be loaded (the same
+        files, or copies) for its predictions to land. Only a job folder of the jobs folder
+        opens: the page names the folder, and a page is not trusted with the server's disk."""
         self._require_idle()
+        root = Path(self.logic.jobsRoot).resolve()
+        folder = Path(folder).resolve()
+        if folder.parent != root or not (folder / "job.json").is_file():
+            raise InputError(f"{folder.name}: not a job of the jobs folder {root}")
         self.job = self.logic.openJob(folder)
         for entry in self.entries.values():
             entry.prediction = None  # another round's
