@@ -363,14 +363,18 @@ def past_rounds(root: str | os.PathLike, limit: int = 20) -> list[dict]:
 
     Each: ``folder``, ``name``, ``round``, ``method``, ``state`` (``interrupted`` when its
     process is gone without a final status), ``started``, ``cases`` and ``resumable``.
-    Folders without a round (or not jobs at all) are left out."""
+    Folders without a round (or not jobs at all) are left out. Only the ``limit`` most
+    recently used jobs (their ``job.json`` written last) are read, however many there are."""
     root = Path(root)
     folders = [JobFolder(p) for p in root.iterdir() if (p / "job.json").is_file()] if root.is_dir() else []
+    folders.sort(key=lambda f: f.job_file.stat().st_mtime, reverse=True)
     listed = []
     for folder in folders:
         rounds = folder.rounds()
         if not rounds:
             continue
+        if len(listed) == limit:
+            break
         info = folder.read_round(rounds[-1])
         summary = round_summary(folder.round_dir(rounds[-1]), info)
         listed.append({"folder": str(folder.root), "name": folder.root.name, "round": rounds[-1],
@@ -378,4 +382,4 @@ def past_rounds(root: str | os.PathLike, limit: int = 20) -> list[dict]:
                        "started": summary["started"] or "", "cases": len(folder.read_job().get("cases", {})),
                        "resumable": Job.from_past_round(folder, rounds[-1]).resumable})
     listed.sort(key=lambda r: (r["started"], r["name"]), reverse=True)
-    return listed[:limit]
+    return listed

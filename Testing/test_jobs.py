@@ -258,6 +258,8 @@ def test_past_rounds_lists_each_jobs_latest_round_newest_first(tmp_path):
             write_status(folder.round_dir(number), state)
         if model:
             (folder.round_dir(rounds[-1]) / jobs.MODEL_FILE).write_bytes(b"model")
+        used = time.time() - (100 if name == "older" else 0)  # the newer job was used last
+        os.utime(folder.job_file, (used, used))
         return folder
 
     job("older", [1, 2], "2026-12-01T10:00:00", jobs.DONE, model=True)
