@@ -283,8 +283,37 @@ def test_whole_loop_in_a_real_browser(phantoms, browser, tmp_path):
         expect(page.locator("#message-text")).to_contain_text(f"Opened {trained.name}, round 2", timeout=30_000)
         expect(page.locator(f"#result-{other}")).to_be_visible(timeout=30_000)
         _shot(page, tmp_path, "05-reopened")
+        # A round trains when the server crashes: its process lives on.
+        page.click("#tab-train")
+        page.fill("#iterations", "100000")
+        page.click("#train-btn")
+        expect(page.locator("#train-text")).to_contain_text("Round 1: iteration", timeout=120_000)
+        server.crash()
     finally:
         server.stop()
+    from SSLSegmentLib.run_protocol import read_status
+
+    (orphaned,) = set((tmp_path / "jobs").iterdir()) - {cancelled, trained}
+    training = psutil.Process(read_status(orphaned / "rounds" / "001")["pid"])
+    assert training.is_running()
+    # Started again, the server lists that round as running; opened, it is followed, and Cancel stops it.
+    server = Server("--images", str(phantoms["images"]), "--labels", str(phantoms["labels"]),
+                    "--jobs-dir", str(tmp_path / "jobs"), *TINY_SERVE, cwd=tmp_path)
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.goto(server.url)
+        page.click("#tab-train")
+        expect(page.locator(f"#past-{orphaned.name}")).to_contain_text("running", timeout=30_000)
+        page.click(f"#open-round-{orphaned.name}")
+        expect(page.locator("#message-text")).to_contain_text("round 1: running", timeout=30_000)
+        expect(page.locator("#train-text")).to_contain_text("Round 1: iteration", timeout=30_000)
+        _shot(page, tmp_path, "06-followed")
+        page.click("#cancel-btn")
+        expect(page.locator("#train-text")).to_contain_text("Round 1: cancelled", timeout=60_000)
+        expect(page.locator("#resume-btn")).to_be_visible(timeout=10_000)
+    finally:
+        server.stop()
+    training.wait(30)
 
 
 def test_listening_beyond_loopback_needs_the_secret(phantoms, browser, tmp_path):

@@ -75,6 +75,12 @@ class Server:
         text = self.log_path.read_text(errors="replace").splitlines()
         return "\n".join(line for line in text if "vtkImageReslice" not in line)[-6000:]
 
+    def crash(self) -> None:
+        """SIGKILL the server (its group): what a crash leaves. Training processes, in their own
+        sessions, live on."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+
     def stop(self) -> None:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
