@@ -260,11 +260,11 @@ def test_dan_discriminator_has_the_references_depth():
     def strided(module):
         return [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))]
 
-    dan = make_method("adversarial").discriminator
+    dan = make_method("adversarial", discriminator_sees_image=True).discriminator  # the references' inputs
     w = strided(dan)[0].out_channels  # the tests' width
     assert [c.out_channels for c in strided(dan)] == [w, w, 2 * w, 4 * w, 8 * w]
     assert dan.body[-1].in_features == 8 * w * 4
-    three = make_method("adversarial", discriminator_layers=3).discriminator
+    three = make_method("adversarial", discriminator_layers=3, discriminator_sees_image=True).discriminator
     assert [c.out_channels for c in strided(three)] == [w, w, 2 * w, 4 * w] and three.body[-1].in_features == 4 * w
     assert [k for k in three.state_dict() if k.startswith("body")] == \
         ["body.2.weight", "body.2.bias", "body.5.weight", "body.5.bias", "body.9.weight", "body.9.bias"]
@@ -273,7 +273,8 @@ def test_dan_discriminator_has_the_references_depth():
     logits = in_3d(torch.rand(2, 2, 8, 24, 24).softmax(dim=1), torch.rand(2, 1, 8, 24, 24))  # depth 8 < 16: padded
     assert logits.shape == (2,) and torch.isfinite(logits).all()
     assert dan(torch.rand(3, 4, 32, 32).softmax(dim=1), torch.rand(3, 1, 32, 32)).shape == (3,)
-    as_2d_reference = make_method("adversarial", discriminator_stem_activation=False).discriminator
+    as_2d_reference = make_method("adversarial", discriminator_stem_activation=False,
+                                  discriminator_sees_image=True).discriminator
     assert isinstance(as_2d_reference.body[0], nn.Conv2d) and isinstance(dan.body[0], nn.LeakyReLU)
     assert len(strided(as_2d_reference)) == 5
     with pytest.raises(ValueError, match="at least 2"):
@@ -284,7 +285,7 @@ def test_dan_discriminator_has_the_references_depth():
 
 def test_dan_discriminator_can_judge_the_map_alone():
     """With the image (both references) the verdict changes with the image; with
-    ``discriminator_sees_image: false`` it depends on the map alone."""
+    ``discriminator_sees_image: false``, the default since stop 28, it depends on the map alone."""
     torch.manual_seed(0)
     maps, image = torch.rand(2, 4, 32, 32).softmax(dim=1), torch.rand(2, 1, 32, 32)
     for sees_image in (True, False):
@@ -292,7 +293,8 @@ def test_dan_discriminator_can_judge_the_map_alone():
         moved = not torch.equal(judge(maps, image), judge(maps, image + 1.0))
         assert moved == sees_image
         assert not torch.equal(judge(maps, image), judge(maps.flip(-1), image))
-    assert make_method("adversarial", discriminator_sees_image=False).discriminator.image_conv is None
+    assert make_method("adversarial").discriminator.image_conv is None  # the measured default
+    assert make_method("adversarial", discriminator_sees_image=True).discriminator.image_conv is not None
 
 
 def test_dan_discriminator_learns_from_eval_mode_predictions_without_gradient():
