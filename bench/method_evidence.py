@@ -36,7 +36,7 @@ MODULE = ROOT / "SSLSegmentLib" / "measured_gain.py"
 POOLED = RESULTS / "pooled_baseline.json"
 TABLES = RESULTS / "label_efficiency_after_reference_settings.json"
 LA_TABLES = ("la/cpu", "la/cpu/paired-streams")
-LA_MOVED = {"adversarial": ("la/cpu/paired-streams/dan-weight0.01",)}
+LA_MOVED = {"adversarial": ("la/cpu/paired-streams/dan-map-only-weight0.01",)}
 """Methods whose default moved after their runs in ``LA_TABLES``: their LA figure comes from
 these tables (runs at the new default) alone, or is left out where they hold none. The ACDC
 view does the same through ``pooled_baseline.py --method-folders``."""
