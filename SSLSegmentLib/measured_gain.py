@@ -11,7 +11,7 @@ SETTING = 'cardiac MRI at the CPU preset, ACDC 2D with 7 of 70 patients labelled
 
 GAP_CLOSED: dict[str, dict[str, tuple[int, int | None, int]]] = {
     # method: {set: (percent of the gap to full labels closed, rough standard error, runs)}
-    'adversarial': {'ACDC': (-3, 9, 3), 'LA': (-22, 9, 3)},
+    'adversarial': {'ACDC': (20, 8, 3), 'LA': (7, 5, 3)},
     'bcp': {'ACDC': (66, 5, 10), 'LA': (50, 6, 3)},
     'cct': {'ACDC': (3, 5, 3), 'LA': (-2, None, 1)},
     'cps': {'ACDC': (6, 10, 3), 'LA': (16, None, 1)},
@@ -28,6 +28,5 @@ GAP_CLOSED: dict[str, dict[str, tuple[int, int | None, int]]] = {
 }
 
 BELOW_SUPERVISED = {  # below supervised-only by more than 5 % of the gap, beyond the error
-    'adversarial': ['LA'],
     'urpc': ['ACDC'],
 }
