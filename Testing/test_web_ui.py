@@ -143,10 +143,23 @@ def _wait_round_done(page, round_number: int, timeout_ms: int = 240_000) -> list
     raise AssertionError(f"round {round_number} did not finish; seen {seen}")
 
 
+def _phantom_server(phantoms, tmp_path: Path) -> Server:
+    """A server on the phantoms, its jobs in ``tmp_path/jobs`` (one per start: a restart)."""
+    return Server("--images", str(phantoms["images"]), "--labels", str(phantoms["labels"]),
+                  "--jobs-dir", str(tmp_path / "jobs"), *TINY_SERVE, cwd=tmp_path)
+
+
+def _train_tab(browser, server: Server):
+    """A new page on ``server``, on its Train tab."""
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(server.url)
+    page.click("#tab-train")
+    return page
+
+
 @pytest.mark.slow
 def test_whole_loop_in_a_real_browser(phantoms, browser, tmp_path):
-    server = Server("--images", str(phantoms["images"]), "--labels", str(phantoms["labels"]),
-                    "--jobs-dir", str(tmp_path / "jobs"), *TINY_SERVE, cwd=tmp_path)
+    server = _phantom_server(phantoms, tmp_path)
     try:
         page = browser.new_page(viewport={"width": 1280, "height": 800}, accept_downloads=True)
         page.goto(server.url)
@@ -272,12 +285,9 @@ def test_whole_loop_in_a_real_browser(phantoms, browser, tmp_path):
 
     # The server restarts on the same scans and jobs folder: the past rounds are listed, and
     # opening the trained job brings its last round's results back onto the scans loaded again.
-    server = Server("--images", str(phantoms["images"]), "--labels", str(phantoms["labels"]),
-                    "--jobs-dir", str(tmp_path / "jobs"), *TINY_SERVE, cwd=tmp_path)
+    server = _phantom_server(phantoms, tmp_path)
     try:
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
-        page.goto(server.url)
-        page.click("#tab-train")
+        page = _train_tab(browser, server)
         expect(page.locator(f"#past-{cancelled.name}")).to_contain_text("cancelled (can resume)", timeout=30_000)
         expect(page.locator(f"#past-{trained.name}")).to_contain_text("done", timeout=10_000)
         _shot(page, tmp_path, "05-past-rounds")
@@ -299,12 +309,9 @@ def test_whole_loop_in_a_real_browser(phantoms, browser, tmp_path):
     training = psutil.Process(read_status(orphaned / "rounds" / "001")["pid"])
     assert training.is_running()
     # Started again, the server lists that round as running; opened, it is followed, and Cancel stops it.
-    server = Server("--images", str(phantoms["images"]), "--labels", str(phantoms["labels"]),
-                    "--jobs-dir", str(tmp_path / "jobs"), *TINY_SERVE, cwd=tmp_path)
+    server = _phantom_server(phantoms, tmp_path)
     try:
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
-        page.goto(server.url)
-        page.click("#tab-train")
+        page = _train_tab(browser, server)
         expect(page.locator(f"#past-{orphaned.name}")).to_contain_text("running", timeout=30_000)
         page.click(f"#open-round-{orphaned.name}")
         expect(page.locator("#message-text")).to_contain_text("round 1: running", timeout=30_000)
