@@ -10,7 +10,6 @@ over a file this tool did not write for the same model, unless ``overwrite``.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from .data.cases import Case
 from .data.labels import write_labelmap, write_segmentation
 from .domain import domain_problems
 from .errors import InputError, OutputError
-from .fileio import atomic_write_json
+from .fileio import atomic_write_json, read_json_object
 from .model_file import Model
 from .prediction_outputs import MARKER_FIELD, model_fingerprint, output_files, require_outputs_writable
 
@@ -117,18 +116,12 @@ def _write_scores(report: PredictionReport) -> None:
     atomic_write_json(report.folder / "out_of_domain.json", report.out_of_domain)
 
 
-def _read_dict(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):  # none yet, or damaged: nothing counts as done (the safe side)
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def _done_cases(manifest, fingerprint: str) -> dict[str, tuple[float, dict | None]]:
     """``{case: (score, out-of-domain entry or None)}`` of the cases a run of this model
     finished in the folder: both files its own and unchanged, and the score recorded."""
-    scores, out_of_domain = (_read_dict(manifest.folder / name) for name in ("confidence.json", "out_of_domain.json"))
+    # none yet, or damaged: nothing counts as done (the safe side)
+    scores, out_of_domain = (read_json_object(manifest.folder / name) or {}
+                             for name in ("confidence.json", "out_of_domain.json"))
     return {name: (float(score), out_of_domain.get(name)) for name, score in scores.items()
             if isinstance(score, (int, float))
             and all(manifest.written_by_us(relative, fingerprint) for relative in output_files(name))}

@@ -105,6 +105,20 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
 
 
 
+def read_json(path: str | os.PathLike, default: Any = None) -> Any:
+    """Read a JSON file; ``default`` when it is missing or half-written (never raises)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return default
+
+
+def read_json_object(path: str | os.PathLike) -> dict | None:
+    """A JSON file holding an object; None when it is missing, half-written or not an object."""
+    data = read_json(path)
+    return data if isinstance(data, dict) else None
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     """SHA-256 of a file, read in chunks (volumes can be large)."""
     digest = hashlib.sha256()

@@ -4,12 +4,10 @@
 from __future__ import annotations
 
 import datetime
-import json
 import os
 from pathlib import Path
-from typing import Any
 
-from .fileio import atomic_write_json, file_sha256
+from .fileio import atomic_write_json, file_sha256, read_json
 from .run_protocol import MODEL_FILE, PROGRESS_FILE, ProgressReader, read_run_status
 
 #: Seconds a cancelled child gets to stop cleanly before its process tree is killed.
@@ -18,14 +16,6 @@ CANCEL_GRACE_S = 5.0
 
 def now_iso() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
-def read_json(path: str | os.PathLike, default: Any = None) -> Any:
-    """Read a JSON file; ``default`` when it is missing or half-written (never raises)."""
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return default
 
 
 

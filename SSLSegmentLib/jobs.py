@@ -376,10 +376,10 @@ def past_rounds(root: str | os.PathLike, limit: int = 20) -> list[dict]:
         if len(listed) == limit:
             break
         info = folder.read_round(rounds[-1])
-        summary = round_summary(folder.round_dir(rounds[-1]), info)
+        status = read_run_status(folder.round_dir(rounds[-1])) or {}  # "interrupted": its process is gone
         listed.append({"folder": str(folder.root), "name": folder.root.name, "round": rounds[-1],
-                       "method": summary["settings"].get("method"), "state": summary["state"],
-                       "started": summary["started"] or "", "cases": len(folder.read_job().get("cases", {})),
+                       "method": info.get("settings", {}).get("method"), "state": status.get("state", "unknown"),
+                       "started": info.get("started") or "", "cases": len(folder.read_job().get("cases", {})),
                        "resumable": Job.from_past_round(folder, rounds[-1]).resumable})
     listed.sort(key=lambda r: (r["started"], r["name"]), reverse=True)
     return listed

@@ -26,7 +26,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .fileio import append_jsonl, atomic_write_json
+from .fileio import append_jsonl, atomic_write_json, read_json_object
 
 try:
     import fcntl
@@ -178,11 +178,7 @@ def read_progress(folder: str | os.PathLike) -> list[dict]:
 
 def read_status(folder: str | os.PathLike) -> dict | None:
     """``status.json`` as written; None when missing, half-written or not a JSON object."""
-    try:
-        status = json.loads((Path(folder) / STATUS_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return status if isinstance(status, dict) else None
+    return read_json_object(Path(folder) / STATUS_FILE)
 
 
 def read_run_status(folder: str | os.PathLike) -> dict | None:

@@ -4,13 +4,13 @@ and readers, is :mod:`SSLSegmentLib.run_protocol`; this class only puts it to us
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from .. import run_protocol as protocol
+from ..fileio import read_json_object
 from ..run_protocol import read_run_status
 
 
@@ -37,11 +37,7 @@ class RunFolder:
 
     def read_cases(self) -> dict | None:
         """``cases.json``: what the run trained on; None when missing or unreadable."""
-        try:
-            cases = json.loads(self.cases.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        return cases if isinstance(cases, dict) else None
+        return read_json_object(self.cases)
 
     # --- writer side ----------------------------------------------------------------------
     def prepare(self) -> None:
