@@ -58,6 +58,8 @@ METHODS: tuple[MethodInfo, ...] = (
                "Sohn et al., NeurIPS 2020"),
     MethodInfo("unimatch", "Confident weak-view predictions supervise two CutMixed strong views and a "
                "feature-dropout pass", "Yang et al., CVPR 2023"),
+    MethodInfo("abd", "BCP with two networks cross-teaching, also on weak and strong views whose least confident "
+               "patches are displaced", "Chi et al., CVPR 2024"),
     MethodInfo("cct", "Main decoder + auxiliary decoders on perturbed features, consistency",
                "Ouali et al., CVPR 2020"),
     MethodInfo("urpc", "Uncertainty-rectified consistency between four decoder-scale predictions",

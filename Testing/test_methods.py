@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from SSLSegmentLib.methods import MethodSettings, StepInfo, method_class
+from SSLSegmentLib.methods.abd import bidirectional_displacement, cutout_strong_view, from_cells, to_cells
 from SSLSegmentLib.methods.bcp import bidirectional_copy_paste, largest_component_labels
 from SSLSegmentLib.methods.cps import cross_pseudo_loss
 from SSLSegmentLib.methods.dct import adversarial_example
@@ -19,7 +20,7 @@ from SSLSegmentLib.methods.unimatch import cutmix, cutmix_boxes, random_blur
 from SSLSegmentLib.networks import build_network
 
 METHODS = ["entropy_minimization", "adversarial", "uamt", "ict", "urpc", "cps", "cct", "dct", "ctct",
-           "fixmatch", "rdrop", "bcp", "unimatch"]
+           "fixmatch", "rdrop", "bcp", "unimatch", "abd"]
 NUM_CLASSES = 3
 EXTRA = {"discriminator_width": 4, "uamt_passes": 2}
 
@@ -321,3 +322,78 @@ def test_unimatch_strong_views_and_feature_perturbation():
         (losses["supervised"] + 0.5 * losses["strong"] + 0.5 * losses["feature_perturbed"]).item() / 2, rel=1e-5)
     certain = make_method("unimatch", 2, unimatch_threshold=0.0)  # every voxel counts
     assert certain.training_step(labelled, unlabelled, STEP)["confident_fraction"] == 1.0
+
+
+def test_abd_cells_cut_and_join_images_in_2d_and_3d():
+    images = torch.arange(2 * 8 * 12.0).view(2, 1, 8, 12)
+    cells = to_cells(images, 4)
+    assert cells.shape == (2, 16, 1, 2, 3)
+    assert torch.equal(cells[0, 1, 0], images[0, 0, 0:2, 3:6])  # row-major: the second cell of the first row
+    assert torch.equal(cells[1, 4, 0], images[1, 0, 2:4, 0:3])
+    volumes = torch.randn(2, 3, 8, 4, 12)
+    assert torch.equal(from_cells(to_cells(volumes, 2), 2), volumes)
+    assert torch.equal(to_cells(volumes, 2)[1, 7], volumes[1, :, 4:, 2:, 6:])
+    with pytest.raises(ValueError, match="abd_grid=3 must divide"):
+        to_cells(images, 3)
+
+
+def _confident_logits(confidence_per_cell, classes_per_cell, grid, size):
+    """Logits (1, 2, size, size) whose cells have the given top-class probability and class."""
+    logits = torch.zeros(1, 2, size, size)
+    cell = size // grid
+    for index, (p, k) in enumerate(zip(confidence_per_cell, classes_per_cell)):
+        row, col = divmod(index, grid)
+        logit = math.log(p / (1 - p))
+        logits[0, k, row * cell:(row + 1) * cell, col * cell:(col + 1) * cell] = logit
+    return logits
+
+
+def test_abd_displacement_moves_a_confident_cell_of_the_other_view_into_the_least_confident():
+    grid, size = 2, 4
+    view_1 = to_cells(torch.zeros(1, 1, size, size), grid)
+    view_1[0, :, 0] = torch.tensor([10.0, 11.0, 12.0, 13.0]).view(4, 1, 1)
+    view_2 = to_cells(torch.zeros(1, 1, size, size), grid)
+    view_2[0, :, 0] = torch.tensor([20.0, 21.0, 22.0, 23.0]).view(4, 1, 1)
+    view_1, view_2 = from_cells(view_1, grid), from_cells(view_2, grid)
+    # view 1: cell 2 least confident (predicting class 1); view 2: cell 0 most confident (class 0),
+    # cell 3 nearly as confident and predicting class 1, as view 1's least confident cell does
+    logits_1 = _confident_logits([0.9, 0.95, 0.6, 0.8], [0, 0, 1, 0], grid, size)
+    logits_2 = _confident_logits([0.99, 0.7, 0.75, 0.97], [0, 0, 0, 1], grid, size)
+    most_confident = to_cells(bidirectional_displacement(view_1, view_2, logits_1, logits_2, grid, top=2,
+                                                         kl_probability=0.0), grid)
+    assert most_confident[0, :, 0, 0, 0].tolist() == [10, 11, 20, 13]  # view 2's most confident cell
+    assert most_confident[1, :, 0, 0, 0].tolist() == [20, 11, 22, 23]  # view 1's most confident into cell 1
+    closest = to_cells(bidirectional_displacement(view_1, view_2, logits_1, logits_2, grid, top=2,
+                                                  kl_probability=1.0), grid)
+    assert closest[0, :, 0, 0, 0].tolist() == [10, 11, 23, 13]  # of view 2's two most confident, the class-1 one
+    assert closest[1, :, 0, 0, 0].tolist() == [20, 10, 22, 23]  # view 1's cell 0 is closer to (0.7, 0.3) than cell 1
+
+
+def test_abd_strong_view_erases_a_box_and_its_labels():
+    torch.manual_seed(0)
+    images = torch.randn(64, 1, 16, 16)
+    labels = torch.ones(64, 1, 16, 16, dtype=torch.long)
+    strong, strong_labels = cutout_strong_view(images, labels)
+    erased = (strong_labels == 0).flatten(1).any(1)
+    assert 0.3 < erased.float().mean() < 0.7  # half the images, as the reference's p=0.5
+    assert not torch.equal(strong, images) and strong_labels.dtype == labels.dtype
+    inside = strong_labels[erased] == 0
+    assert 0.01 < inside.float().mean() < 0.45
+
+
+def test_abd_second_network_starts_self_training_from_the_pretrained_one():
+    torch.manual_seed(0)
+    method = make_method("abd", 2, bcp_pretrain_fraction=0.5)
+    losses = method.training_step(*make_batches(2), StepInfo(iteration=1, total=10))
+    losses["main"].backward()
+    assert all(p.grad is None for p in method.second.parameters())  # waits out the pre-training
+    with torch.no_grad():
+        for p in method.student.parameters():
+            p.add_(1.0)
+    method.after_optimiser_step(StepInfo(iteration=4, total=10))
+    for network in (method.second, method.teacher):
+        assert all(torch.equal(a, b) for a, b in zip(network.parameters(), method.student.parameters()))
+    losses = method.training_step(*make_batches(2), StepInfo(iteration=6, total=10))
+    assert set(losses) == {"main", "bcp", "cross_mixed", "cross_displaced"}
+    losses["main"].backward()
+    assert all(p.grad is not None for p in method.second.parameters())

@@ -121,17 +121,29 @@ class BCP(TeacherStudentMethod):
         if self.in_pretraining(step):
             return self.pretraining_step(labelled, mask)
         n = min(labelled["image"].shape[0], unlabelled["image"].shape[0])
-        images, labels, u_images = labelled["image"][:n], labelled["label"][:n], unlabelled["image"][:n]
+        mixed = self.mixed_batch(labelled["image"][:n], labelled["label"][:n], unlabelled["image"][:n], mask)
+        alpha = float(extra(self.settings, "bcp_unlabelled_weight", 0.5))
+        inward, outward, _ = self.bidirectional_loss(self.student, mixed, mask, alpha)
+        loss = inward + outward
+        return {"main": loss, "inward": inward.detach(), "outward": outward.detach()}
+
+    def mixed_batch(self, images, labels, u_images, mask):
+        """:func:`bidirectional_copy_paste` of the labelled and unlabelled images, the teacher's
+        pseudo-labels (cleaned up unless ``"bcp_largest_component": false``) in the unlabelled parts."""
         with torch.no_grad():
             pseudo = self.teacher(u_images).argmax(dim=1, keepdim=True)
         if extra_flag(self.settings, "bcp_largest_component", True):
             pseudo = largest_component_labels(pseudo)
-        images_in, labels_in, images_out, labels_out = bidirectional_copy_paste(images, labels, u_images, pseudo, mask)
-        alpha = float(extra(self.settings, "bcp_unlabelled_weight", 0.5))
-        inward = self.mixed_loss(self.student(images_in), labels_in, mask, alpha)
-        outward = self.mixed_loss(self.student(images_out), labels_out, 1.0 - mask, alpha)
-        loss = inward + outward
-        return {"main": loss, "inward": inward.detach(), "outward": outward.detach()}
+        return bidirectional_copy_paste(images, labels, u_images, pseudo, mask)
+
+    def bidirectional_loss(self, network, mixed, mask, alpha):
+        """``network``'s mixed losses on the inward and the outward images (one pass each), and
+        its logits on both, inward first."""
+        images_in, labels_in, images_out, labels_out = mixed
+        logits_in, logits_out = network(images_in), network(images_out)
+        inward = self.mixed_loss(logits_in, labels_in, mask, alpha)
+        outward = self.mixed_loss(logits_out, labels_out, 1.0 - mask, alpha)
+        return inward, outward, torch.cat([logits_in, logits_out])
 
     def pretraining_step(self, labelled, mask):
         """Supervised copy-paste between labelled images (BCP's pre-training stage)."""

@@ -2,38 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from monai.networks.layers import GaussianFilter
 
 from ..networks.heads import WithDropout
 from .base import Method, register_method
-from .helpers import INPUT_CHANNELS, color_jitter, copy_paste, extra, random_flip_rot90
+from .helpers import INPUT_CHANNELS, color_jitter, copy_paste, cutmix_boxes, extra, random_flip_rot90
 from .losses import confident_pseudo_label_dice
-
-
-def cutmix_boxes(images: torch.Tensor, p: float = 0.5, area=(0.02, 0.4), ratio: float = 0.3) -> torch.Tensor:
-    """``(B, 1, *spatial)`` masks, per sample with probability ``p`` a box (1 inside) covering a
-    fraction ``U(area)`` of the image, else empty: UniMatch's ``obtain_cutmix_box`` (after
-    CutMix, Yun et al. ICCV 2019) for any number of axes. The sides' aspect ratios lie within
-    ``[ratio, 1 / ratio]`` (the reference's 0.3), the box lies inside the image."""
-    spatial = images.shape[2:]
-    masks = torch.zeros((images.shape[0], 1, *spatial), device=images.device, dtype=images.dtype)
-    spread = math.log(1.0 / ratio) / 2
-    for mask in masks:
-        if float(torch.rand(())) >= p:
-            continue
-        fraction = float(torch.empty(()).uniform_(*area))
-        log_aspect = torch.empty(len(spatial)).uniform_(-spread, spread)
-        log_aspect -= log_aspect.mean()  # the sides' product keeps the drawn area
-        box = []
-        for size, aspect in zip(spatial, log_aspect.exp().tolist()):
-            length = min(size, max(1, int(size * fraction ** (1 / len(spatial)) * aspect)))
-            start = int(torch.randint(size - length + 1, ()))
-            box.append(slice(start, start + length))
-        mask[(slice(None), *box)] = 1.0
-    return masks
 
 
 def random_blur(images: torch.Tensor, p: float = 0.5, sigma=(0.1, 2.0)) -> torch.Tensor:
