@@ -77,6 +77,10 @@ METHODS: tuple[MethodInfo, ...] = (
     MethodInfo("dct", "Two networks (views): JS agreement + adversarial view difference", "Qiao et al., ECCV 2018"),
 )
 
+COMMON_OPTIONS = ("dice_over",)
+"""``--method-option`` keys every method reads, the supervised baseline included (how its losses
+are computed: ``methods.base.Method``); each method's own keys are its class's ``options``."""
+
 NETWORKS: tuple[NetworkInfo, ...] = (
     NetworkInfo("unet", "U-Net (MONAI UNet, residual units, instance norm)", "Ronneberger et al., MICCAI 2015"),
     NetworkInfo("dynunet", "nnU-Net style U-Net (MONAI DynUNet, instance norm, LeakyReLU)",

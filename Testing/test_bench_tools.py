@@ -130,6 +130,22 @@ def test_label_efficiency_runs_every_catalogued_method_and_refuses_an_unknown_on
         label_efficiency.selected_methods("unimatc")
 
 
+def test_a_loss_option_reaches_the_baselines_and_a_method_option_does_not(tmp_path):
+    """``--method-option dice_over=batch`` changes every loss, so the gap of that table is
+    measured between baselines trained with it; a method's own option stays its own."""
+    import label_efficiency as le  # noqa: PLC0415
+
+    args = le.parse_args(["--method-option", "dice_over=batch", "--method-option", "bcp_optimiser=new"])
+    prepared = {"few": tmp_path / "few.json", "all": tmp_path / "all.json"}
+
+    def options(method):
+        words = le.train_arguments(method, 1337, le.budget_of(args, "acdc"), prepared, tmp_path, args)
+        return [words[i + 1] for i, word in enumerate(words) if word == "--method-option"]
+
+    assert options("supervised") == options("fully_supervised") == ["dice_over=batch"]
+    assert options("bcp") == ["dice_over=batch", "bcp_optimiser=new"]
+
+
 def test_largest_component_bench_compares_each_run_before_and_after_the_clean_up(tmp_path):
     """A prediction with a stray blob far from the organ: the clean-up removes it, and the
     report shows the Dice it gains."""

@@ -14,7 +14,8 @@ from SSLSegmentLib.methods.cps import cross_pseudo_loss
 from SSLSegmentLib.methods.dct import adversarial_example
 from SSLSegmentLib.methods.helpers import color_jitter, copy_paste_mask, random_flip_rot90
 from SSLSegmentLib.methods.ict import mix_unlabelled
-from SSLSegmentLib.methods.losses import confident_pseudo_label_ce, normalised_entropy, symmetric_kl
+from SSLSegmentLib.methods.losses import (confident_pseudo_label_ce, normalised_entropy, soft_dice_loss, symmetric_kl,
+                                          weighted_supervised_loss)
 from SSLSegmentLib.methods.uamt import uncertainty_threshold
 from SSLSegmentLib.methods.unimatch import cutmix, cutmix_boxes, random_blur
 from SSLSegmentLib.networks import build_network
@@ -397,3 +398,26 @@ def test_abd_second_network_starts_self_training_from_the_pretrained_one():
     assert set(losses) == {"main", "bcp", "cross_mixed", "cross_displaced"}
     losses["main"].backward()
     assert all(p.grad is not None for p in method.second.parameters())
+
+
+def test_batch_dice_forgives_a_few_voxels_of_a_class_absent_from_one_image():
+    """SSL4MIS's DiceLoss sums over the batch: a class missing from one image's target costs
+    that image nothing, where the per-image Dice (MONAI's default) takes it as a total miss."""
+    target = torch.zeros(2, 1, 8, 8, dtype=torch.long)
+    target[0, 0, :4] = 1  # class 1 in the first image only
+    probabilities = F.one_hot(target[:, 0], 2).movedim(-1, 1).float()
+    probabilities[1, :, 0, 0] = torch.tensor([0.0, 1.0])  # one voxel of class 1 in the second image
+    per_image, over_batch = soft_dice_loss(probabilities, target, 2), soft_dice_loss(probabilities, target, 2, batch=True)
+    assert per_image > 0.24 and over_batch < 0.03
+    weights = torch.ones(2, 1, 8, 8)
+    assert torch.isclose(weighted_supervised_loss(probabilities.log().clamp_min(-30), target, weights, 2, batch=True),
+                         0.5 * (F.cross_entropy(probabilities.log().clamp_min(-30), target[:, 0]) + over_batch), atol=1e-3)
+
+
+def test_every_method_takes_the_dice_reduction_and_refuses_another():
+    for name in ("supervised", "bcp", "abd", "cps"):
+        assert "dice_over" in method_class(name).all_options()
+        assert make_method(name, 2, dice_over="batch").dice_batch
+        assert not make_method(name, 2).dice_batch
+    with pytest.raises(ValueError, match="dice_over must be sample or batch"):
+        make_method("supervised", 2, dice_over="image")

@@ -346,7 +346,9 @@ def train_arguments(method: str, seed: int, budget: dict, prepared: dict, run: P
     # One preprocessing cache for every run of the bench (keyed by file checksums and settings).
     extra = ["--cache-dir", str(SCRATCH / ".sslsegment-cache")]
     extra += ["--num-workers", str(args.num_workers)] if args.num_workers is not None else []
-    extra += [] if method in BASELINES else [a for o in args.method_option for a in ("--method-option", o)]
+    # a loss option (catalogue.COMMON_OPTIONS) applies to the baselines too: the gap is measured with it
+    options = [o for o in args.method_option if method not in BASELINES or o.split("=")[0] in catalogue.COMMON_OPTIONS]
+    extra += [a for o in options for a in ("--method-option", o)]
     extra += [] if method in BASELINES or args.dropout is None else ["--dropout", f"{args.dropout:g}"]
     extra += [] if method in BASELINES or args.consistency is None else ["--consistency", f"{args.consistency:g}"]
     return ["train", "--dataset", str(dataset), "--method", "supervised" if method in BASELINES else method,

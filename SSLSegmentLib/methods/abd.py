@@ -87,9 +87,10 @@ def bidirectional_displacement(images_1: torch.Tensor, images_2: torch.Tensor, l
     return torch.cat([from_cells(displaced_1, grid), from_cells(displaced_2, grid)])
 
 
-def cross_dice(logits: torch.Tensor, other_logits: torch.Tensor, num_classes: int) -> torch.Tensor:
+def cross_dice(logits: torch.Tensor, other_logits: torch.Tensor, num_classes: int, batch: bool = False) -> torch.Tensor:
     """Soft Dice of one network's softmax to the other's argmax (no gradient through it)."""
-    return soft_dice_loss(logits.softmax(dim=1), other_logits.detach().argmax(dim=1, keepdim=True), num_classes)
+    return soft_dice_loss(logits.softmax(dim=1), other_logits.detach().argmax(dim=1, keepdim=True), num_classes,
+                          batch)
 
 
 @register_method
@@ -153,16 +154,18 @@ class ABD(BCP):
         alpha = float(extra(self.settings, "bcp_unlabelled_weight", 0.5))
         *bcp_1, logits_1 = self.bidirectional_loss(self.student, weak_mix, mask, alpha)
         *bcp_2, logits_2 = self.bidirectional_loss(self.second, strong_mix, mask, alpha)
-        cross_mixed = cross_dice(logits_1, logits_2, self.num_classes) + cross_dice(logits_2, logits_1, self.num_classes)
+        cross_mixed = self.cross_dice(logits_1, logits_2) + self.cross_dice(logits_2, logits_1)
         displaced = bidirectional_displacement(torch.cat(weak_mix[::2]), torch.cat(strong_mix[::2]), logits_1, logits_2,
                                                self.grid, self.top, self.kl_probability)
         displaced_1, displaced_2 = self.student(displaced), self.second(displaced)
-        cross_displaced = (cross_dice(displaced_1, displaced_2, self.num_classes)
-                           + cross_dice(displaced_2, displaced_1, self.num_classes))
+        cross_displaced = self.cross_dice(displaced_1, displaced_2) + self.cross_dice(displaced_2, displaced_1)
         bcp = sum(bcp_1) + sum(bcp_2)
         loss = bcp + cross_mixed + cross_displaced
         return {"main": loss, "bcp": bcp.detach() / 2, "cross_mixed": cross_mixed.detach() / 2,
                 "cross_displaced": cross_displaced.detach() / 2}
+
+    def cross_dice(self, logits, other_logits):
+        return cross_dice(logits, other_logits, self.num_classes, self.dice_batch)
 
     def after_optimiser_step(self, step):
         super().after_optimiser_step(step)

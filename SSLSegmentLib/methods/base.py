@@ -22,11 +22,11 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import nn
 
-from ..catalogue import method_info
+from ..catalogue import COMMON_OPTIONS, method_info
 from ..config import TrainConfig
 from ..errors import InputError
 from ..training.schedules import poly_lr
-from .losses import supervised_loss
+from .losses import DICE_OVER, supervised_loss
 
 NetworkFactory = Callable[..., nn.Module]
 """``factory(name=None, out_channels=None) -> nn.Module``: a fresh, randomly initialised
@@ -108,7 +108,8 @@ class Method(nn.Module):
     uses_unlabelled: ClassVar[bool] = True
     """False for the supervised baseline: the trainer then draws no unlabelled batch."""
     options: ClassVar[tuple[str, ...]] = ()
-    """The keys of ``settings.extra`` (``--method-option KEY=VALUE``) this method reads."""
+    """The keys of ``settings.extra`` (``--method-option KEY=VALUE``) this method reads, besides
+    :data:`COMMON_OPTIONS` (see :meth:`all_options`)."""
     extra_networks: ClassVar[tuple[str, ...]] = ()
     """Backbones the method builds besides the run's network (CTCT's transformer): their
     size constraints apply to the patch too. From the catalogue's ``networks``."""
@@ -134,6 +135,16 @@ class Method(nn.Module):
         self.num_classes = num_classes
         self.dim = dim
         self.network_factory = network_factory
+        dice_over = settings.extra.get("dice_over", DICE_OVER[0])
+        if dice_over not in DICE_OVER:
+            raise ValueError(f"dice_over must be {' or '.join(DICE_OVER)}, not {dice_over!r}")
+        self.dice_batch = dice_over == "batch"
+        """Every soft Dice of this method sums over the batch (:data:`~.losses.DICE_OVER`)."""
+
+    @classmethod
+    def all_options(cls) -> tuple[str, ...]:
+        """The ``--method-option`` keys this method accepts: its own and :data:`COMMON_OPTIONS`."""
+        return cls.options + COMMON_OPTIONS
 
     # --- what the trainer calls -------------------------------------------------------
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
@@ -200,7 +211,7 @@ class Method(nn.Module):
     # --- helpers for subclasses ---------------------------------------------------------
     def supervised_loss(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         """``0.5 * (CE + Dice)`` on the labelled batch, as in SSL4MIS."""
-        return supervised_loss(logits, label, self.num_classes)
+        return supervised_loss(logits, label, self.num_classes, self.dice_batch)
 
 
 _METHODS: dict[str, type[Method]] = {}

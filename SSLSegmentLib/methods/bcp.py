@@ -155,8 +155,9 @@ class BCP(TeacherStudentMethod):
     def mixed_loss(self, logits, labels, labelled_region, alpha):
         """Loss on the labelled region plus ``alpha`` times the loss on the pseudo-labelled one."""
         weights = labelled_region.expand(logits.shape[0], *labelled_region.shape[1:])
-        return (weighted_supervised_loss(logits, labels, weights, self.num_classes)
-                + alpha * weighted_supervised_loss(logits, labels, 1.0 - weights, self.num_classes))
+        return (weighted_supervised_loss(logits, labels, weights, self.num_classes, batch=self.dice_batch)
+                + alpha * weighted_supervised_loss(logits, labels, 1.0 - weights, self.num_classes,
+                                                   batch=self.dice_batch))
 
     def after_optimiser_step(self, step):
         if self.in_pretraining(step):

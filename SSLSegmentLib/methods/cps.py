@@ -17,11 +17,11 @@ def cross_pseudo_loss(logits: torch.Tensor, other_logits: torch.Tensor) -> torch
     return F.cross_entropy(logits, other_logits.detach().argmax(dim=1))
 
 
-def unlabelled_dice_to_argmax(logits, other_logits, n_labelled: int, num_classes: int) -> torch.Tensor:
+def unlabelled_dice_to_argmax(logits, other_logits, n_labelled: int, num_classes: int, batch: bool = False) -> torch.Tensor:
     """Soft Dice of one network's softmax to the other's argmax on the unlabelled images only
     (SSL4MIS's cross pseudo supervision)."""
     target = other_logits[n_labelled:].detach().argmax(dim=1, keepdim=True)
-    return soft_dice_loss(logits[n_labelled:].softmax(dim=1), target, num_classes)
+    return soft_dice_loss(logits[n_labelled:].softmax(dim=1), target, num_classes, batch)
 
 
 @register_method
@@ -53,5 +53,6 @@ class CPS(TwoNetworkMethod):
         if extra_choice(self.settings, "cps_pseudo_loss", ("ce_all", "dice_unlabelled")) == "ce_all":
             pseudo_loss = cross_pseudo_loss
         else:
-            pseudo_loss = partial(unlabelled_dice_to_argmax, n_labelled=n_labelled, num_classes=self.num_classes)
+            pseudo_loss = partial(unlabelled_dice_to_argmax, n_labelled=n_labelled, num_classes=self.num_classes,
+                                   batch=self.dice_batch)
         return self.mutual_losses(logits, labelled, n_labelled, step.consistency_weight, pseudo_loss, "pseudo")

@@ -44,7 +44,7 @@ class CTCT(TwoNetworkMethod):
     def cross_teaching_loss(self, logits, other_logits, n_labelled):
         """Dice of one network's unlabelled softmax to the other's argmax."""
         pseudo_label = other_logits[n_labelled:].argmax(dim=1, keepdim=True)
-        return soft_dice_loss(logits[n_labelled:].softmax(dim=1), pseudo_label, self.num_classes)
+        return soft_dice_loss(logits[n_labelled:].softmax(dim=1), pseudo_label, self.num_classes, self.dice_batch)
 
     def backbones(self):
         return [self.student]

@@ -45,7 +45,7 @@ class FixMatch(TeacherStudentMethod):
         threshold = float(extra(self.settings, "fixmatch_threshold", 0.0))
         with_dice = extra(self.settings, "fixmatch_loss", "ce_dice") == "ce_dice"
         unsupervised, mask = confident_pseudo_label_loss(self.student(strong), weak_probabilities, threshold,
-                                                         self.num_classes, with_dice)
+                                                         self.num_classes, with_dice, self.dice_batch)
         loss = supervised + step.consistency_weight * unsupervised
         return {"main": loss, "supervised": supervised.detach(), "unsupervised": unsupervised.detach(),
                 "confident_fraction": mask.mean()}

@@ -10,20 +10,28 @@ from monai.losses import DiceLoss
 
 _dice_losses: dict[tuple[int, bool], DiceLoss] = {}
 
+DICE_OVER = ("sample", "batch")
+"""Where a soft Dice sums its voxels before the ratio (``--method-option dice_over=...``): per
+image, then the mean over images and classes (``"sample"``, MONAI's default), or over the whole
+batch at once (``"batch"``, SSL4MIS's and BCP's ``DiceLoss``: a class absent from one image
+costs nothing there, and a few voxels of it predicted there cost little)."""
 
-def soft_dice_loss(probabilities: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+
+def soft_dice_loss(probabilities: torch.Tensor, target: torch.Tensor, num_classes: int,
+                   batch: bool = False) -> torch.Tensor:
     """Soft Dice over all classes (background included), ``target`` as class indices
-    ``(B, 1, *spatial)``: MONAI's DiceLoss on probabilities."""
-    key = (num_classes, True)
+    ``(B, 1, *spatial)``: MONAI's DiceLoss on probabilities, per image or over the batch
+    (:data:`DICE_OVER`)."""
+    key = (num_classes, batch)
     if key not in _dice_losses:
-        _dice_losses[key] = DiceLoss(to_onehot_y=True, softmax=False, include_background=True)
+        _dice_losses[key] = DiceLoss(to_onehot_y=True, softmax=False, include_background=True, batch=batch)
     return _dice_losses[key](probabilities, target)
 
 
-def supervised_loss(logits: torch.Tensor, label: torch.Tensor, num_classes: int) -> torch.Tensor:
+def supervised_loss(logits: torch.Tensor, label: torch.Tensor, num_classes: int, batch: bool = False) -> torch.Tensor:
     """``0.5 * (cross-entropy + soft Dice)``, the SSL4MIS supervised loss."""
     ce = F.cross_entropy(logits, label[:, 0].long())
-    dice = soft_dice_loss(torch.softmax(logits, dim=1), label, num_classes)
+    dice = soft_dice_loss(torch.softmax(logits, dim=1), label, num_classes, batch)
     return 0.5 * (ce + dice)
 
 
@@ -86,7 +94,8 @@ def confident_pseudo_label_ce(
 
 
 def confident_pseudo_label_loss(logits: torch.Tensor, target_probabilities: torch.Tensor, threshold: float,
-                                num_classes: int, with_dice: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                                num_classes: int, with_dice: bool = True,
+                                batch: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """FixMatch's unsupervised loss against the argmax of ``target_probabilities``, on voxels
     whose confidence ``max_c q_c >= threshold`` (others IGNORED): ``0.5 * (CE + soft Dice)``
     (SSL4MIS) or, ``with_dice=False``, the cross-entropy alone (the paper). The cross-entropy is
@@ -96,31 +105,33 @@ def confident_pseudo_label_loss(logits: torch.Tensor, target_probabilities: torc
     if not with_dice:
         return ce, mask
     pseudo_label = target_probabilities.argmax(dim=1, keepdim=True)
-    dice = _masked_soft_dice(torch.softmax(logits, dim=1), pseudo_label, mask.unsqueeze(1), num_classes)
+    dice = _masked_soft_dice(torch.softmax(logits, dim=1), pseudo_label, mask.unsqueeze(1), num_classes, batch)
     return 0.5 * (ce + dice), mask
 
 
 def confident_pseudo_label_dice(logits: torch.Tensor, target_probabilities: torch.Tensor,
-                                threshold: float, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+                                threshold: float, num_classes: int, batch: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Soft Dice against the argmax of ``target_probabilities`` over the voxels whose confidence
     ``max_c q_c >= threshold`` (others IGNORED): UniMatch's unlabelled loss (its medical code's
     ``DiceLoss(..., ignore=conf < thresh)``). Returns ``(loss, mask)``."""
     confidence, pseudo_label = target_probabilities.max(dim=1, keepdim=True)
     mask = (confidence >= threshold).to(logits.dtype)
-    return _masked_soft_dice(torch.softmax(logits, dim=1), pseudo_label, mask, num_classes), mask[:, 0]
+    return _masked_soft_dice(torch.softmax(logits, dim=1), pseudo_label, mask, num_classes, batch), mask[:, 0]
 
 
-def _masked_soft_dice(probabilities, target, weights, num_classes, smooth=1e-5) -> torch.Tensor:
-    """``1 - mean_c Dice_c`` over the voxels weighted by ``weights`` (B, 1, *)."""
+def _masked_soft_dice(probabilities, target, weights, num_classes, batch=False, smooth=1e-5) -> torch.Tensor:
+    """``1 - mean_c Dice_c`` over the voxels weighted by ``weights`` (B, 1, *), per image or over
+    the batch (:data:`DICE_OVER`)."""
     one_hot = F.one_hot(target[:, 0].long(), num_classes).movedim(-1, 1).to(probabilities.dtype)
-    axes = tuple(range(2, probabilities.ndim))
+    axes = (0, *range(2, probabilities.ndim)) if batch else tuple(range(2, probabilities.ndim))
     intersection = (probabilities * one_hot * weights).sum(axes)
     total = ((probabilities + one_hot) * weights).sum(axes)
     return 1.0 - ((2.0 * intersection + smooth) / (total + smooth)).mean()
 
 
 def weighted_supervised_loss(
-    logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, num_classes: int, eps: float = 1e-16
+    logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, num_classes: int, eps: float = 1e-16,
+    batch: bool = False,
 ) -> torch.Tensor:
     """``0.5 * (CE + soft Dice)`` restricted to voxels weighted by ``weights`` ``(B, 1, *)``
     (0..1), as BCP's mixed loss (Bai et al. CVPR 2023): weighted-mean CE and a Dice whose
@@ -128,5 +139,5 @@ def weighted_supervised_loss(
     ``(B, 1, *)``."""
     ce_map = F.cross_entropy(logits, target[:, 0].long(), reduction="none")
     ce = (ce_map * weights[:, 0]).sum() / (weights.sum() + eps)
-    dice = _masked_soft_dice(torch.softmax(logits, dim=1), target, weights, num_classes)
+    dice = _masked_soft_dice(torch.softmax(logits, dim=1), target, weights, num_classes, batch)
     return 0.5 * (ce + dice)

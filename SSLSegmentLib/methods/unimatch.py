@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from monai.networks.layers import GaussianFilter
 
@@ -99,9 +101,11 @@ class UniMatch(Method):
         strong_2, pseudo_2 = cutmix(strong_view(weak, self.settings), pseudo, cutmix_boxes(weak))
         logits_1, logits_2 = backbone(torch.cat([strong_1, strong_2])).chunk(2)
         threshold = float(extra(self.settings, "unimatch_threshold", 0.95))
-        loss_1, _ = confident_pseudo_label_dice(logits_1, pseudo_1, threshold, self.num_classes)
-        loss_2, _ = confident_pseudo_label_dice(logits_2, pseudo_2, threshold, self.num_classes)
-        loss_fp, confident = confident_pseudo_label_dice(self.network(weak), pseudo, threshold, self.num_classes)
+        dice = partial(confident_pseudo_label_dice, threshold=threshold, num_classes=self.num_classes,
+                       batch=self.dice_batch)
+        loss_1, _ = dice(logits_1, pseudo_1)
+        loss_2, _ = dice(logits_2, pseudo_2)
+        loss_fp, confident = dice(self.network(weak), pseudo)
         loss = (supervised + 0.25 * loss_1 + 0.25 * loss_2 + 0.5 * loss_fp) / 2
         return {"main": loss, "supervised": supervised.detach(), "strong": (loss_1 + loss_2).detach() / 2,
                 "feature_perturbed": loss_fp.detach(), "confident_fraction": confident.mean()}

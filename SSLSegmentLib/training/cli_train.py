@@ -92,7 +92,7 @@ def _check_method(args: argparse.Namespace) -> None:
     from ..settings_check import check_method_options  # noqa: PLC0415
 
     config = config_from_args(args)
-    check_method_options(config.method, config.method_options, method_class(config.method).options)
+    check_method_options(config.method, config.method_options, method_class(config.method).all_options())
 
 
 @contextlib.contextmanager

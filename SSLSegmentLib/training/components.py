@@ -79,7 +79,7 @@ def seed_everything(seed: int) -> None:
 
 def build_method(config: TrainConfig, data: TrainingData) -> Method:
     cls = method_class(config.method)
-    check_method_options(config.method, config.method_options, cls.options)
+    check_method_options(config.method, config.method_options, cls.all_options())
     settings = MethodSettings(
         consistency=config.consistency if config.consistency is not None else cls.default_consistency,
         rampup_fraction=config.rampup_fraction, ema_decay=config.ema_decay, extra=dict(config.method_options))
