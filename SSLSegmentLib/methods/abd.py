@@ -9,7 +9,7 @@ import torch
 from .base import register_method
 from .bcp import BCP
 from .helpers import color_jitter, copy_paste, copy_paste_mask, cutmix_boxes, extra, intensity_range
-from .losses import soft_dice_loss
+from .cps import dice_to_argmax
 
 
 def cutout_strong_view(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,6 +57,14 @@ def closest_confident_cell(confidence: torch.Tensor, distributions: torch.Tensor
     return candidates[divergence.argmin()]
 
 
+def cell_statistics(logits: torch.Tensor, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image and cell: the confidence, the mean over its voxels of the highest class
+    probability ``(B, G)``, and the class distribution, the softmax of its mean logits ``(B, G, K)``."""
+    logits = logits.detach().float()
+    confidence = to_cells(logits.softmax(dim=1).amax(dim=1, keepdim=True), grid).flatten(2).mean(dim=2)
+    return confidence, to_cells(logits, grid).flatten(3).mean(dim=3).softmax(dim=2)
+
+
 def bidirectional_displacement(images_1: torch.Tensor, images_2: torch.Tensor, logits_1: torch.Tensor,
                                logits_2: torch.Tensor, grid: int = 4, top: int = 4,
                                kl_probability: float = 0.5) -> torch.Tensor:
@@ -69,11 +77,8 @@ def bidirectional_displacement(images_1: torch.Tensor, images_2: torch.Tensor, l
     the replaced cell's; otherwise it is the other view's most confident cell. Donor cells move
     to the replaced cell's place. Returns the displaced views one after the other, ``(2B, ...)``."""
     cells_1, cells_2 = to_cells(images_1, grid), to_cells(images_2, grid)
-    logits_1, logits_2 = logits_1.detach().float(), logits_2.detach().float()
-    confidence_1 = to_cells(logits_1.softmax(dim=1).amax(dim=1, keepdim=True), grid).flatten(2).mean(dim=2)
-    confidence_2 = to_cells(logits_2.softmax(dim=1).amax(dim=1, keepdim=True), grid).flatten(2).mean(dim=2)
-    distributions_1 = to_cells(logits_1, grid).flatten(3).mean(dim=3).softmax(dim=2)
-    distributions_2 = to_cells(logits_2, grid).flatten(3).mean(dim=3).softmax(dim=2)
+    confidence_1, distributions_1 = cell_statistics(logits_1, grid)
+    confidence_2, distributions_2 = cell_statistics(logits_2, grid)
     displaced_1, displaced_2 = cells_1.clone(), cells_2.clone()
     for i in range(images_1.shape[0]):
         least_1, least_2 = confidence_1[i].argmin(), confidence_2[i].argmin()
@@ -85,12 +90,6 @@ def bidirectional_displacement(images_1: torch.Tensor, images_2: torch.Tensor, l
         displaced_1[i, least_1] = cells_2[i, donor_2]
         displaced_2[i, least_2] = cells_1[i, donor_1]
     return torch.cat([from_cells(displaced_1, grid), from_cells(displaced_2, grid)])
-
-
-def cross_dice(logits: torch.Tensor, other_logits: torch.Tensor, num_classes: int, batch: bool = False) -> torch.Tensor:
-    """Soft Dice of one network's softmax to the other's argmax (no gradient through it)."""
-    return soft_dice_loss(logits.softmax(dim=1), other_logits.detach().argmax(dim=1, keepdim=True), num_classes,
-                          batch)
 
 
 @register_method
@@ -175,7 +174,7 @@ class ABD(BCP):
                 "cross_displaced": cross_displaced.detach() / 2}
 
     def cross_dice(self, logits, other_logits):
-        return cross_dice(logits, other_logits, self.num_classes, self.dice_batch)
+        return dice_to_argmax(logits, other_logits, self.num_classes, self.dice_batch)
 
     def after_optimiser_step(self, step):
         super().after_optimiser_step(step)

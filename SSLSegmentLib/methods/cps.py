@@ -17,11 +17,15 @@ def cross_pseudo_loss(logits: torch.Tensor, other_logits: torch.Tensor) -> torch
     return F.cross_entropy(logits, other_logits.detach().argmax(dim=1))
 
 
+def dice_to_argmax(logits, other_logits, num_classes: int, batch: bool = False) -> torch.Tensor:
+    """Soft Dice of one network's softmax to the other's argmax (no gradient through it)."""
+    target = other_logits.detach().argmax(dim=1, keepdim=True)
+    return soft_dice_loss(logits.softmax(dim=1), target, num_classes, batch)
+
+
 def unlabelled_dice_to_argmax(logits, other_logits, n_labelled: int, num_classes: int, batch: bool = False) -> torch.Tensor:
-    """Soft Dice of one network's softmax to the other's argmax on the unlabelled images only
-    (SSL4MIS's cross pseudo supervision)."""
-    target = other_logits[n_labelled:].detach().argmax(dim=1, keepdim=True)
-    return soft_dice_loss(logits[n_labelled:].softmax(dim=1), target, num_classes, batch)
+    """:func:`dice_to_argmax` on the unlabelled images only (SSL4MIS's cross pseudo supervision)."""
+    return dice_to_argmax(logits[n_labelled:], other_logits[n_labelled:], num_classes, batch)
 
 
 @register_method
